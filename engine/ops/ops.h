@@ -1,0 +1,56 @@
+// The public, differentiable op API (ttq::ops). Each op checks its inputs,
+// allocates outputs, dispatches to the backend of the inputs' device
+// (engine/backend.h) and records its backward rule (engine/ops/*.cpp) when
+// a gradient is needed. All inputs of one op must be on one device.
+#pragma once
+
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/tensor.h"
+
+namespace ttq::ops {
+
+// requires x [N,Ci,H,W], w [Co,Ci,kh,kw], bias [Co] or undefined, same float dtype.
+// ensures y [N,Co,(H+2p-kh)/s+1,(W+2p-kw)/s+1], y = cross-correlation as PyTorch's conv2d.
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0);
+// requires x [N,in], w [out,in], bias [out] or undefined. ensures y = x w^T + bias.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias);
+// c = a @ b for 2-D a [m,k], b [k,n].
+Tensor matmul(const Tensor& a, const Tensor& b);
+// BatchNorm2d as PyTorch (eps, momentum; training uses batch stats and updates the
+// running buffers in place, eval uses the running stats). weight/bias may be undefined.
+Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+                    Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);
+Tensor relu(const Tensor& x);
+Tensor max_pool2d(const Tensor& x, int kernel, int stride, int padding = 0, bool ceil_mode = false);
+Tensor avg_pool2d(const Tensor& x, int kernel, int stride, int padding = 0, bool ceil_mode = false,
+                  bool count_include_pad = true);
+// [N,C,H,W] -> [N,C]: mean over H, W.
+Tensor global_avg_pool2d(const Tensor& x);
+// Concatenation along `dim`; all other sizes equal.
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
+// Elementwise, same shapes.
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& a, double s);
+// Reductions to a 0-d tensor.
+Tensor sum(const Tensor& x);
+Tensor mean(const Tensor& x);
+// Inverted dropout (identity when !training or p == 0); draws numel counters from gen.
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen);
+// Row-wise log-softmax / softmax of [N,C].
+Tensor log_softmax(const Tensor& x);
+Tensor softmax(const Tensor& x);
+// Mean cross-entropy of logits [N,C] against labels [N] (I64), a 0-d tensor.
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels);
+// Differentiable views.
+Tensor reshape(const Tensor& x, const Shape& shape);
+Tensor flatten(const Tensor& x);  // [N, ...] -> [N, prod(...)]
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
+
+// No gradient: number of rows whose label is among the k largest logits.
+int64_t topk_correct(const Tensor& logits, const Tensor& labels, int k);
+
+}  // namespace ttq::ops

@@ -1,0 +1,46 @@
+// Shared test helpers: seeded random tensors, normalised-error comparisons,
+// device lists for device-parameterised tests, and output poisoning.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/cuda/runtime.h"
+#include "engine/tensor.h"
+
+namespace ttq::test {
+
+// Fresh seeded generator; each call site passes its own seed.
+inline Generator gen(uint64_t seed) { return Generator(seed); }
+
+// U[-1, 1) of the given dtype/device.
+Tensor rand(const Shape& shape, uint64_t seed, DType dtype = DType::F32, Device device = Device::cpu());
+
+// max|a - b| / max(max|b|, tiny): the normalised error used throughout.
+double max_rel_error(const Tensor& a, const Tensor& b);
+double max_abs_diff(const Tensor& a, const Tensor& b);
+
+// Fills a tensor with NaN (floats) or 0xAB bytes so unwritten elements show.
+void poison(Tensor& t);
+bool all_finite(const Tensor& t);
+
+// Devices to run device-parameterised tests on: cpu always, cuda:0 always listed
+// (tests on it call GTEST_SKIP when no device is present).
+std::vector<Device> all_devices();
+#define TTQ_SKIP_IF_NO_DEVICE(dev)                                  \
+  do {                                                              \
+    if ((dev).is_cuda() && !::ttq::cuda::available())               \
+      GTEST_SKIP() << "no CUDA device";                             \
+  } while (0)
+
+// Central finite differences in float64 of a scalar function f(inputs) with
+// respect to input `which`; returns the numeric gradient (same shape).
+Tensor numeric_grad(const std::function<double(const std::vector<Tensor>&)>& f,
+                    std::vector<Tensor> inputs, size_t which, double eps = 1e-6);
+
+std::string device_name(const testing::TestParamInfo<Device>& info);
+
+}  // namespace ttq::test
