@@ -86,6 +86,7 @@ enum class BinaryOp : uint8_t { Add, Sub, Mul };
   void copy(const Tensor& src, Tensor& dst);                                                       \
   void fill(Tensor& t, double value);                                                              \
   /* Inverted dropout: mask[i] = (uniform(seed, offset+i) >= p); y = x*mask/(1-p). */              \
+  /* mask is U8 (1 = kept), contiguous, i = row-major index; uniform = rng::uniform_f32. */         \
   void dropout_forward(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor& y,       \
                        Tensor& mask);                                                              \
   void dropout_backward(const Tensor& gy, const Tensor& mask, double p, Tensor& gx);               \

@@ -1,12 +1,22 @@
-// CUDA runtime services: availability, caching allocator, stream, copies.
+// CUDA runtime services: availability, caching allocator, streams, copies,
+// pinned buffers, the TF32 policy. Declared in runtime.h; tested by
+// tests/test_cuda_runtime.cpp.
+//
 // The allocator rounds requests up (512 B granularity below 1 MiB, 2 MiB
 // above) and keeps freed blocks in a per-device multimap keyed by size; a
 // request takes the smallest cached block that fits within 2x of its size.
 // Steady-state training therefore makes no cudaMalloc / cudaFree calls.
+// Reuse without events is safe because each device has exactly one compute
+// stream, shared by all threads: the next user of a block is queued behind
+// the last one.
+#include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "engine/cuda/check.h"
@@ -35,7 +45,7 @@ const char* cublas_status_string(cublasStatus_t s) {
 bool available() {
   static const bool ok = [] {
     const char* off = std::getenv("TTQ_DISABLE_CUDA");
-    if (off != nullptr && off[0] != '\0' && off[0] != '0') return false;
+    if (off != nullptr && off[0] != '\0' && std::strcmp(off, "0") != 0) return false;
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
       cudaGetLastError();  // clear the sticky "no device" error
@@ -52,6 +62,25 @@ int device_count() {
   TTQ_CUDA_CHECK(cudaGetDeviceCount(&n));
   return n;
 }
+
+// ---- TF32 policy ---------------------------------------------------------------
+
+namespace {
+bool env_flag(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || v[0] == '\0') return fallback;
+  return std::strcmp(v, "0") != 0 && std::strcmp(v, "false") != 0 && std::strcmp(v, "off") != 0;
+}
+std::atomic<bool>& tf32_flag() {
+  static std::atomic<bool> flag{env_flag("TTQ_ALLOW_TF32", false)};
+  return flag;
+}
+}  // namespace
+
+bool allow_tf32() { return tf32_flag().load(std::memory_order_relaxed); }
+void set_allow_tf32(bool on) { tf32_flag().store(on, std::memory_order_relaxed); }
+
+// ---- caching allocator ---------------------------------------------------------
 
 namespace {
 
@@ -81,6 +110,19 @@ Allocator& allocator() {
   return *a;
 }
 
+// Frees every cached block of one device (caller holds the lock).
+void release_cached(DeviceCache& c, int device) {
+  if (c.free_blocks.empty()) return;
+  TTQ_CUDA_CHECK(cudaSetDevice(device));
+  TTQ_CUDA_CHECK(cudaDeviceSynchronize());
+  for (auto& [sz, blk] : c.free_blocks) {
+    TTQ_CUDA_CHECK(cudaFree(blk));
+    c.stats.reserved_bytes -= sz;
+    c.stats.driver_frees++;
+  }
+  c.free_blocks.clear();
+}
+
 }  // namespace
 
 void* allocate(size_t nbytes, int device) {
@@ -96,19 +138,23 @@ void* allocate(size_t nbytes, int device) {
     p = it->second;
     c.free_blocks.erase(it);
   } else {
+    int prev = 0;
+    TTQ_CUDA_CHECK(cudaGetDevice(&prev));
     TTQ_CUDA_CHECK(cudaSetDevice(device));
     cudaError_t err = cudaMalloc(&p, size);
     if (err == cudaErrorMemoryAllocation) {
       // Give the cache back to the driver and try once more.
       cudaGetLastError();
-      for (auto& [sz, blk] : c.free_blocks) {
-        TTQ_CUDA_CHECK(cudaFree(blk));
-        c.stats.reserved_bytes -= sz;
-      }
-      c.free_blocks.clear();
+      release_cached(c, device);
       err = cudaMalloc(&p, size);
     }
-    TTQ_CUDA_CHECK(err);
+    if (prev != device) TTQ_CUDA_CHECK(cudaSetDevice(prev));
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      TTQ_THROW() << "CUDA out of memory allocating " << nbytes << " bytes on cuda:" << device << " ("
+                  << c.stats.allocated_bytes << " bytes in use, " << c.stats.reserved_bytes
+                  << " reserved): " << cudaGetErrorString(err);
+    }
     c.stats.reserved_bytes += size;
     c.stats.driver_mallocs++;
   }
@@ -149,27 +195,26 @@ void reset_peak_stats(int device) {
 void empty_cache() {
   Allocator& a = allocator();
   std::lock_guard<std::mutex> lock(a.mu);
-  for (size_t d = 0; d < a.devices.size(); ++d) {
-    DeviceCache& c = a.devices[d];
-    if (c.free_blocks.empty()) continue;
-    TTQ_CUDA_CHECK(cudaSetDevice(static_cast<int>(d)));
-    TTQ_CUDA_CHECK(cudaDeviceSynchronize());
-    for (auto& [sz, blk] : c.free_blocks) {
-      TTQ_CUDA_CHECK(cudaFree(blk));
-      c.stats.reserved_bytes -= sz;
-    }
-    c.free_blocks.clear();
-  }
+  int prev = 0;
+  TTQ_CUDA_CHECK(cudaGetDevice(&prev));
+  for (size_t d = 0; d < a.devices.size(); ++d) release_cached(a.devices[d], static_cast<int>(d));
+  TTQ_CUDA_CHECK(cudaSetDevice(prev));
 }
 
+// ---- streams and copies --------------------------------------------------------
+
 void* current_stream() {
-  // One non-blocking compute stream per device, created on first use.
-  static thread_local std::vector<cudaStream_t> streams;
+  // One non-blocking compute stream per device for the whole process: every
+  // thread queues on it, which is what makes the allocator's reuse safe.
+  static std::mutex mu;
+  static std::vector<cudaStream_t>* streams = new std::vector<cudaStream_t>();  // never destroyed
   int d = 0;
   TTQ_CUDA_CHECK(cudaGetDevice(&d));
-  if (streams.size() <= static_cast<size_t>(d)) streams.resize(d + 1, nullptr);
-  if (streams[d] == nullptr) TTQ_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[d], cudaStreamNonBlocking));
-  return streams[d];
+  std::lock_guard<std::mutex> lock(mu);
+  if (streams->size() <= static_cast<size_t>(d)) streams->resize(d + 1, nullptr);
+  cudaStream_t& s = (*streams)[d];
+  if (s == nullptr) TTQ_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return s;
 }
 
 void synchronize() { TTQ_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(current_stream()))); }
@@ -194,9 +239,98 @@ void memcpy(void* dst, const void* src, size_t nbytes, CopyKind kind) {
   if (kind != CopyKind::DeviceToDevice) TTQ_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
+void memcpy_h2d_async(void* dst, const void* src, size_t nbytes) {
+  if (nbytes == 0) return;
+  TTQ_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice,
+                                 static_cast<cudaStream_t>(current_stream())));
+}
+
 void memset_zero(void* dst, size_t nbytes) {
   if (nbytes == 0) return;
   TTQ_CUDA_CHECK(cudaMemsetAsync(dst, 0, nbytes, static_cast<cudaStream_t>(current_stream())));
+}
+
+// ---- pinned buffers ------------------------------------------------------------
+
+PinnedBuffer::PinnedBuffer(size_t nbytes) : m_size(nbytes) {
+  if (available()) {
+    m_data = host_alloc_pinned(nbytes);
+    m_pinned = true;
+  } else {
+    m_data = std::malloc(nbytes == 0 ? 1 : nbytes);
+    if (m_data == nullptr) throw std::bad_alloc();
+  }
+}
+
+PinnedBuffer::~PinnedBuffer() { release(); }
+
+PinnedBuffer::PinnedBuffer(PinnedBuffer&& o) noexcept
+    : m_data(std::exchange(o.m_data, nullptr)),
+      m_size(std::exchange(o.m_size, 0)),
+      m_pinned(std::exchange(o.m_pinned, false)),
+      m_event(std::exchange(o.m_event, nullptr)) {}
+
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
+  if (this != &o) {
+    release();
+    m_data = std::exchange(o.m_data, nullptr);
+    m_size = std::exchange(o.m_size, 0);
+    m_pinned = std::exchange(o.m_pinned, false);
+    m_event = std::exchange(o.m_event, nullptr);
+  }
+  return *this;
+}
+
+void PinnedBuffer::release() noexcept {
+  if (m_event != nullptr) {
+    // The memory may still be read by a queued copy: wait before freeing it.
+    TTQ_CUDA_CHECK_NOTHROW(cudaEventSynchronize(static_cast<cudaEvent_t>(m_event)));
+    TTQ_CUDA_CHECK_NOTHROW(cudaEventDestroy(static_cast<cudaEvent_t>(m_event)));
+    m_event = nullptr;
+  }
+  if (m_data != nullptr) {
+    if (m_pinned) {
+      host_free_pinned(m_data);
+    } else {
+      std::free(m_data);
+    }
+  }
+  m_data = nullptr;
+  m_size = 0;
+  m_pinned = false;
+}
+
+void PinnedBuffer::upload_async(void* dst, size_t nbytes, int device) {
+  TTQ_CHECK(m_pinned) << "PinnedBuffer::upload_async: no CUDA device (the buffer is not pinned)";
+  TTQ_CHECK(nbytes <= m_size) << "PinnedBuffer::upload_async: " << nbytes << " bytes from a buffer of "
+                              << m_size;
+  int prev = 0;
+  TTQ_CUDA_CHECK(cudaGetDevice(&prev));
+  if (prev != device) TTQ_CUDA_CHECK(cudaSetDevice(device));
+  auto stream = static_cast<cudaStream_t>(current_stream());
+  if (m_event == nullptr) {
+    cudaEvent_t e = nullptr;
+    TTQ_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    m_event = e;
+  }
+  if (nbytes > 0) TTQ_CUDA_CHECK(cudaMemcpyAsync(dst, m_data, nbytes, cudaMemcpyHostToDevice, stream));
+  TTQ_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(m_event), stream));
+  if (prev != device) TTQ_CUDA_CHECK(cudaSetDevice(prev));
+}
+
+void PinnedBuffer::wait() {
+  if (m_event != nullptr) TTQ_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(m_event)));
+}
+
+bool PinnedBuffer::ready() const {
+  if (m_event == nullptr) return true;
+  cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(m_event));
+  if (e == cudaErrorNotReady) {
+    cudaGetLastError();
+    return false;
+  }
+  TTQ_CUDA_CHECK(e);
+  return true;
 }
 
 }  // namespace ttq::cuda

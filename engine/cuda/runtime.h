@@ -1,6 +1,9 @@
 // CUDA runtime services used by the engine core: availability, the caching
-// device allocator, the per-device compute stream, and copies. Declared for
-// every build; without TTQ_HAS_CUDA, available() is false and the rest throws.
+// device allocator, the per-device compute stream, copies, pinned host buffers
+// and the TF32 policy. Declared for every build; without TTQ_HAS_CUDA,
+// available() is false, PinnedBuffer holds ordinary host memory and the rest
+// throws. Implementation: runtime.cu (runtime_none.cpp without CUDA).
+// Tests: tests/test_cuda_runtime.cpp.
 #pragma once
 
 #include <cstddef>
@@ -8,12 +11,15 @@
 
 namespace ttq::cuda {
 
-// Compiled in, a device present, and TTQ_DISABLE_CUDA unset.
+// Compiled in, a device present, and TTQ_DISABLE_CUDA unset (or "0").
 bool available();
 int device_count();
 
 // Caching allocator: blocks are kept per device and size class and reused;
-// cudaMalloc only when no cached block fits. Thread-safe.
+// cudaMalloc only when no cached block fits. Thread-safe. Blocks are used in
+// the order of the device's one compute stream, so a block freed by the host
+// may be handed out again at once: later work on the stream runs after the
+// work that used it.
 void* allocate(size_t nbytes, int device);
 void deallocate(void* ptr, int device);
 struct AllocatorStats {
@@ -21,22 +27,75 @@ struct AllocatorStats {
   size_t reserved_bytes = 0;   // held from the driver (live + cached)
   size_t peak_allocated_bytes = 0;
   uint64_t driver_mallocs = 0;  // cudaMalloc calls so far
+  uint64_t driver_frees = 0;    // cudaFree calls so far
 };
 AllocatorStats allocator_stats(int device = 0);
 void reset_peak_stats(int device = 0);
 void empty_cache();  // returns cached blocks to the driver
 
-// The engine's compute stream on the current device (a cudaStream_t).
+// The engine's compute stream on the current device (a cudaStream_t): one per
+// device for the whole process, shared by every thread, created on first use.
 void* current_stream();
+// Waits for all work queued on the current device's compute stream.
 void synchronize();
+
+// TF32 tensor-core math for fp32 convolutions (cuDNN) and GEMMs (cuBLAS):
+// 10-bit mantissas in the products, about 1e-3 relative error, several times
+// faster on Ampere and Hopper. Off by default (tests compare with the CPU at
+// 1e-5); TTQ_ALLOW_TF32=1 in the environment turns it on at start-up, and
+// set_allow_tf32() at any time (convolution algorithms are cached per setting).
+bool allow_tf32();
+void set_allow_tf32(bool on);
 
 // Pinned host memory (for input batches): allocate/free.
 void* host_alloc_pinned(size_t nbytes);
 void host_free_pinned(void* p);
 
 enum class CopyKind { HostToDevice, DeviceToHost, DeviceToDevice };
-// Copies on the compute stream; DeviceToHost waits for completion.
+// Copies on the compute stream; HostToDevice and DeviceToHost wait for
+// completion (so pageable host memory may be reused at once).
 void memcpy(void* dst, const void* src, size_t nbytes, CopyKind kind);
+// Host-to-device copy that returns at once: `src` must be pinned and must not
+// be modified until the stream has reached the copy (PinnedBuffer tracks this).
+void memcpy_h2d_async(void* dst, const void* src, size_t nbytes);
 void memset_zero(void* dst, size_t nbytes);
+
+// A page-locked host buffer for staging input batches: the data loader fills
+// it on a worker thread, upload_async() queues the host-to-device copy on the
+// compute stream and returns at once, and wait() blocks until that copy has
+// read the buffer (call it before refilling). Without a usable CUDA device the
+// buffer is ordinary host memory (pinned() is false) and upload_async throws,
+// so CPU-only code can use the same type. Move-only.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(size_t nbytes);
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer&& o) noexcept;
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  void* data() { return m_data; }
+  const void* data() const { return m_data; }
+  size_t size() const { return m_size; }
+  bool pinned() const { return m_pinned; }
+
+  // requires nbytes <= size(), dst a device allocation of >= nbytes on `device`.
+  // ensures the copy of data()[0, nbytes) is queued on that device's compute
+  // stream; work queued after it sees the data.
+  void upload_async(void* dst, size_t nbytes, int device = 0);
+  // ensures every upload queued so far has finished reading the buffer.
+  void wait();
+  // True when no queued upload is still reading the buffer (does not block).
+  bool ready() const;
+
+ private:
+  void release() noexcept;
+  void* m_data = nullptr;
+  size_t m_size = 0;
+  bool m_pinned = false;
+  void* m_event = nullptr;  // cudaEvent_t recorded after the last upload
+};
 
 }  // namespace ttq::cuda

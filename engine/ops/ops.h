@@ -51,6 +51,14 @@ Tensor flatten(const Tensor& x);  // [N, ...] -> [N, prod(...)]
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
 
 // No gradient: number of rows whose label is among the k largest logits.
+// A row counts when fewer than k logits are strictly greater than its label's.
 int64_t topk_correct(const Tensor& logits, const Tensor& labels, int k);
+
+// Debugging: when on, every output the ops allocate (forward and backward) is
+// filled with NaN (integers: a fixed byte pattern) before the backend runs, so a
+// kernel that leaves elements unwritten fails its tests. Also switched on by the
+// environment variable TTQ_POISON_OUTPUTS=1. Off by default (it costs a fill).
+void set_poison_outputs(bool on);
+bool poison_outputs();
 
 }  // namespace ttq::ops

@@ -1,0 +1,445 @@
+// Dataset layouts, spec strings and inference inputs (see data/dataset.h for
+// the bad-data and size policies). Tested in tests/test_data.cpp.
+#include "data/dataset.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "data/idx.h"
+#include "engine/error.h"
+
+namespace fs = std::filesystem;
+
+namespace ttq::data {
+
+namespace {
+
+bool is_dir(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_directory(p, ec);
+}
+bool is_file(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+std::vector<std::string> read_lines(const fs::path& path) {
+  std::ifstream f(path);
+  TTQ_INPUT_CHECK(f.good()) << path.string() << ": cannot open";
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(f, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+std::string trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  size_t e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+// Sub-folders of `dir`, sorted by name, hidden ones ('.') left out.
+std::vector<std::string> list_subdirs(const fs::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (!name.empty() && name[0] != '.' && is_dir(e.path())) out.push_back(name);
+  }
+  TTQ_INPUT_CHECK(!ec) << dir.string() << ": cannot list (" << ec.message() << ")";
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Image files under `dir` (recursively when asked), sorted by path. Other
+// regular files are reported once and ignored; hidden files are ignored.
+std::vector<std::string> list_images(const fs::path& dir, bool recursive) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  auto visit = [&](const fs::directory_entry& e) {
+    std::string name = e.path().filename().string();
+    if (name.empty() || name[0] == '.' || !is_file(e.path())) return;
+    if (has_image_extension(name)) {
+      out.push_back(e.path().string());
+    } else {
+      report_skipped(e.path().string(), "not an image file (extension)");
+    }
+  };
+  if (recursive) {
+    for (const auto& e : fs::recursive_directory_iterator(dir, ec)) visit(e);
+  } else {
+    for (const auto& e : fs::directory_iterator(dir, ec)) visit(e);
+  }
+  TTQ_INPUT_CHECK(!ec) << dir.string() << ": cannot list (" << ec.message() << ")";
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// wnid -> words from words.txt ("n01443537\tgoldfish, Carassius auratus").
+std::map<std::string, std::string> read_words(const fs::path& path) {
+  std::map<std::string, std::string> words;
+  if (!is_file(path)) return words;
+  for (const std::string& line : read_lines(path)) {
+    size_t tab = line.find('\t');
+    if (tab == std::string::npos) continue;
+    words[trim(line.substr(0, tab))] = trim(line.substr(tab + 1));
+  }
+  return words;
+}
+
+struct TinyClasses {
+  std::vector<std::string> wnids;
+  std::vector<std::string> descriptions;
+};
+
+TinyClasses tiny_imagenet_classes(const fs::path& root) {
+  TTQ_INPUT_CHECK(is_dir(root)) << root.string() << ": no such folder";
+  fs::path train = root / "train";
+  TinyClasses c;
+  fs::path wnids_path = root / "wnids.txt";
+  if (is_file(wnids_path)) {
+    for (const std::string& line : read_lines(wnids_path)) {
+      std::string w = trim(line);
+      if (!w.empty()) c.wnids.push_back(w);
+    }
+    TTQ_INPUT_CHECK(!c.wnids.empty()) << wnids_path.string() << ": no class ids";
+    std::sort(c.wnids.begin(), c.wnids.end());
+    auto dup = std::adjacent_find(c.wnids.begin(), c.wnids.end());
+    TTQ_INPUT_CHECK(dup == c.wnids.end()) << wnids_path.string() << ": class id " << *dup << " listed twice";
+  } else {
+    TTQ_INPUT_CHECK(is_dir(train)) << train.string() << ": no such folder (and no wnids.txt)";
+    c.wnids = list_subdirs(train);
+    TTQ_INPUT_CHECK(!c.wnids.empty()) << train.string() << ": no class folders";
+  }
+  std::map<std::string, std::string> words = read_words(root / "words.txt");
+  for (const std::string& w : c.wnids) {
+    auto it = words.find(w);
+    c.descriptions.push_back(it == words.end() ? w : it->second);
+  }
+  return c;
+}
+
+std::vector<std::string> folder_classes(const fs::path& root) {
+  TTQ_INPUT_CHECK(is_dir(root)) << root.string() << ": no such folder";
+  std::vector<std::string> classes = list_subdirs(root);
+  TTQ_INPUT_CHECK(!classes.empty()) << root.string() << ": no class folders";
+  return classes;
+}
+
+// DIR/name or DIR/name.gz, whichever exists (plain first).
+std::string find_idx(const fs::path& dir, const std::string& name) {
+  if (is_file(dir / name)) return (dir / name).string();
+  if (is_file(dir / (name + ".gz"))) return (dir / (name + ".gz")).string();
+  TTQ_INPUT_ERROR() << (dir / name).string() << "[.gz]: missing";
+}
+
+}  // namespace
+
+void report_skipped(const std::string& path, const std::string& reason) {
+  std::fprintf(stderr, "ttq: skipping %s: %s\n", path.c_str(), reason.c_str());
+}
+
+// ---- Dataset ----
+
+bool Dataset::load(int64_t i, Image* out) const {
+  TTQ_CHECK(i >= 0 && i < size()) << "Dataset::load: index " << i << " outside [0, " << size() << ")";
+  {
+    std::lock_guard<std::mutex> lock(m_mutex);
+    if (m_bad.count(i) != 0) return false;
+  }
+  DecodeResult r = decode(i, out);
+  if (r.ok) return true;
+  bool first;
+  {
+    std::lock_guard<std::mutex> lock(m_mutex);
+    first = m_bad.insert(i).second;
+  }
+  if (first) report_skipped(item_name(i), r.error);
+  return false;
+}
+
+int64_t Dataset::bad_item_count() const {
+  std::lock_guard<std::mutex> lock(m_mutex);
+  return static_cast<int64_t>(m_bad.size());
+}
+
+// ---- ImageFileDataset ----
+
+ImageFileDataset::ImageFileDataset(std::vector<Item> items, std::vector<std::string> class_names,
+                                   std::vector<std::string> class_descriptions, int channels, int image_size,
+                                   bool fixed_size)
+    : m_items(std::move(items)), m_fixed_size(fixed_size) {
+  TTQ_CHECK(channels == 1 || channels == 3) << "ImageFileDataset: channels must be 1 or 3";
+  TTQ_CHECK(image_size > 0) << "ImageFileDataset: bad image size " << image_size;
+  TTQ_CHECK(class_descriptions.empty() || class_descriptions.size() == class_names.size())
+      << "ImageFileDataset: descriptions do not match classes";
+  m_class_names = std::move(class_names);
+  m_class_descriptions = class_descriptions.empty() ? m_class_names : std::move(class_descriptions);
+  m_channels = channels;
+  m_image_size = image_size;
+  for (const Item& it : m_items) {
+    TTQ_INPUT_CHECK(it.label >= 0 && it.label < num_classes())
+        << it.path << ": label " << it.label << " outside [0, " << num_classes() << ")";
+  }
+}
+
+DecodeResult ImageFileDataset::decode(int64_t i, Image* out) const {
+  DecodeResult r = decode_image_file(m_items[i].path, m_channels, out);
+  if (!r.ok) return r;
+  if (out->width != m_image_size || out->height != m_image_size) {
+    if (m_fixed_size) {
+      return {false, "image is " + std::to_string(out->width) + "x" + std::to_string(out->height) + ", expected " +
+                         std::to_string(m_image_size) + "x" + std::to_string(m_image_size)};
+    }
+    *out = resize_cover(*out, m_image_size);
+  }
+  return r;
+}
+
+// ---- IdxDataset ----
+
+IdxDataset::IdxDataset(const std::string& images_path, const std::string& labels_path,
+                       std::vector<std::string> class_names)
+    : m_images_path(images_path) {
+  TTQ_CHECK(!class_names.empty()) << "IdxDataset: no class names";
+  IdxArray images = read_idx(images_path, 3);
+  IdxArray labels = read_idx(labels_path, 1);
+  TTQ_INPUT_CHECK(images.dims[0] == labels.dims[0])
+      << images_path << ": " << images.dims[0] << " images but " << labels_path << " has " << labels.dims[0]
+      << " labels";
+  TTQ_INPUT_CHECK(images.dims[1] == images.dims[2])
+      << images_path << ": images are " << images.dims[1] << "x" << images.dims[2] << ", expected square";
+  for (size_t i = 0; i < labels.data.size(); ++i) {
+    TTQ_INPUT_CHECK(labels.data[i] < class_names.size())
+        << labels_path << ": label " << int(labels.data[i]) << " of item " << i << " outside [0, "
+        << class_names.size() << ")";
+  }
+  m_count = images.dims[0];
+  m_pixels = std::move(images.data);
+  m_labels = std::move(labels.data);
+  m_class_names = std::move(class_names);
+  m_class_descriptions = m_class_names;
+  m_channels = 1;
+  m_image_size = static_cast<int>(images.dims[1]);
+}
+
+std::string IdxDataset::item_name(int64_t i) const { return m_images_path + "[" + std::to_string(i) + "]"; }
+
+DecodeResult IdxDataset::decode(int64_t i, Image* out) const {
+  const size_t n = size_t(m_image_size) * m_image_size;
+  *out = Image(m_image_size, m_image_size, 1);
+  std::copy_n(m_pixels.begin() + static_cast<std::ptrdiff_t>(n * i), n, out->pixels.begin());
+  return {true, ""};
+}
+
+// ---- layouts ----
+
+Splits open_tiny_imagenet(const std::string& root_str) {
+  fs::path root(root_str);
+  TinyClasses classes = tiny_imagenet_classes(root);
+  std::map<std::string, int64_t> index;
+  for (size_t i = 0; i < classes.wnids.size(); ++i) index[classes.wnids[i]] = static_cast<int64_t>(i);
+
+  fs::path train = root / "train";
+  TTQ_INPUT_CHECK(is_dir(train)) << train.string() << ": no such folder";
+  for (const std::string& d : list_subdirs(train)) {
+    TTQ_INPUT_CHECK(index.count(d) != 0) << (train / d).string() << ": class folder not in wnids.txt";
+  }
+  std::vector<ImageFileDataset::Item> train_items;
+  for (size_t c = 0; c < classes.wnids.size(); ++c) {
+    fs::path dir = train / classes.wnids[c] / "images";
+    TTQ_INPUT_CHECK(is_dir(dir)) << dir.string() << ": no such folder (class " << classes.wnids[c] << ")";
+    std::vector<std::string> files = list_images(dir, false);
+    TTQ_INPUT_CHECK(!files.empty()) << dir.string() << ": no images (empty class)";
+    for (std::string& f : files) train_items.push_back({std::move(f), static_cast<int64_t>(c)});
+  }
+
+  fs::path ann = root / "val" / "val_annotations.txt";
+  TTQ_INPUT_CHECK(is_file(ann)) << ann.string() << ": missing";
+  std::vector<ImageFileDataset::Item> val_items;
+  std::vector<std::string> lines = read_lines(ann);
+  for (size_t ln = 0; ln < lines.size(); ++ln) {
+    std::istringstream fields(lines[ln]);
+    std::string file, wnid;
+    if (!(fields >> file)) continue;  // blank line
+    TTQ_INPUT_CHECK(static_cast<bool>(fields >> wnid)) << ann.string() << ":" << ln + 1 << ": expected FILE WNID";
+    auto it = index.find(wnid);
+    TTQ_INPUT_CHECK(it != index.end()) << ann.string() << ":" << ln + 1 << ": unknown class '" << wnid << "'";
+    val_items.push_back({(root / "val" / "images" / file).string(), it->second});
+  }
+  TTQ_INPUT_CHECK(!val_items.empty()) << ann.string() << ": no annotations";
+
+  Splits s;
+  s.train = std::make_shared<ImageFileDataset>(std::move(train_items), classes.wnids, classes.descriptions, 3, 64,
+                                               true);
+  s.val = std::make_shared<ImageFileDataset>(std::move(val_items), classes.wnids, classes.descriptions, 3, 64, true);
+  return s;
+}
+
+std::shared_ptr<ImageFileDataset> open_image_folder(const std::string& root_str, int image_size,
+                                                    const std::vector<std::string>* class_names) {
+  fs::path root(root_str);
+  std::vector<std::string> folders = folder_classes(root);
+  std::vector<std::string> classes = class_names ? *class_names : folders;
+  std::map<std::string, int64_t> index;
+  for (size_t i = 0; i < classes.size(); ++i) index[classes[i]] = static_cast<int64_t>(i);
+  std::vector<ImageFileDataset::Item> items;
+  for (const std::string& f : folders) {
+    auto it = index.find(f);
+    TTQ_INPUT_CHECK(it != index.end()) << (root / f).string() << ": class not among the training classes";
+    std::vector<std::string> files = list_images(root / f, true);
+    TTQ_INPUT_CHECK(!files.empty()) << (root / f).string() << ": no images (empty class)";
+    for (std::string& p : files) items.push_back({std::move(p), it->second});
+  }
+  return std::make_shared<ImageFileDataset>(std::move(items), classes, std::vector<std::string>{}, 3, image_size,
+                                            false);
+}
+
+Splits open_folder_splits(const std::string& root_str, int image_size) {
+  fs::path root(root_str);
+  TTQ_INPUT_CHECK(is_dir(root)) << root.string() << ": no such folder";
+  Splits s;
+  if (is_dir(root / "train")) {
+    auto train = open_image_folder((root / "train").string(), image_size);
+    std::vector<std::string> classes = train->class_names();
+    s.train = train;
+    if (is_dir(root / "val")) {
+      s.val = open_image_folder((root / "val").string(), image_size, &classes);
+    } else {
+      s.val = std::make_shared<ImageFileDataset>(std::vector<ImageFileDataset::Item>{}, classes,
+                                                 std::vector<std::string>{}, 3, image_size, false);
+    }
+    return s;
+  }
+  // No train/: hold out every 10th image of each class.
+  auto all = open_image_folder(root.string(), image_size);
+  std::vector<ImageFileDataset::Item> train, val;
+  std::vector<int64_t> seen(all->class_names().size(), 0);
+  for (const auto& it : all->items()) {
+    (++seen[it.label] % 10 == 0 ? val : train).push_back(it);
+  }
+  s.train = std::make_shared<ImageFileDataset>(std::move(train), all->class_names(), std::vector<std::string>{}, 3,
+                                               image_size, false);
+  s.val = std::make_shared<ImageFileDataset>(std::move(val), all->class_names(), std::vector<std::string>{}, 3,
+                                             image_size, false);
+  return s;
+}
+
+Splits open_idx_folder(const std::string& dir_str, const std::vector<std::string>& class_names) {
+  fs::path dir(dir_str);
+  TTQ_INPUT_CHECK(is_dir(dir)) << dir.string() << ": no such folder";
+  Splits s;
+  s.train = std::make_shared<IdxDataset>(find_idx(dir, "train-images-idx3-ubyte"),
+                                         find_idx(dir, "train-labels-idx1-ubyte"), class_names);
+  s.val = std::make_shared<IdxDataset>(find_idx(dir, "t10k-images-idx3-ubyte"),
+                                       find_idx(dir, "t10k-labels-idx1-ubyte"), class_names);
+  return s;
+}
+
+const std::vector<std::string>& fashion_mnist_classes() {
+  static const std::vector<std::string> names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                                 "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+  return names;
+}
+
+const std::vector<std::string>& mnist_classes() {
+  static const std::vector<std::string> names = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
+  return names;
+}
+
+// ---- spec strings ----
+
+std::string DataSpec::str() const {
+  switch (kind) {
+    case Kind::FashionMnist: return "fashion-mnist:" + dir;
+    case Kind::Mnist: return "mnist:" + dir;
+    case Kind::TinyImageNet: return "tiny-imagenet:" + dir;
+    case Kind::Folder: return "folder:" + dir;
+  }
+  return "?";
+}
+
+DataSpec parse_data_spec(std::string_view spec) {
+  std::string s(spec);
+  size_t colon = s.find(':');
+  std::string name = s.substr(0, colon);
+  std::string dir = colon == std::string::npos ? "" : s.substr(colon + 1);
+  bool has_dir = colon != std::string::npos;
+  DataSpec out;
+  if (name == "fashion-mnist") {
+    out.kind = DataSpec::Kind::FashionMnist;
+    out.dir = has_dir ? dir : kFashionMnistDir;
+  } else if (name == "mnist") {
+    out.kind = DataSpec::Kind::Mnist;
+    out.dir = dir;
+  } else if (name == "tiny-imagenet") {
+    out.kind = DataSpec::Kind::TinyImageNet;
+    out.dir = dir;
+  } else if (name == "folder") {
+    out.kind = DataSpec::Kind::Folder;
+    out.dir = dir;
+  } else {
+    TTQ_INPUT_ERROR() << "data spec '" << s
+                      << "': unknown kind (fashion-mnist[:DIR], mnist:DIR, tiny-imagenet:DIR, folder:DIR)";
+  }
+  TTQ_INPUT_CHECK(!out.dir.empty()) << "data spec '" << s << "': missing folder after '" << name << ":'";
+  return out;
+}
+
+Splits open_data(const DataSpec& spec, int image_size) {
+  switch (spec.kind) {
+    case DataSpec::Kind::FashionMnist: return open_idx_folder(spec.dir, fashion_mnist_classes());
+    case DataSpec::Kind::Mnist: return open_idx_folder(spec.dir, mnist_classes());
+    case DataSpec::Kind::TinyImageNet: return open_tiny_imagenet(spec.dir);
+    case DataSpec::Kind::Folder: return open_folder_splits(spec.dir, image_size);
+  }
+  TTQ_THROW() << "open_data: unknown kind";
+}
+
+Preprocess preprocess_for(const DataSpec& spec) {
+  if (spec.kind == DataSpec::Kind::FashionMnist || spec.kind == DataSpec::Kind::Mnist) return Preprocess::gray();
+  return Preprocess::seed_rgb();
+}
+
+ClassNames class_names_for(const DataSpec& spec) {
+  ClassNames c;
+  switch (spec.kind) {
+    case DataSpec::Kind::FashionMnist: c.names = fashion_mnist_classes(); break;
+    case DataSpec::Kind::Mnist: c.names = mnist_classes(); break;
+    case DataSpec::Kind::TinyImageNet: {
+      TinyClasses t = tiny_imagenet_classes(spec.dir);
+      c.names = std::move(t.wnids);
+      c.descriptions = std::move(t.descriptions);
+      break;
+    }
+    case DataSpec::Kind::Folder: {
+      fs::path root(spec.dir);
+      c.names = folder_classes(is_dir(root / "train") ? root / "train" : root);
+      break;
+    }
+  }
+  if (c.descriptions.empty()) c.descriptions = c.names;
+  return c;
+}
+
+// ---- inference inputs ----
+
+Tensor load_image_tensor(const std::string& path, const Preprocess& p) {
+  Image img;
+  DecodeResult r = decode_image_file(path, p.channels, &img);
+  TTQ_INPUT_CHECK(r.ok) << path << ": " << r.error;
+  if (img.width != p.image_size || img.height != p.image_size) img = resize_cover(img, p.image_size);
+  Tensor t = Tensor::empty({1, p.channels, p.crop, p.crop}, DType::F32);
+  preprocess(img, p, /*train=*/false, 0, t.data<float>());
+  return t;
+}
+
+}  // namespace ttq::data

@@ -1,0 +1,245 @@
+// Image codecs through stb (the one translation unit that compiles stb_image,
+// stb_image_write and stb_image_resize), the JPEG / BMP truncation checks stb
+// lacks, and channel conversion. Tested in tests/test_data.cpp.
+#include "data/image.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include "engine/error.h"
+
+// stb's implementations are compiled here with internal linkage, so another
+// library that also compiles stb cannot collide with these symbols.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#pragma GCC diagnostic ignored "-Wunused-but-set-variable"
+#pragma GCC diagnostic ignored "-Wdouble-promotion"
+#pragma GCC diagnostic ignored "-Wshadow"
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_NO_STDIO  // files are read here, so errors name the path
+#include <stb_image.h>
+#define STB_IMAGE_WRITE_STATIC
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STBI_WRITE_NO_STDIO
+#include <stb_image_write.h>
+#define STB_IMAGE_RESIZE_STATIC
+// stb_image_resize 0.97 asserts `total < 1.1f` on some downsampling ratios
+// (stb issue 1449, e.g. 120x90 -> 85x64) although it renormalises the
+// coefficients right after; without NDEBUG that would abort a debug build.
+#define STBIR_ASSERT(x) ((void)0)
+#define STB_IMAGE_RESIZE_IMPLEMENTATION
+#include <stb_image_resize.h>
+#pragma GCC diagnostic pop
+
+namespace ttq::data {
+
+namespace {
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string extension(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  size_t dot = path.find_last_of('.');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return "";
+  return lower(path.substr(dot + 1));
+}
+
+bool is_jpeg(const uint8_t* d, size_t n) { return n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF; }
+
+// stb decodes a JPEG whose data stops early by padding with zeros, so a cut
+// file would pass as an image with a grey bottom. Walk the marker structure:
+// header segments by their lengths, entropy-coded data up to the next marker
+// that is neither a stuffed 0xFF00 nor a restart; a complete stream reaches EOI.
+bool jpeg_reaches_eoi(const uint8_t* d, size_t n) {
+  size_t i = 2;
+  while (i + 1 < n) {
+    if (d[i] != 0xFF) {  // stray bytes between segments: decoders skip them too
+      ++i;
+      continue;
+    }
+    uint8_t m = d[i + 1];
+    if (m == 0xFF) {  // fill byte
+      ++i;
+      continue;
+    }
+    if (m == 0xD9) return true;
+    if (m == 0x00 || m == 0x01 || m == 0xD8 || (m >= 0xD0 && m <= 0xD7)) {  // no length field
+      i += 2;
+      continue;
+    }
+    if (i + 3 >= n) return false;
+    size_t len = (size_t(d[i + 2]) << 8) | d[i + 3];
+    if (len < 2 || i + 2 + len > n) return false;
+    i += 2 + len;
+    if (m == 0xDA) {  // start of scan: skip the entropy-coded segment
+      while (i + 1 < n) {
+        if (d[i] == 0xFF) {
+          uint8_t x = d[i + 1];
+          if (x == 0x00 || (x >= 0xD0 && x <= 0xD7)) {
+            i += 2;
+            continue;
+          }
+          if (x == 0xFF) {
+            ++i;
+            continue;
+          }
+          break;  // a real marker
+        }
+        ++i;
+      }
+    }
+  }
+  return false;
+}
+
+uint32_t read_le32(const uint8_t* p) {
+  return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
+}
+
+void append_bytes(void* context, void* data, int size) {
+  auto* v = static_cast<std::vector<uint8_t>*>(context);
+  auto* p = static_cast<const uint8_t*>(data);
+  v->insert(v->end(), p, p + size);
+}
+
+}  // namespace
+
+bool has_image_extension(const std::string& path) {
+  std::string e = extension(path);
+  return e == "jpg" || e == "jpeg" || e == "png" || e == "bmp";
+}
+
+Image convert_channels(const Image& img, int channels) {
+  TTQ_CHECK(channels == 1 || channels == 3) << "convert_channels: channels must be 1 or 3, got " << channels;
+  TTQ_CHECK(img.channels == 1 || img.channels == 3) << "convert_channels: image has " << img.channels
+                                                    << " channels";
+  if (img.channels == channels) return img;
+  Image out(img.width, img.height, channels);
+  size_t n = size_t(img.width) * img.height;
+  const uint8_t* s = img.pixels.data();
+  uint8_t* d = out.pixels.data();
+  if (channels == 3) {
+    for (size_t i = 0; i < n; ++i) d[3 * i] = d[3 * i + 1] = d[3 * i + 2] = s[i];
+  } else {
+    for (size_t i = 0; i < n; ++i) d[i] = rgb_to_l(s[3 * i], s[3 * i + 1], s[3 * i + 2]);
+  }
+  return out;
+}
+
+DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image* out) {
+  TTQ_CHECK(channels == 1 || channels == 3) << "decode_image: channels must be 1 or 3, got " << channels;
+  TTQ_CHECK(out != nullptr) << "decode_image: null output";
+  if (size == 0) return {false, "empty file"};
+  if (size > size_t(INT32_MAX)) return {false, "file too large"};
+  if (is_jpeg(data, size) && !jpeg_reaches_eoi(data, size)) {
+    return {false, "truncated or corrupt JPEG (no end-of-image marker)"};
+  }
+  if (size >= 6 && data[0] == 'B' && data[1] == 'M') {
+    uint32_t declared = read_le32(data + 2);
+    if (declared > size) {
+      return {false, "truncated BMP (" + std::to_string(size) + " of " + std::to_string(declared) + " bytes)"};
+    }
+  }
+  int w = 0, h = 0, comp = 0;
+  uint8_t* px = stbi_load_from_memory(data, static_cast<int>(size), &w, &h, &comp, 0);
+  if (px == nullptr) {
+    const char* why = stbi_failure_reason();
+    return {false, std::string("cannot decode: ") + (why ? why : "unknown error")};
+  }
+  if (w <= 0 || h <= 0 || comp < 1 || comp > 4) {
+    stbi_image_free(px);
+    return {false, "cannot decode: bad dimensions"};
+  }
+  // Native layout -> 1 or 3 channels, alpha dropped (PIL's convert does the same).
+  Image native(w, h, comp >= 3 ? 3 : 1);
+  size_t n = size_t(w) * h;
+  for (size_t i = 0; i < n; ++i) {
+    for (int c = 0; c < native.channels; ++c) native.pixels[i * native.channels + c] = px[i * comp + c];
+  }
+  stbi_image_free(px);
+  *out = convert_channels(native, channels);
+  return {true, ""};
+}
+
+DecodeResult decode_image_file(const std::string& path, int channels, Image* out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return {false, "cannot open file"};
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) return {false, "read error"};
+  return decode_image(bytes.data(), bytes.size(), channels, out);
+}
+
+Image resize(const Image& img, int w, int h) {
+  TTQ_CHECK(w > 0 && h > 0 && !img.empty()) << "resize: bad sizes " << img.width << "x" << img.height << " -> "
+                                            << w << "x" << h;
+  if (w == img.width && h == img.height) return img;
+  Image out(w, h, img.channels);
+  int ok = stbir_resize_uint8_generic(img.pixels.data(), img.width, img.height, 0, out.pixels.data(), w, h, 0,
+                                      img.channels, STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_CLAMP,
+                                      STBIR_FILTER_TRIANGLE, STBIR_COLORSPACE_LINEAR, nullptr);
+  TTQ_CHECK(ok) << "resize: stb_image_resize failed";
+  return out;
+}
+
+Image resize_cover(const Image& img, int size) {
+  TTQ_CHECK(size > 0 && !img.empty()) << "resize_cover: bad size " << size;
+  if (img.width == size && img.height == size) return img;
+  double scale = double(size) / std::min(img.width, img.height);
+  int w = std::max(size, static_cast<int>(std::lround(img.width * scale)));
+  int h = std::max(size, static_cast<int>(std::lround(img.height * scale)));
+  Image scaled = resize(img, w, h);
+  // Centre as torchvision's CenterCrop does: Python's round((w - size) / 2), halves to even.
+  int left = static_cast<int>(std::nearbyint((w - size) / 2.0));
+  int top = static_cast<int>(std::nearbyint((h - size) / 2.0));
+  Image out(size, size, img.channels);
+  size_t row = size_t(size) * img.channels;
+  for (int y = 0; y < size; ++y) {
+    std::memcpy(&out.pixels[y * row], &scaled.pixels[((size_t(top) + y) * w + left) * img.channels], row);
+  }
+  return out;
+}
+
+std::vector<uint8_t> encode_image(const Image& img, const std::string& format, int jpeg_quality) {
+  TTQ_CHECK(!img.empty() && (img.channels == 1 || img.channels == 3)) << "encode_image: empty or bad image";
+  std::vector<uint8_t> bytes;
+  int ok = 0;
+  std::string f = lower(format);
+  if (f == "png") {
+    ok = stbi_write_png_to_func(append_bytes, &bytes, img.width, img.height, img.channels, img.pixels.data(),
+                                img.width * img.channels);
+  } else if (f == "jpg" || f == "jpeg") {
+    ok = stbi_write_jpg_to_func(append_bytes, &bytes, img.width, img.height, img.channels, img.pixels.data(),
+                                jpeg_quality);
+  } else if (f == "bmp") {
+    ok = stbi_write_bmp_to_func(append_bytes, &bytes, img.width, img.height, img.channels, img.pixels.data());
+  } else {
+    TTQ_THROW() << "encode_image: unknown format '" << format << "' (png, jpg, bmp)";
+  }
+  TTQ_CHECK(ok) << "encode_image: stb_image_write failed for " << format;
+  return bytes;
+}
+
+void save_image(const std::string& path, const Image& img, int jpeg_quality) {
+  std::string e = extension(path);
+  TTQ_INPUT_CHECK(e == "png" || e == "jpg" || e == "jpeg" || e == "bmp")
+      << path << ": unknown image extension (png, jpg, jpeg, bmp)";
+  std::vector<uint8_t> bytes = encode_image(img, e, jpeg_quality);
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  TTQ_INPUT_CHECK(f.good()) << path << ": cannot open for writing";
+  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  f.close();
+  TTQ_INPUT_CHECK(f.good()) << path << ": write failed";
+}
+
+}  // namespace ttq::data

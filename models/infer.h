@@ -1,0 +1,37 @@
+// Library side of ttq_infer: loading a model file (architecture from the
+// file's metadata or --arch, config from the weights' shapes), picking the
+// device, and tensor mode (a tensor from a safetensors file in, logits out as
+// safetensors). Tests: tests/test_seed_parity.cpp (runs the built tool too).
+#pragma once
+
+#include <ostream>
+#include <string>
+
+#include "models/model.h"
+
+namespace ttq::models {
+
+// "" picks cuda when available, else cpu, and then writes one line to `log`
+// saying so. "cuda" without a device is a ttq::InputError (never a silent fallback).
+Device pick_device(const std::string& flag, std::ostream& log);
+
+// Reads `path` and builds the model it holds, in eval mode, on `device`.
+// The architecture is the metadata's "model" value, else `arch` (a mismatch of
+// the two is an error); in_channels and num_classes come from the weights. Packed
+// models are refused. Every defect is one ttq::InputError line naming the file.
+ModelPtr load_model_file(const std::string& path, const std::string& arch, Device device);
+
+struct TensorInferOptions {
+  std::string model_path;
+  std::string arch;        // optional when the file's metadata names the model
+  std::string device;      // "", "cpu", "cuda", "cuda:N"
+  std::string input_path;  // safetensors file holding the input
+  std::string input_name;  // tensor in it: [N, C, H, W] F32 (F64 converted)
+  std::string logits_out;  // written as safetensors, tensor "logits" [N, classes] F32
+};
+
+// Runs the model on the input tensor in eval mode and writes the logits
+// (atomically). Returns them (CPU).
+Tensor run_tensor_inference(const TensorInferOptions& options, std::ostream& log);
+
+}  // namespace ttq::models

@@ -1,0 +1,736 @@
+// Data pipeline: codecs (round trips, truncated and non-image files), IDX files
+// (plain, gzipped, bad headers), dataset layouts generated here at test time
+// (Tiny ImageNet as shipped, image folders), spec strings, the loader's
+// determinism across worker counts and exact mid-epoch resume, and the
+// inference input API. The real Fashion-MNIST is checked when installed.
+// Augmentation itself is tested in tests/test_augment.cpp.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "data/dataset.h"
+#include "data/idx.h"
+#include "data/image.h"
+#include "data/loader.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace ttq::data {
+namespace {
+
+// A fresh folder under the system temp dir, removed at scope end.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "ttq_data_XXXXXX").string();
+    TTQ_CHECK(mkdtemp(tmpl.data()) != nullptr) << "mkdtemp failed";
+    m_path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(m_path, ec);
+  }
+  const fs::path& path() const { return m_path; }
+  std::string operator/(const std::string& s) const { return (m_path / s).string(); }
+
+ private:
+  fs::path m_path;
+};
+
+void write_bytes(const fs::path& p, const std::vector<uint8_t>& bytes) {
+  fs::create_directories(p.parent_path());
+  std::ofstream f(p, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+void write_text(const fs::path& p, const std::string& s) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p) << s;
+}
+
+// Smooth colour field with a per-image phase, so that JPEG keeps it well and
+// images differ.
+Image make_image(int w, int h, int c, int seed) {
+  Image img(w, h, c);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x)
+      for (int k = 0; k < c; ++k)
+        img.at(y, x, k) = static_cast<uint8_t>(128 + 100 * std::sin(0.11 * x * (k + 1) + 0.07 * y + seed * 0.9 + k));
+  return img;
+}
+
+void write_image(const fs::path& p, const Image& img) {
+  fs::create_directories(p.parent_path());
+  save_image(p.string(), img, 92);
+}
+
+std::string message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("not an InputError: ") + e.what();
+  }
+  return "no error";
+}
+#define EXPECT_INPUT_ERROR_MENTIONS(stmt, text)                                  \
+  do {                                                                           \
+    std::string msg_ = message_of([&] { stmt; });                               \
+    EXPECT_NE(msg_.find(text), std::string::npos) << "message: " << msg_;      \
+    EXPECT_EQ(msg_.find("not an InputError"), std::string::npos) << msg_;       \
+  } while (0)
+
+int mean_abs_diff(const Image& a, const Image& b) {
+  long s = 0;
+  for (size_t i = 0; i < a.pixels.size(); ++i) s += std::abs(int(a.pixels[i]) - int(b.pixels[i]));
+  return static_cast<int>(s / long(a.pixels.size()));
+}
+
+// ---------------------------------------------------------------- codecs
+
+TEST(ImageCodec, RoundTripsAndChannelRules) {
+  TempDir dir;
+  Image rgb = make_image(13, 7, 3, 1), gray = make_image(13, 7, 1, 2);
+  Image out;
+  for (const char* ext : {"png", "bmp"}) {
+    std::string p = dir / (std::string("a.") + ext);
+    save_image(p, rgb);
+    ASSERT_TRUE(decode_image_file(p, 3, &out).ok) << ext;
+    EXPECT_EQ(out, rgb) << ext;
+  }
+  save_image(dir / "g.png", gray);
+  ASSERT_TRUE(decode_image_file(dir / "g.png", 1, &out).ok);
+  EXPECT_EQ(out, gray);
+  // Gray -> RGB replicates.
+  ASSERT_TRUE(decode_image_file(dir / "g.png", 3, &out).ok);
+  ASSERT_EQ(out.channels, 3);
+  for (int y = 0; y < 7; ++y)
+    for (int x = 0; x < 13; ++x)
+      for (int c = 0; c < 3; ++c) ASSERT_EQ(out.at(y, x, c), gray.at(y, x, 0));
+  // RGB -> L with PIL's rule, checked on hand-computed values too.
+  EXPECT_EQ(rgb_to_l(255, 0, 0), 76);   // 76.245
+  EXPECT_EQ(rgb_to_l(0, 255, 0), 150);  // 149.685
+  EXPECT_EQ(rgb_to_l(0, 0, 255), 29);   // 29.07
+  EXPECT_EQ(rgb_to_l(255, 255, 255), 255);
+  EXPECT_EQ(rgb_to_l(10, 200, 30), 124);  // 2.99 + 117.4 + 3.42 = 123.81
+  ASSERT_TRUE(decode_image_file(dir / "a.png", 1, &out).ok);
+  ASSERT_EQ(out.channels, 1);
+  for (int y = 0; y < 7; ++y)
+    for (int x = 0; x < 13; ++x) {
+      double l = 0.299 * rgb.at(y, x, 0) + 0.587 * rgb.at(y, x, 1) + 0.114 * rgb.at(y, x, 2);
+      ASSERT_NEAR(out.at(y, x, 0), l, 0.5 + 1e-3);
+    }
+  // JPEG is lossy: close on smooth content.
+  Image big = make_image(64, 64, 3, 3);
+  save_image(dir / "b.JPEG", big);
+  ASSERT_TRUE(decode_image_file(dir / "b.JPEG", 3, &out).ok);
+  EXPECT_LE(mean_abs_diff(out, big), 3);
+}
+
+TEST(ImageCodec, RejectsTruncatedCorruptAndNonImages) {
+  TempDir dir;
+  std::vector<uint8_t> jpg = encode_image(make_image(64, 64, 3, 4), "jpg", 90);
+  std::vector<uint8_t> png = encode_image(make_image(64, 64, 3, 4), "png");
+  std::vector<uint8_t> bmp = encode_image(make_image(64, 64, 3, 4), "bmp");
+  Image out;
+  EXPECT_TRUE(decode_image(jpg.data(), jpg.size(), 3, &out).ok);
+  auto rejects = [&](std::vector<uint8_t> bytes, const char* what) {
+    DecodeResult r = decode_image(bytes.data(), bytes.size(), 3, &out);
+    EXPECT_FALSE(r.ok) << what;
+    EXPECT_FALSE(r.error.empty()) << what;
+    return r.error;
+  };
+  EXPECT_NE(rejects({jpg.begin(), jpg.begin() + jpg.size() / 2}, "half JPEG").find("truncated"), std::string::npos);
+  rejects({jpg.begin(), jpg.end() - 2}, "JPEG without EOI");
+  rejects({png.begin(), png.begin() + png.size() / 2}, "half PNG");
+  EXPECT_NE(rejects({bmp.begin(), bmp.begin() + bmp.size() - 100}, "short BMP").find("truncated"), std::string::npos);
+  std::string text = "this is a text file, not an image\n";
+  rejects({text.begin(), text.end()}, "text");
+  rejects({}, "empty");
+  Generator g(5);
+  std::vector<uint8_t> noise(3000);
+  for (auto& b : noise) b = static_cast<uint8_t>(g.below(256));
+  rejects(noise, "noise");
+  // A JPEG header followed by garbage.
+  std::vector<uint8_t> bad(jpg.begin(), jpg.begin() + 200);
+  bad.insert(bad.end(), noise.begin(), noise.end());
+  rejects(bad, "JPEG header + noise");
+  EXPECT_NE(decode_image_file(dir / "missing.png", 3, &out).error.find("cannot open"), std::string::npos);
+}
+
+TEST(ImageCodec, ResizeCoverKeepsAspectAndCentres) {
+  Image same = make_image(64, 64, 3, 6);
+  EXPECT_EQ(resize_cover(same, 64), same);
+  // 128x64, dark left half / bright right half -> 128x64 -> centre 64 square:
+  // columns 32..95 of the source, so the left half of the result is dark.
+  Image halves(128, 64, 1);
+  for (int y = 0; y < 64; ++y)
+    for (int x = 64; x < 128; ++x) halves.at(y, x, 0) = 200;
+  Image r = resize_cover(halves, 64);
+  ASSERT_EQ(r.width, 64);
+  ASSERT_EQ(r.height, 64);
+  EXPECT_EQ(r.at(10, 0, 0), 0);
+  EXPECT_EQ(r.at(10, 30, 0), 0);
+  EXPECT_EQ(r.at(10, 34, 0), 200);
+  EXPECT_EQ(r.at(10, 63, 0), 200);
+  // A flat image stays flat at any scale.
+  Image flat(100, 80, 3);
+  std::fill(flat.pixels.begin(), flat.pixels.end(), 77);
+  for (int s : {28, 64, 150}) {
+    Image f = resize_cover(flat, s);
+    EXPECT_EQ(f.width, s);
+    EXPECT_TRUE(std::all_of(f.pixels.begin(), f.pixels.end(), [](uint8_t v) { return v == 77; })) << s;
+  }
+}
+
+// ---------------------------------------------------------------- IDX
+
+TEST(Idx, PlainAndGzippedRoundTrip) {
+  TempDir dir;
+  std::vector<uint8_t> data(5 * 3 * 4);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7);
+  for (bool gz : {false, true}) {
+    std::string p = dir / (gz ? "x.gz" : "x");
+    write_idx(p, {5, 3, 4}, data, gz);
+    IdxArray a = read_idx(p, 3);
+    EXPECT_EQ(a.dims, (std::vector<int64_t>{5, 3, 4}));
+    EXPECT_EQ(a.data, data);
+  }
+  // The gzipped file really is gzip, and the plain one is not.
+  std::ifstream f(dir / "x.gz", std::ios::binary);
+  EXPECT_EQ(f.get(), 0x1f);
+  EXPECT_EQ(f.get(), 0x8b);
+  EXPECT_EQ(fs::file_size(dir / "x"), 4u + 12u + data.size());
+}
+
+TEST(Idx, BadHeadersNameThePath) {
+  TempDir dir;
+  auto write = [&](const std::string& name, std::vector<uint8_t> bytes) {
+    write_bytes(dir.path() / name, bytes);
+    return dir / name;
+  };
+  // 2 images of 2x2.
+  std::vector<uint8_t> good = {0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8};
+  EXPECT_EQ(read_idx(write("good", good)).data.size(), 8u);
+  std::vector<uint8_t> b = good;
+  b[0] = 1;
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(write("magic", b)), dir / "magic");
+  b = good;
+  b[2] = 0x0D;  // float elements
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(write("type", b)), "element type");
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(write("dims", good), 1), "3 dimensions, expected 1");
+  b = good;
+  b.pop_back();
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(write("short", b)), "header says 8");
+  b = good;
+  b.push_back(0);
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(write("long", b)), dir / "long");
+  b = good;
+  b[7] = 0;  // a zero dimension
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(write("zero", b)), "is 0");
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(write("tiny", {0, 0})), dir / "tiny");
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(dir / "absent"), "cannot open");
+  // A gzip stream cut in the middle.
+  std::vector<uint8_t> big(20000);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint8_t>((i * 2654435761u) >> 13);
+  write_idx(dir / "cut.gz", {20, 1000}, big, true);
+  auto size = fs::file_size(dir / "cut.gz");
+  fs::resize_file(dir / "cut.gz", size / 2);
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(dir / "cut.gz"), dir / "cut.gz");
+}
+
+TEST(Idx, DatasetChecksCountsAndLabels) {
+  TempDir dir;
+  std::vector<uint8_t> px(6 * 28 * 28, 9);
+  write_idx(dir / "img", {6, 28, 28}, px, true);
+  write_idx(dir / "lab", {6}, {0, 1, 2, 3, 4, 9}, false);
+  write_idx(dir / "lab5", {5}, {0, 1, 2, 3, 4}, false);
+  write_idx(dir / "lab_bad", {6}, {0, 1, 2, 10, 4, 5}, false);
+  IdxDataset ds(dir / "img", dir / "lab", mnist_classes());
+  EXPECT_EQ(ds.size(), 6);
+  EXPECT_EQ(ds.label(5), 9);
+  EXPECT_EQ(ds.image_size(), 28);
+  EXPECT_EQ(ds.channels(), 1);
+  EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "img", dir / "lab5", mnist_classes()), "5 labels");
+  EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "img", dir / "lab_bad", mnist_classes()), dir / "lab_bad");
+  EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "lab", dir / "lab", mnist_classes()), "1 dimensions, expected 3");
+}
+
+TEST(FashionMnist, RealDataFromTheDebianPackage) {
+  if (!fs::exists(std::string(kFashionMnistDir) + "/train-images-idx3-ubyte.gz") &&
+      !fs::exists(std::string(kFashionMnistDir) + "/train-images-idx3-ubyte")) {
+    GTEST_SKIP() << "dataset-fashion-mnist not installed at " << kFashionMnistDir;
+  }
+  Splits s = open_data(parse_data_spec("fashion-mnist"));
+  ASSERT_EQ(s.train->size(), 60000);
+  ASSERT_EQ(s.val->size(), 10000);
+  EXPECT_EQ(s.train->image_size(), 28);
+  EXPECT_EQ(s.train->class_names()[9], "Ankle boot");
+  std::vector<int64_t> htrain(10, 0), hval(10, 0);
+  for (int64_t i = 0; i < s.train->size(); ++i) htrain[s.train->label(i)]++;
+  for (int64_t i = 0; i < s.val->size(); ++i) hval[s.val->label(i)]++;
+  EXPECT_EQ(htrain, std::vector<int64_t>(10, 6000));
+  EXPECT_EQ(hval, std::vector<int64_t>(10, 1000));
+  // Images are not blank, and the first training item is an ankle boot (label 9).
+  Image img;
+  ASSERT_TRUE(s.train->load(0, &img));
+  EXPECT_EQ(s.train->label(0), 9);
+  EXPECT_GT(*std::max_element(img.pixels.begin(), img.pixels.end()), 200);
+}
+
+// ---------------------------------------------------------------- Tiny ImageNet
+
+// A Tiny-ImageNet-layout tree: wnids.txt listed out of order, words.txt for two
+// of the three classes, <wnid>_boxes.txt files, 64x64 JPEGs, and planted bad
+// files: a corrupt JPEG, a truncated JPEG, a text file named .JPEG, a .txt file
+// in an images folder, and a 32x32 validation image.
+struct TinyTree {
+  TempDir dir;
+  std::map<std::string, int> counts = {{"n01", 5}, {"n02", 4}, {"n03", 6}};
+  std::vector<std::string> bad_train, bad_val;
+  std::vector<std::pair<std::string, std::string>> val;  // file, wnid
+
+  TinyTree() {
+    fs::path root = dir.path();
+    write_text(root / "wnids.txt", "n03\nn01\nn02\n");
+    write_text(root / "words.txt", "n00\tentity\nn01\tgoldfish, Carassius auratus\nn02\tsalamander\n");
+    int seed = 0;
+    for (auto& [wnid, n] : counts) {
+      write_text(root / "train" / wnid / (wnid + "_boxes.txt"), "box lines\n");
+      for (int k = 0; k < n; ++k)
+        write_image(root / "train" / wnid / "images" / (wnid + "_" + std::to_string(k) + ".JPEG"),
+                    make_image(64, 64, k % 3 == 2 ? 1 : 3, ++seed));  // some grayscale JPEGs, as in the real set
+    }
+    Generator g(11);
+    std::vector<uint8_t> noise(2000);
+    for (auto& b : noise) b = static_cast<uint8_t>(g.below(256));
+    fs::path corrupt = root / "train" / "n02" / "images" / "n02_corrupt.JPEG";
+    write_bytes(corrupt, noise);
+    std::vector<uint8_t> jpg = encode_image(make_image(64, 64, 3, 99), "jpg", 90);
+    fs::path cut = root / "train" / "n01" / "images" / "n01_cut.JPEG";
+    write_bytes(cut, {jpg.begin(), jpg.begin() + jpg.size() * 2 / 3});
+    fs::path text = root / "train" / "n03" / "images" / "n03_text.JPEG";
+    write_text(text, "not an image\n");
+    write_text(root / "train" / "n03" / "images" / "notes.txt", "stray notes\n");
+    bad_train = {corrupt.string(), cut.string(), text.string()};
+
+    std::string ann;
+    const char* wnids[] = {"n02", "n01", "n03", "n02", "n01", "n03"};
+    for (int k = 0; k < 6; ++k) {
+      std::string file = "val_" + std::to_string(k) + ".JPEG";
+      write_image(root / "val" / "images" / file, make_image(k == 4 ? 32 : 64, k == 4 ? 32 : 64, 3, 50 + k));
+      ann += file + "\t" + wnids[k] + "\t0\t0\t63\t63\n";
+      val.push_back({file, wnids[k]});
+    }
+    write_text(root / "val" / "val_annotations.txt", ann);
+    bad_val = {(root / "val" / "images" / "val_4.JPEG").string()};
+  }
+  std::string root() const { return dir.path().string(); }
+};
+
+TEST(TinyImageNet, ClassesLabelsCountsAndAnnotations) {
+  TinyTree t;
+  testing::internal::CaptureStderr();
+  Splits s = open_tiny_imagenet(t.root());
+  std::string open_log = testing::internal::GetCapturedStderr();
+  EXPECT_NE(open_log.find("notes.txt"), std::string::npos) << open_log;
+
+  EXPECT_EQ(s.train->class_names(), (std::vector<std::string>{"n01", "n02", "n03"}));
+  EXPECT_EQ(s.train->class_descriptions(),
+            (std::vector<std::string>{"goldfish, Carassius auratus", "salamander", "n03"}));
+  EXPECT_EQ(s.train->channels(), 3);
+  EXPECT_EQ(s.train->image_size(), 64);
+  // Every file with an image extension is listed (the bad ones are found on decoding).
+  ASSERT_EQ(s.train->size(), 5 + 1 + 4 + 1 + 6 + 1);
+  std::map<int64_t, int> per_label;
+  for (int64_t i = 0; i < s.train->size(); ++i) {
+    std::string path = s.train->item_name(i);
+    std::string wnid = fs::path(path).parent_path().parent_path().filename().string();
+    EXPECT_EQ(s.train->class_names()[s.train->label(i)], wnid) << path;
+    per_label[s.train->label(i)]++;
+  }
+  EXPECT_EQ(per_label[0], 6);
+  EXPECT_EQ(per_label[1], 5);
+  EXPECT_EQ(per_label[2], 7);
+
+  ASSERT_EQ(s.val->size(), 6);
+  for (int64_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(fs::path(s.val->item_name(i)).filename().string(), t.val[i].first);
+    EXPECT_EQ(s.val->class_names()[s.val->label(i)], t.val[i].second);
+  }
+
+  // Loading every item twice: the bad ones fail and are reported once each.
+  testing::internal::CaptureStderr();
+  int ok = 0;
+  Image img;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int64_t i = 0; i < s.train->size(); ++i) ok += s.train->load(i, &img);
+    for (int64_t i = 0; i < s.val->size(); ++i) ok += s.val->load(i, &img);
+  }
+  std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(ok, 2 * (15 + 5));
+  EXPECT_EQ(s.train->bad_item_count(), 3);
+  EXPECT_EQ(s.val->bad_item_count(), 1);
+  for (const std::string& p : t.bad_train) {
+    EXPECT_NE(log.find("skipping " + p + ": "), std::string::npos) << p << "\n" << log;
+    size_t at = log.find(p);
+    EXPECT_EQ(log.find(p, at + 1), std::string::npos) << "reported twice: " << p;
+  }
+  EXPECT_NE(log.find(t.bad_val[0] + ": image is 32x32, expected 64x64"), std::string::npos) << log;
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 4) << log;
+}
+
+TEST(TinyImageNet, StructuralErrorsNameThePath) {
+  {
+    TinyTree t;
+    EXPECT_INPUT_ERROR_MENTIONS(open_tiny_imagenet(t.root() + "/nope"), t.root() + "/nope");
+  }
+  {
+    TinyTree t;  // an empty class
+    for (const auto& e : fs::directory_iterator(t.dir.path() / "train" / "n02" / "images")) fs::remove(e.path());
+    EXPECT_INPUT_ERROR_MENTIONS(open_tiny_imagenet(t.root()), (t.dir.path() / "train" / "n02" / "images").string());
+  }
+  {
+    TinyTree t;  // a class listed in wnids.txt without its folder
+    fs::remove_all(t.dir.path() / "train" / "n03");
+    EXPECT_INPUT_ERROR_MENTIONS(open_tiny_imagenet(t.root()), "n03");
+  }
+  {
+    TinyTree t;  // a training folder that is not a listed class
+    write_image(t.dir.path() / "train" / "n09" / "images" / "x.JPEG", make_image(64, 64, 3, 1));
+    EXPECT_INPUT_ERROR_MENTIONS(open_tiny_imagenet(t.root()), "n09: class folder not in wnids.txt");
+  }
+  {
+    TinyTree t;  // an annotation naming an unknown class: the label would be out of range
+    write_text(t.dir.path() / "val" / "val_annotations.txt", "val_0.JPEG\tn01\nval_1.JPEG\tn77\n");
+    EXPECT_INPUT_ERROR_MENTIONS(open_tiny_imagenet(t.root()), "val_annotations.txt:2: unknown class 'n77'");
+  }
+  {
+    TinyTree t;
+    fs::remove(t.dir.path() / "val" / "val_annotations.txt");
+    EXPECT_INPUT_ERROR_MENTIONS(open_tiny_imagenet(t.root()), "val_annotations.txt: missing");
+  }
+}
+
+// ---------------------------------------------------------------- image folders
+
+TEST(ImageFolder, TrainValSplitsResizeAndErrors) {
+  TempDir dir;
+  fs::path root = dir.path();
+  write_image(root / "train" / "dog" / "a.png", make_image(100, 80, 3, 1));
+  write_image(root / "train" / "dog" / "sub" / "b.jpg", make_image(64, 64, 3, 2));
+  write_image(root / "train" / "cat" / "c.bmp", make_image(30, 50, 1, 3));
+  write_image(root / "val" / "dog" / "d.jpeg", make_image(64, 64, 3, 4));
+  Splits s = open_data(parse_data_spec("folder:" + root.string()));
+  EXPECT_EQ(s.train->class_names(), (std::vector<std::string>{"cat", "dog"}));
+  ASSERT_EQ(s.train->size(), 3);
+  EXPECT_EQ(s.train->label(0), 0);
+  EXPECT_EQ(s.train->label(1), 1);
+  ASSERT_EQ(s.val->size(), 1);
+  EXPECT_EQ(s.val->label(0), 1);  // labels follow the training classes
+  Image img;
+  for (int64_t i = 0; i < 3; ++i) {
+    ASSERT_TRUE(s.train->load(i, &img));
+    EXPECT_EQ(img.width, 64);
+    EXPECT_EQ(img.height, 64);
+    EXPECT_EQ(img.channels, 3);
+  }
+  write_image(root / "val" / "bird" / "e.png", make_image(64, 64, 3, 5));
+  EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits(root.string()), "bird: class not among the training classes");
+  fs::create_directories(root / "train" / "empty");
+  EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits(root.string()), "empty: no images");
+  EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits((root / "none").string()), (root / "none").string());
+}
+
+TEST(ImageFolder, HoldoutWithoutTrainFolder) {
+  TempDir dir;
+  for (int k = 0; k < 25; ++k) {
+    char name[32];
+    std::snprintf(name, sizeof name, "%02d.png", k);
+    write_image(dir.path() / "a" / name, make_image(8, 8, 3, k));
+  }
+  for (int k = 0; k < 4; ++k) write_image(dir.path() / "b" / (std::to_string(k) + ".png"), make_image(8, 8, 3, k));
+  Splits s = open_folder_splits(dir.path().string(), 16);
+  ASSERT_EQ(s.val->size(), 2);  // the 10th and 20th of class a; b has too few
+  EXPECT_EQ(s.train->size(), 23 + 4);
+  EXPECT_EQ(fs::path(s.val->item_name(0)).filename().string(), "09.png");
+  EXPECT_EQ(fs::path(s.val->item_name(1)).filename().string(), "19.png");
+  EXPECT_EQ(s.train->image_size(), 16);
+}
+
+// ---------------------------------------------------------------- specs
+
+TEST(DataSpecs, ParseAndClassNames) {
+  DataSpec d = parse_data_spec("fashion-mnist");
+  EXPECT_EQ(d.kind, DataSpec::Kind::FashionMnist);
+  EXPECT_EQ(d.dir, kFashionMnistDir);
+  EXPECT_EQ(parse_data_spec("fashion-mnist:/x/y").dir, "/x/y");
+  EXPECT_EQ(parse_data_spec("mnist:/m").kind, DataSpec::Kind::Mnist);
+  EXPECT_EQ(parse_data_spec("tiny-imagenet:/t").kind, DataSpec::Kind::TinyImageNet);
+  EXPECT_EQ(parse_data_spec("folder:/f").dir, "/f");
+  EXPECT_INPUT_ERROR_MENTIONS(parse_data_spec("imagenet:/x"), "imagenet:/x");
+  EXPECT_INPUT_ERROR_MENTIONS(parse_data_spec("tiny-imagenet"), "missing folder");
+  EXPECT_INPUT_ERROR_MENTIONS(parse_data_spec("folder:"), "missing folder");
+  EXPECT_EQ(preprocess_for(d).channels, 1);
+  EXPECT_EQ(preprocess_for(parse_data_spec("folder:/f")).crop, 56);
+
+  ClassNames f = class_names_for(d);
+  ASSERT_EQ(f.names.size(), 10u);
+  EXPECT_EQ(f.names[0], "T-shirt/top");
+  TinyTree t;
+  ClassNames c = class_names_for(parse_data_spec("tiny-imagenet:" + t.root()));
+  EXPECT_EQ(c.names, (std::vector<std::string>{"n01", "n02", "n03"}));
+  EXPECT_EQ(c.descriptions[1], "salamander");
+}
+
+// ---------------------------------------------------------------- loader
+
+// 40 distinct 64x64 RGB images in a folder dataset (PNG: exact pixels).
+struct FolderSet {
+  TempDir dir;
+  std::shared_ptr<const Dataset> ds;
+  explicit FolderSet(int n = 40) {
+    for (int k = 0; k < n; ++k) {
+      char name[32];  // (snprintf: GCC 12 warns falsely on string concatenation here)
+      std::snprintf(name, sizeof name, "c%d/%d.png", k % 3, 100 + k);
+      write_image(dir.path() / name, make_image(64, 64, 3, k));
+    }
+    ds = open_image_folder(dir.path().string());
+  }
+};
+
+std::vector<Batch> run_epoch(Loader& loader, int64_t epoch, int64_t first = 0) {
+  loader.start_epoch(epoch, first);
+  std::vector<Batch> out;
+  while (auto b = loader.next()) out.push_back(std::move(*b));
+  return out;
+}
+
+void expect_same_batches(const std::vector<Batch>& a, const std::vector<Batch>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].index, b[i].index) << what;
+    EXPECT_EQ(a[i].samples, b[i].samples) << what << " batch " << i;
+    EXPECT_EQ(a[i].labels.to_vector<int64_t>(), b[i].labels.to_vector<int64_t>()) << what;
+    EXPECT_EQ(a[i].images.to_vector<float>(), b[i].images.to_vector<float>()) << what << " batch " << i;
+  }
+}
+
+TEST(Loader, SameBatchesWithOneTwoAndThreeWorkers) {
+  FolderSet set;
+  LoaderOptions o;
+  o.batch_size = 8;
+  o.seed = 1234;
+  o.workers = 1;
+  Loader l1(set.ds, Preprocess::seed_rgb(), o);
+  o.workers = 2;
+  o.prefetch = 2;
+  Loader l2(set.ds, Preprocess::seed_rgb(), o);
+  o.workers = 3;
+  o.prefetch = 5;
+  Loader l3(set.ds, Preprocess::seed_rgb(), o);
+  for (int64_t epoch : {0, 1}) {
+    auto a = run_epoch(l1, epoch), b = run_epoch(l2, epoch), c = run_epoch(l3, epoch);
+    ASSERT_EQ(a.size(), 5u);
+    expect_same_batches(a, b, "1 vs 2 workers");
+    expect_same_batches(a, c, "1 vs 3 workers");
+  }
+}
+
+TEST(Loader, EpochContentShuffleAndAugmentation) {
+  FolderSet set;
+  LoaderOptions o;
+  o.batch_size = 16;
+  o.seed = 7;
+  Loader loader(set.ds, Preprocess::seed_rgb(), o);
+  EXPECT_EQ(loader.batches_per_epoch(), 3);
+  auto e0 = run_epoch(loader, 0), e1 = run_epoch(loader, 1);
+  ASSERT_EQ(e0.size(), 3u);
+  EXPECT_EQ(e0[2].size(), 8);  // 40 = 16 + 16 + 8
+  std::vector<int64_t> all0, all1;
+  for (const Batch& b : e0) {
+    EXPECT_EQ(b.images.shape(), (Shape{b.size(), 3, 56, 56}));
+    EXPECT_EQ(b.labels.dtype(), DType::I64);
+    EXPECT_EQ(b.samples, loader.batch_samples(0, b.index));
+    auto labels = b.labels.to_vector<int64_t>();
+    for (int64_t i = 0; i < b.size(); ++i) EXPECT_EQ(labels[i], set.ds->label(b.samples[i]));
+    EXPECT_TRUE(test::all_finite(b.images));
+    all0.insert(all0.end(), b.samples.begin(), b.samples.end());
+  }
+  for (const Batch& b : e1) all1.insert(all1.end(), b.samples.begin(), b.samples.end());
+  EXPECT_NE(all0, all1);  // a new order each epoch
+  std::sort(all0.begin(), all0.end());
+  std::sort(all1.begin(), all1.end());
+  std::vector<int64_t> every(40);
+  std::iota(every.begin(), every.end(), 0);
+  EXPECT_EQ(all0, every);
+  EXPECT_EQ(all1, every);
+
+  // Each sample is exactly what preprocess() gives with its own key.
+  const Batch& b = e1[1];
+  Image img;
+  ASSERT_TRUE(set.ds->load(b.samples[3], &img));
+  std::vector<float> want(3 * 56 * 56);
+  preprocess(img, Preprocess::seed_rgb(), true, sample_key(7, 1, uint64_t(b.samples[3])), want.data());
+  std::vector<float> got = b.images.select(0, 3).contiguous().to_vector<float>();
+  EXPECT_EQ(got, want);
+  // Without augmentation: centre crops in dataset order.
+  o.augment = false;
+  o.shuffle = false;
+  Loader val(set.ds, Preprocess::seed_rgb(), o);
+  auto v = run_epoch(val, 0);
+  ASSERT_TRUE(set.ds->load(0, &img));
+  preprocess(img, Preprocess::seed_rgb(), false, 0, want.data());
+  EXPECT_EQ(v[0].samples[0], 0);
+  EXPECT_EQ(v[0].images.select(0, 0).contiguous().to_vector<float>(), want);
+}
+
+TEST(Loader, ResumeMidEpochGivesTheRemainingBatches) {
+  FolderSet set;
+  LoaderOptions o;
+  o.batch_size = 6;
+  o.seed = 99;
+  Loader full(set.ds, Preprocess::seed_rgb(), o);
+  auto all = run_epoch(full, 3);
+  ASSERT_EQ(all.size(), 7u);
+  for (int64_t first : {1, 4, 6, 7}) {
+    Loader resumed(set.ds, Preprocess::seed_rgb(), o);
+    auto rest = run_epoch(resumed, 3, first);
+    expect_same_batches(std::vector<Batch>(all.begin() + first, all.end()), rest, "resume at " + std::to_string(first));
+  }
+  // Restarting while batches are in flight discards them.
+  Loader l(set.ds, Preprocess::seed_rgb(), o);
+  l.start_epoch(5);
+  ASSERT_TRUE(l.next().has_value());
+  EXPECT_EQ(l.position(), 1);
+  auto again = run_epoch(l, 3, 2);
+  expect_same_batches(std::vector<Batch>(all.begin() + 2, all.end()), again, "restart");
+  EXPECT_EQ(l.epoch(), 3);
+}
+
+TEST(Loader, DropLastAndGrayData) {
+  TempDir dir;
+  std::vector<uint8_t> px(23 * 28 * 28), lab(23);
+  for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>(i * 31);
+  for (size_t i = 0; i < lab.size(); ++i) lab[i] = static_cast<uint8_t>(i % 10);
+  write_idx(dir / "img.gz", {23, 28, 28}, px, true);
+  write_idx(dir / "lab.gz", {23}, lab, true);
+  auto ds = std::make_shared<IdxDataset>(dir / "img.gz", dir / "lab.gz", fashion_mnist_classes());
+  LoaderOptions o;
+  o.batch_size = 5;
+  o.drop_last = true;
+  Loader l(ds, Preprocess::gray(), o);
+  EXPECT_EQ(l.batches_per_epoch(), 4);
+  auto e = run_epoch(l, 0);
+  ASSERT_EQ(e.size(), 4u);
+  for (const Batch& b : e) EXPECT_EQ(b.images.shape(), (Shape{5, 1, 28, 28}));
+  o.drop_last = false;
+  Loader l2(ds, Preprocess::gray(), o);
+  EXPECT_EQ(run_epoch(l2, 0).back().size(), 3);
+  // A preprocessing that does not fit the data is refused.
+  EXPECT_THROW((void)Loader(ds, Preprocess::seed_rgb(), o), Error);
+}
+
+TEST(Loader, BadFilesAreSkippedCountedAndReportedOnce) {
+  TinyTree t;
+  testing::internal::CaptureStderr();
+  Splits s = open_tiny_imagenet(t.root());
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.seed = 3;
+  Loader loader(s.train, Preprocess::seed_rgb(), o);
+  std::vector<std::string> skipped;
+  for (int64_t epoch : {0, 1}) {
+    auto e = run_epoch(loader, epoch);
+    int64_t n = 0, sk = 0;
+    for (const Batch& b : e) {
+      n += b.size();
+      sk += b.skipped;
+      if (epoch == 0) skipped.insert(skipped.end(), b.skipped_items.begin(), b.skipped_items.end());
+      EXPECT_EQ(b.images.size(0), b.size());
+    }
+    EXPECT_EQ(n, 15) << "epoch " << epoch;
+    EXPECT_EQ(sk, 3);
+    EXPECT_EQ(loader.skipped_in_epoch(), 3) << "epoch " << epoch;
+  }
+  std::string log = testing::internal::GetCapturedStderr();
+  std::sort(skipped.begin(), skipped.end());
+  std::vector<std::string> want = t.bad_train;
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(skipped, want);
+  for (const std::string& p : t.bad_train) {
+    size_t at = log.find(p);
+    ASSERT_NE(at, std::string::npos) << p;
+    EXPECT_EQ(log.find(p, at + 1), std::string::npos) << "reported twice: " << p;
+  }
+}
+
+// A dataset whose item 5 throws: the loader hands the error to the consumer.
+class ThrowingDataset : public Dataset {
+ public:
+  ThrowingDataset() {
+    m_class_names = {"a", "b"};
+    m_class_descriptions = m_class_names;
+    m_channels = 1;
+    m_image_size = 28;
+  }
+  int64_t size() const override { return 12; }
+  int64_t label(int64_t i) const override { return i % 2; }
+  std::string item_name(int64_t i) const override { return "item" + std::to_string(i); }
+
+ protected:
+  DecodeResult decode(int64_t i, Image* out) const override {
+    if (i == 5) TTQ_THROW() << "boom at 5";
+    *out = Image(28, 28, 1);
+    return {true, ""};
+  }
+};
+
+TEST(Loader, WorkerErrorsReachTheConsumer) {
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.shuffle = false;
+  Loader l(std::make_shared<ThrowingDataset>(), Preprocess::gray(), o);
+  l.start_epoch(0);
+  EXPECT_TRUE(l.next().has_value());
+  try {
+    l.next();
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("boom at 5"), std::string::npos);
+  }
+  EXPECT_TRUE(l.next().has_value());  // the epoch goes on after the failed batch
+  EXPECT_FALSE(l.next().has_value());
+}
+
+// ---------------------------------------------------------------- inference inputs
+
+TEST(Inference, ImageFileToInputTensor) {
+  TempDir dir;
+  Image img = make_image(64, 64, 3, 21);
+  save_image(dir / "x.png", img);
+  Preprocess p = Preprocess::for_input(3, 56);
+  Tensor t = load_image_tensor(dir / "x.png", p);
+  EXPECT_EQ(t.shape(), (Shape{1, 3, 56, 56}));
+  std::vector<float> want(3 * 56 * 56);
+  preprocess(img, p, false, 0, want.data());
+  EXPECT_EQ(t.to_vector<float>(), want);
+  // Another size is resized first; a gray model gets one channel.
+  save_image(dir / "wide.jpg", make_image(120, 90, 3, 22));
+  EXPECT_EQ(load_image_tensor(dir / "wide.jpg", p).shape(), (Shape{1, 3, 56, 56}));
+  EXPECT_EQ(load_image_tensor(dir / "wide.jpg", Preprocess::for_input(1, 28)).shape(), (Shape{1, 1, 28, 28}));
+  write_text(dir.path() / "notes.png", "text");
+  EXPECT_INPUT_ERROR_MENTIONS(load_image_tensor(dir / "notes.png", p), dir / "notes.png");
+}
+
+}  // namespace
+}  // namespace ttq::data

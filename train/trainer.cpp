@@ -1,0 +1,582 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine/autograd.h"
+#include "engine/cuda/runtime.h"
+#include "engine/io/safetensors.h"
+#include "engine/nn/layers.h"
+#include "engine/ops/ops.h"
+#include "engine/optim/optimizer.h"
+#include "engine/optim/plateau.h"
+#include "models/infer.h"
+#include "models/ttq.h"
+#include "train/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace ttq::train {
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// The first `n` items of a seeded permutation of `base` (classes stay mixed).
+class SubsetDataset : public data::Dataset {
+ public:
+  SubsetDataset(std::shared_ptr<const data::Dataset> base, int64_t n, uint64_t seed) : m_base(std::move(base)) {
+    std::vector<int64_t> idx(m_base->size());
+    for (int64_t i = 0; i < m_base->size(); ++i) idx[i] = i;
+    Generator g(seed ^ 0x5b5e7ull);
+    for (int64_t i = static_cast<int64_t>(idx.size()) - 1; i > 0; --i)
+      std::swap(idx[i], idx[static_cast<int64_t>(g.below(static_cast<uint64_t>(i + 1)))]);
+    idx.resize(std::min<int64_t>(n, m_base->size()));
+    std::sort(idx.begin(), idx.end());
+    m_indices = std::move(idx);
+    m_class_names = m_base->class_names();
+    m_class_descriptions = m_base->class_descriptions();
+    m_channels = m_base->channels();
+    m_image_size = m_base->image_size();
+  }
+  int64_t size() const override { return static_cast<int64_t>(m_indices.size()); }
+  int64_t label(int64_t i) const override { return m_base->label(m_indices[i]); }
+  std::string item_name(int64_t i) const override { return m_base->item_name(m_indices[i]); }
+
+ protected:
+  data::DecodeResult decode(int64_t i, data::Image* out) const override {
+    // The base reports an unusable item itself (once); this only passes the verdict on.
+    if (m_base->load(m_indices[i], out)) return {true, ""};
+    return {false, "unusable (reported above)"};
+  }
+
+ private:
+  std::shared_ptr<const data::Dataset> m_base;
+  std::vector<int64_t> m_indices;
+};
+
+std::string fmt_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  int64_t t = static_cast<int64_t>(s + 0.5);
+  std::ostringstream os;
+  if (t >= 3600) os << t / 3600 << ":" << std::setw(2) << std::setfill('0') << (t / 60) % 60;
+  else os << t / 60;
+  os << ":" << std::setw(2) << std::setfill('0') << t % 60;
+  return os.str();
+}
+
+// Progress: a live line on a terminal, a plain line every ~10% otherwise.
+class Progress {
+ public:
+  Progress(std::ostream& log, bool enabled, bool tty) : m_log(log), m_enabled(enabled), m_tty(tty) {}
+  void update(const std::string& head, int64_t done, int64_t total, double images_per_s, double eta_s,
+              const std::string& tail) {
+    if (!m_enabled) return;
+    std::ostringstream os;
+    os << head << " [" << done << "/" << total << "] " << std::fixed << std::setprecision(1) << images_per_s
+       << " img/s, ETA " << fmt_duration(eta_s) << tail;
+    if (m_tty) {
+      m_log << "\r\033[K" << os.str() << std::flush;
+      m_dirty = true;
+    } else {
+      int64_t step = std::max<int64_t>(1, total / 10);
+      if (done % step == 0 || done == total) m_log << os.str() << "\n" << std::flush;
+    }
+  }
+  void finish_line() {
+    if (m_dirty) m_log << "\r\033[K" << std::flush;
+    m_dirty = false;
+  }
+
+ private:
+  std::ostream& m_log;
+  bool m_enabled, m_tty;
+  bool m_dirty = false;
+};
+
+std::string json_number(double v) {
+  std::ostringstream os;
+  os << std::setprecision(10) << v;
+  return os.str();
+}
+
+bool is_cpu_arch_default_squeezenet(const std::string& model) { return model == "squeezenet"; }
+
+// The seed's early stop: with more than patience + 4 epochs, stop when the last
+// top-1 does not beat the mean of the 5 epochs ending `patience` epochs ago by
+// `threshold`.
+bool early_stop(const std::vector<double>& acc, int patience, double threshold) {
+  const int64_t n = static_cast<int64_t>(acc.size());
+  if (n <= patience + 4) return false;
+  double avg = 0;
+  for (int k = patience; k <= patience + 4; ++k) avg += acc[n - k];
+  avg /= 5.0;
+  return acc[n - 1] < avg + threshold;
+}
+
+io::NamedTensors read_init_weights(const std::string& path, const std::string& arch) {
+  io::Header h = io::read_safetensors_header(path);
+  auto fmt = h.metadata.find("format");
+  if (fmt != h.metadata.end() && fmt->second == "ttq-checkpoint") {
+    CheckpointContent c = read_checkpoint(path);
+    TTQ_INPUT_CHECK(c.arch == arch) << path << ": holds a " << c.arch << ", not a " << arch << " (--model)";
+    return c.model_tensors;
+  }
+  TTQ_INPUT_CHECK(fmt == h.metadata.end() || fmt->second != "ttq-packed-2bit")
+      << path << ": a packed model cannot initialise training";
+  auto m = h.metadata.find("model");
+  TTQ_INPUT_CHECK(m == h.metadata.end() || m->second == arch)
+      << path << ": holds a " << m->second << ", not a " << arch << " (--model)";
+  return io::read_safetensors(path).tensors();
+}
+
+}  // namespace
+
+void install_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+void request_stop(int signal_number) { g_stop_signal.store(signal_number); }
+void clear_stop_request() { g_stop_signal.store(0); }
+
+std::string EpochMetrics::json() const {
+  std::ostringstream os;
+  os << "{\"epoch\": " << epoch << ", \"train_loss\": " << json_number(train_loss)
+     << ", \"train_top1\": " << json_number(train_top1) << ", \"val_loss\": " << json_number(val_loss)
+     << ", \"val_top1\": " << json_number(val_top1) << ", \"val_top5\": " << json_number(val_top5)
+     << ", \"lr\": " << json_number(lr) << ", \"seconds\": " << json_number(seconds)
+     << ", \"images_per_second\": " << json_number(images_per_second);
+  if (ttq) {
+    os << ", \"zero_fraction\": " << json_number(zero_fraction) << ", \"mean_wp\": " << json_number(mean_wp)
+       << ", \"mean_wn\": " << json_number(mean_wn);
+  }
+  os << ", \"skipped\": " << skipped << "}";
+  return os.str();
+}
+
+TrainOptions resolve_defaults(TrainOptions o) {
+  TTQ_INPUT_CHECK(o.phase == "fp" || o.phase == "ttq") << "--phase: expected fp or ttq, got '" << o.phase << "'";
+  bool known = false;
+  for (const auto& n : models::names()) known = known || n == o.model;
+  TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model
+                         << "' (expected small_densenet, squeezenet or densenet121)";
+  const bool sq = is_cpu_arch_default_squeezenet(o.model);
+  const bool fp = o.phase == "fp";
+  if (o.epochs < 0) o.epochs = fp ? 30 : 20;
+  if (o.batch < 0) o.batch = fp ? 128 : 512;
+  if (o.lr < 0) o.lr = fp ? (sq ? 0.04 : 0.1) : (sq ? 1e-4 : 1e-3);
+  if (o.weight_decay < 0) o.weight_decay = fp ? (sq ? 3e-4 : 1e-4) : 1e-4;
+  if (o.t < 0) o.t = sq ? 0.15 : 0.05;
+  TTQ_INPUT_CHECK(o.epochs >= 1) << "--epochs must be at least 1";
+  TTQ_INPUT_CHECK(o.batch >= 1) << "--batch must be at least 1";
+  TTQ_INPUT_CHECK(o.lr > 0 && std::isfinite(o.lr)) << "--lr must be positive";
+  TTQ_INPUT_CHECK(o.t >= 0 && o.t < 1) << "--t must be in [0, 1)";
+  TTQ_INPUT_CHECK(o.workers >= 1 && o.workers <= 64) << "--workers must be in 1..64";
+  TTQ_INPUT_CHECK(o.limit_train >= 0 && o.limit_val >= 0) << "--limit-train / --limit-val must be >= 0";
+  TTQ_INPUT_CHECK(!o.out.empty()) << "--out: a run folder is required";
+  TTQ_INPUT_CHECK(o.wn_grad == "exact" || o.wn_grad == "seed")
+      << "--wn-grad: expected exact or seed, got '" << o.wn_grad << "'";
+  models::parse_scale_init(o.scales_init);  // throws on a bad value
+  TTQ_INPUT_CHECK(fp || !o.init.empty() || o.resume)
+      << "--init: the ttq phase starts from a full-precision checkpoint (--init CKPT)";
+  return o;
+}
+
+EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device) {
+  autograd::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  auto t0 = Clock::now();
+  EvalResult r;
+  double loss_sum = 0, c1 = 0, c5 = 0;
+  loader.start_epoch(0, 0);
+  while (auto b = loader.next()) {
+    Tensor x = b->images.to(device), y = b->labels.to(device);
+    Tensor logits = model(x);
+    const int64_t n = b->size();
+    loss_sum += ops::cross_entropy(logits, y).item() * static_cast<double>(n);
+    c1 += static_cast<double>(ops::topk_correct(logits, y, 1));
+    c5 += static_cast<double>(ops::topk_correct(logits, y, std::min<int64_t>(5, logits.size(1))));
+    r.count += n;
+  }
+  if (r.count > 0) {
+    r.loss = loss_sum / r.count;
+    r.top1 = c1 / r.count;
+    r.top5 = c5 / r.count;
+  }
+  r.seconds = seconds_since(t0);
+  model.train(was_training);
+  return r;
+}
+
+RunResult run_training(const TrainOptions& raw, std::ostream& log) {
+  TrainOptions o = resolve_defaults(raw);
+  const Device device = models::pick_device(o.device, log);
+  const bool ttq_phase = o.phase == "ttq";
+  fs::path out(o.out);
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  TTQ_INPUT_CHECK(!ec && fs::is_directory(out)) << "--out: cannot create folder " << o.out << ": " << ec.message();
+  const std::string last_path = (out / "last.safetensors").string();
+  const std::string best_path = (out / "best.safetensors").string();
+
+  // ---- resume: the checkpoint decides everything that shapes the run.
+  CheckpointContent resume_ckpt;
+  if (o.resume) {
+    TTQ_INPUT_CHECK(fs::exists(last_path)) << "--resume: " << last_path << " does not exist";
+    resume_ckpt = read_checkpoint(last_path);
+    TTQ_INPUT_CHECK(resume_ckpt.arch == o.model)
+        << last_path << ": holds a " << resume_ckpt.arch << " run, not " << o.model << " (--model)";
+    TTQ_INPUT_CHECK(resume_ckpt.phase == o.phase)
+        << last_path << ": holds a " << resume_ckpt.phase << " run, not " << o.phase << " (--phase)";
+  }
+
+  // ---- data
+  data::DataSpec spec = data::parse_data_spec(o.data);
+  data::Preprocess pre = data::preprocess_for(spec);
+  data::Splits splits = data::open_data(spec, pre.image_size);
+  TTQ_INPUT_CHECK(splits.train && splits.train->size() > 0) << o.data << ": no training images";
+  TTQ_INPUT_CHECK(splits.val && splits.val->size() > 0) << o.data << ": no validation images";
+  std::shared_ptr<const data::Dataset> train_set = splits.train, val_set = splits.val;
+  if (o.limit_train > 0) train_set = std::make_shared<SubsetDataset>(train_set, o.limit_train, o.seed);
+  if (o.limit_val > 0) val_set = std::make_shared<SubsetDataset>(val_set, o.limit_val, o.seed + 1);
+
+  data::LoaderOptions lo;
+  lo.batch_size = o.batch;
+  lo.workers = o.workers;
+  lo.shuffle = true;
+  lo.augment = true;
+  lo.seed = o.seed;
+  data::Loader train_loader(train_set, pre, lo);
+  data::LoaderOptions vo = lo;
+  vo.batch_size = o.eval_batch;
+  vo.shuffle = false;
+  vo.augment = false;
+  data::Loader val_loader(val_set, pre, vo);
+
+  // ---- model
+  models::ModelConfig mc;
+  mc.in_channels = pre.channels;
+  mc.input_size = pre.crop;
+  mc.num_classes = train_set->num_classes();
+  nn::manual_seed(o.seed);
+  models::ModelPtr model = models::create(o.model, mc, nn::global_generator());
+  models::TtqModel ttq;
+  if (o.resume) {
+    if (ttq_phase) {
+      models::TtqOptions topt = resume_ckpt.ttq;
+      ttq = models::quantize_model(*model, topt);
+      models::load_ttq_checkpoint(*model, ttq, resume_ckpt.model_tensors, last_path);
+    } else {
+      models::load_weights(*model, resume_ckpt.model_tensors, last_path);
+    }
+  } else {
+    if (!o.init.empty()) models::load_weights(*model, read_init_weights(o.init, o.model), o.init);
+    if (ttq_phase) {
+      models::TtqOptions topt;
+      topt.t = o.t;
+      topt.wn_grad = o.wn_grad == "seed" ? kernels::WnGradMode::Seed : kernels::WnGradMode::Exact;
+      topt.scale_init = models::parse_scale_init(o.scales_init);
+      ttq = models::quantize_model(*model, topt);
+    }
+  }
+  model->to(device);
+  model->train();
+
+  // ---- optimiser and schedule (the seed's)
+  std::unique_ptr<optim::Optimizer> opt;
+  if (ttq_phase) {
+    opt = models::make_ttq_optimizer(*model, ttq, o.lr, o.weight_decay);
+  } else {
+    // Nesterov SGD; weight decay on conv and classifier weights only.
+    std::vector<Tensor> decay, no_decay;
+    for (auto& [name, t] : model->named_parameters()) {
+      if (!t->requires_grad()) continue;
+      const bool is_weight = name.size() >= 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
+      (is_weight && t->dim() >= 2 ? decay : no_decay).push_back(*t);
+    }
+    optim::SGDOptions so;
+    so.lr = o.lr;
+    so.momentum = o.momentum;
+    so.nesterov = o.momentum > 0;
+    auto sgd = std::make_unique<optim::SGD>(so);
+    sgd->add_param_group(decay).weight_decay = o.weight_decay;
+    if (!no_decay.empty()) sgd->add_param_group(no_decay).weight_decay = 0;
+    opt = std::move(sgd);
+  }
+  optim::PlateauOptions po;
+  po.mode = optim::PlateauMode::Max;
+  po.factor = 0.1;
+  po.patience = o.plateau_patience;
+  po.threshold = 0.01;
+  po.threshold_mode = optim::ThresholdMode::Abs;
+  optim::ReduceLROnPlateau sched(*opt, po);
+
+  RunState st;
+  if (o.resume) {
+    opt->load_state(resume_ckpt.optimizer_tensors, resume_ckpt.optimizer_scalars, last_path);
+    sched.load_state_scalars(resume_ckpt.scheduler_scalars, last_path);
+    st = resume_ckpt.state;
+    nn::global_generator().set_state(st.rng_seed, st.rng_offset);
+    log << "resuming " << o.out << " at epoch " << st.epoch + 1 << ", batch " << st.batch << "\n";
+  }
+
+  // ---- run folder files
+  io::Metadata extra;
+  {
+    nlohmann::json classes = train_set->class_names();
+    extra["classes"] = classes.dump();
+    extra["data"] = spec.str();
+    nlohmann::json pj;
+    pj["channels"] = pre.channels;
+    pj["image_size"] = pre.image_size;
+    pj["crop"] = pre.crop;
+    pj["mean"] = std::vector<float>(pre.mean.begin(), pre.mean.begin() + pre.channels);
+    pj["std"] = std::vector<float>(pre.std.begin(), pre.std.begin() + pre.channels);
+    extra["preprocess"] = pj.dump();
+  }
+  {
+    nlohmann::json cj;
+    cj["model"] = o.model;
+    cj["data"] = spec.str();
+    cj["phase"] = o.phase;
+    cj["init"] = o.init;
+    cj["device"] = device.str();
+    cj["epochs"] = o.epochs;
+    cj["batch"] = o.batch;
+    cj["lr"] = o.lr;
+    cj["weight_decay"] = o.weight_decay;
+    if (!ttq_phase) cj["momentum"] = o.momentum;
+    if (ttq_phase) {
+      cj["t"] = ttq.options.t;
+      cj["scales_init"] = models::scale_init_name(ttq.options.scale_init);
+      cj["wn_grad"] = o.wn_grad;
+    }
+    cj["seed"] = o.seed;
+    cj["workers"] = o.workers;
+    cj["limit_train"] = o.limit_train;
+    cj["limit_val"] = o.limit_val;
+    cj["train_images"] = train_set->size();
+    cj["val_images"] = val_set->size();
+    cj["classes"] = train_set->num_classes();
+    cj["parameters"] = model->num_parameters();
+    cj["early_stop_patience"] = o.early_stop_patience;
+    cj["plateau_patience"] = o.plateau_patience;
+    std::string text = cj.dump(2) + "\n";
+    std::string tmp = (out / ".config.json.tmp").string();
+    {
+      std::ofstream f(tmp, std::ios::trunc);
+      f << text;
+      TTQ_INPUT_CHECK(f.good()) << (out / "config.json").string() << ": cannot write";
+    }
+    fs::rename(tmp, out / "config.json");
+  }
+  const fs::path metrics_path = out / "metrics.jsonl";
+  if (o.resume) {
+    // Keep exactly the lines of completed epochs (a crash may have left a later one).
+    std::vector<std::string> keep;
+    std::ifstream in(metrics_path);
+    std::string line;
+    while (std::getline(in, line) && static_cast<int64_t>(keep.size()) < st.epoch) keep.push_back(line);
+    std::ofstream f(metrics_path, std::ios::trunc);
+    for (auto& l : keep) f << l << "\n";
+  } else {
+    std::ofstream f(metrics_path, std::ios::trunc);
+  }
+
+  const bool tty = isatty(STDERR_FILENO) != 0;
+  Progress progress(log, o.progress, tty);
+  const int64_t nb = train_loader.batches_per_epoch();
+  log << o.model << " " << o.phase << " on " << device.str() << ": " << train_set->size() << " train / "
+      << val_set->size() << " val images, " << train_set->num_classes() << " classes, " << nb
+      << " batches of " << o.batch << " per epoch, " << model->num_parameters() << " parameters\n";
+
+  RunResult result;
+  result.best_val_top1 = st.best_val_top1;
+  for (int64_t epoch = st.epoch; epoch < o.epochs; ++epoch) {
+    const int64_t first = st.batch;
+    train_loader.start_epoch(epoch, first);
+    double loss_sum = st.part_loss_sum, correct = st.part_correct, count = st.part_count;
+    double seconds_before = st.part_seconds;
+    int64_t skipped = 0;
+    auto t0 = Clock::now();
+    model->train();
+    while (auto b = train_loader.next()) {
+      Tensor x = b->images.to(device), y = b->labels.to(device);
+      Tensor logits = (*model)(x);
+      Tensor loss = ops::cross_entropy(logits, y);
+      const double lv = loss.item();
+      if (!std::isfinite(lv)) {
+        progress.finish_line();
+        TTQ_INPUT_ERROR() << "training diverged: loss is " << lv << " at epoch " << epoch + 1 << ", batch "
+                          << b->index + 1 << " (lower --lr; " << last_path << " holds the last good state)";
+      }
+      opt->zero_grad();
+      loss.backward();
+      opt->step();
+      st.global_step++;
+      const double n = static_cast<double>(b->size());
+      loss_sum += lv * n;
+      correct += static_cast<double>(ops::topk_correct(logits, y, 1));
+      count += n;
+      skipped += b->skipped;
+      const int64_t done = b->index + 1;
+      const double el = seconds_since(t0);
+      const double ips = (count - st.part_count) / std::max(el, 1e-9);
+      std::ostringstream tail;
+      tail << ", loss " << std::fixed << std::setprecision(4) << loss_sum / count << ", top1 "
+           << std::setprecision(2) << 100.0 * correct / count << "%";
+      progress.update("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs), done, nb, ips,
+                      (nb - done) * el / std::max<int64_t>(1, done - first), tail.str());
+      if (int sig = g_stop_signal.load(); sig != 0 && done < nb) {
+        progress.finish_line();
+        st.batch = done;
+        st.part_loss_sum = loss_sum;
+        st.part_correct = correct;
+        st.part_count = count;
+        st.part_seconds = seconds_before + seconds_since(t0);
+        auto g = nn::global_generator();
+        st.rng_seed = g.seed();
+        st.rng_offset = g.offset();
+        save_checkpoint(last_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
+        log << "stopped by signal " << sig << " at epoch " << epoch + 1 << ", batch " << done << "; "
+            << last_path << " written (resume with --resume)\n";
+        result.exit_code = 128 + sig;
+        result.epochs_completed = st.epoch;
+        return result;
+      }
+    }
+    progress.finish_line();
+    const double train_seconds = seconds_before + seconds_since(t0);
+    EvalResult ev = evaluate(*model, val_loader, device);
+
+    EpochMetrics m;
+    m.epoch = epoch + 1;
+    m.train_loss = count > 0 ? loss_sum / count : 0;
+    m.train_top1 = count > 0 ? correct / count : 0;
+    m.val_loss = ev.loss;
+    m.val_top1 = ev.top1;
+    m.val_top5 = ev.top5;
+    m.lr = opt->lr(0);
+    m.seconds = train_seconds + ev.seconds;
+    m.images_per_second = count / std::max(train_seconds, 1e-9);
+    m.skipped = skipped + val_loader.skipped_in_epoch();
+    if (ttq_phase) {
+      models::TtqStats ts = models::ttq_stats(ttq);
+      m.ttq = true;
+      m.zero_fraction = ts.zero_fraction;
+      m.mean_wp = ts.mean_wp;
+      m.mean_wn = ts.mean_wn;
+    }
+    st.val_top1_history.push_back(ev.top1);
+    const bool best = ev.top1 > st.best_val_top1;
+    if (best) st.best_val_top1 = ev.top1;
+    result.early_stopped = early_stop(st.val_top1_history, o.early_stop_patience, o.early_stop_threshold);
+    if (!result.early_stopped) sched.step(ev.top1);  // the seed steps the schedule after the stop check
+
+    st.epoch = epoch + 1;
+    st.batch = 0;
+    st.part_loss_sum = st.part_correct = st.part_count = st.part_seconds = 0;
+    {
+      auto g = nn::global_generator();
+      st.rng_seed = g.seed();
+      st.rng_offset = g.offset();
+    }
+    save_checkpoint(last_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
+    if (best) save_checkpoint(best_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
+    {
+      std::ofstream f(metrics_path, std::ios::app);
+      f << m.json() << "\n";
+      f.flush();
+    }
+    std::ostringstream line;
+    line << std::fixed << "epoch " << m.epoch << "/" << o.epochs << ": train loss " << std::setprecision(4)
+         << m.train_loss << " top1 " << std::setprecision(2) << 100 * m.train_top1 << "% | val loss "
+         << std::setprecision(4) << m.val_loss << " top1 " << std::setprecision(2) << 100 * m.val_top1
+         << "% top5 " << 100 * m.val_top5 << "% | lr " << std::defaultfloat << m.lr << " | " << std::fixed
+         << std::setprecision(1) << m.images_per_second << " img/s, " << m.seconds << " s";
+    if (m.ttq) line << " | zeros " << std::setprecision(1) << 100 * m.zero_fraction << "%";
+    if (m.skipped) line << " | " << m.skipped << " images skipped";
+    if (best) line << " (best)";
+    log << line.str() << "\n" << std::flush;
+    result.last = m;
+    result.epochs_completed = st.epoch;
+    result.best_val_top1 = st.best_val_top1;
+    if (result.early_stopped) {
+      log << "early stop: val top1 has not beaten its running mean of " << o.early_stop_patience
+          << " epochs ago by " << o.early_stop_threshold << "\n";
+      break;
+    }
+    if (int sig = g_stop_signal.load(); sig != 0) {
+      log << "stopped by signal " << sig << " after epoch " << st.epoch << "; " << last_path << " written\n";
+      result.exit_code = 128 + sig;
+      return result;
+    }
+  }
+  return result;
+}
+
+EvalResult run_eval(const EvalOptions& o, std::ostream& log) {
+  TTQ_INPUT_CHECK(!o.weights.empty()) << "--weights: a checkpoint file is required";
+  TTQ_INPUT_CHECK(o.batch >= 1) << "--batch must be at least 1";
+  const Device device = models::pick_device(o.device, log);
+  data::DataSpec spec = data::parse_data_spec(o.data);
+  data::Preprocess pre = data::preprocess_for(spec);
+  data::Splits splits = data::open_data(spec, pre.image_size);
+  std::shared_ptr<const data::Dataset> val_set = splits.val;
+  TTQ_INPUT_CHECK(val_set && val_set->size() > 0) << o.data << ": no validation images";
+  if (o.limit_val > 0) val_set = std::make_shared<SubsetDataset>(val_set, o.limit_val, o.seed + 1);
+
+  models::ModelPtr model;
+  io::Header h = io::read_safetensors_header(o.weights);
+  auto fmt = h.metadata.find("format");
+  if (fmt != h.metadata.end() && fmt->second == "ttq-checkpoint") {
+    CheckpointContent c = read_checkpoint(o.weights);
+    TTQ_INPUT_CHECK(o.model.empty() || o.model == c.arch)
+        << o.weights << ": holds a " << c.arch << ", not a " << o.model << " (--model)";
+    model = models::create(c.arch, c.config);
+    models::LoadOptions lo;
+    lo.ignore_ttq_state = true;
+    models::load_weights(*model, c.model_tensors, o.weights, lo);
+    model->to(device);
+  } else {
+    model = models::load_model_file(o.weights, o.model, device);
+  }
+  TTQ_INPUT_CHECK(model->config().in_channels == pre.channels)
+      << o.weights << ": the model takes " << model->config().in_channels << " input channels, " << o.data
+      << " has " << pre.channels;
+  TTQ_INPUT_CHECK(model->config().num_classes == val_set->num_classes())
+      << o.weights << ": the model has " << model->config().num_classes << " classes, " << o.data << " has "
+      << val_set->num_classes();
+  data::LoaderOptions vo;
+  vo.batch_size = o.batch;
+  vo.workers = o.workers;
+  vo.shuffle = false;
+  vo.augment = false;
+  vo.seed = o.seed;
+  data::Loader loader(val_set, pre, vo);
+  EvalResult r = evaluate(*model, loader, device);
+  if (loader.skipped_in_epoch() > 0) log << loader.skipped_in_epoch() << " unreadable images skipped\n";
+  return r;
+}
+
+}  // namespace ttq::train

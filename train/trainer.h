@@ -1,0 +1,113 @@
+// The training loop behind ttq_train: both phases (full precision, TTQ),
+// the seed's optimisers and schedules (DESIGN.md section 3), run folders
+// (config.json, metrics.jsonl, last / best checkpoints, all written
+// atomically), exact resume, signal handling and divergence checks.
+// Tests: tests/test_train_loop.cpp (resume equivalence, SIGKILL, NaN).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <string>
+
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "engine/device.h"
+#include "models/model.h"
+
+namespace ttq::train {
+
+// Every knob of a run. Negative / empty values mean "the seed's default for this
+// model and phase" and are resolved by resolve_defaults().
+struct TrainOptions {
+  std::string model = "small_densenet";
+  std::string data = "fashion-mnist";
+  std::string phase = "fp";  // fp | ttq
+  std::string init;          // checkpoint the run starts from (required for ttq)
+  std::string out;           // run folder
+  std::string device;        // "", cpu, cuda, cuda:N ("" = cuda when available)
+  int64_t epochs = -1;
+  int64_t batch = -1;
+  double lr = -1;
+  double weight_decay = -1;  // fp: conv + classifier weights; ttq: classifier weight
+  double momentum = 0.95;    // fp (SGD, Nesterov)
+  double t = -1;             // ttq threshold factor
+  std::string scales_init = "ones";
+  std::string wn_grad = "exact";
+  uint64_t seed = 0;
+  int workers = 2;
+  int64_t limit_train = 0;  // 0 = all
+  int64_t limit_val = 0;
+  int64_t eval_batch = 256;
+  int early_stop_patience = 10;  // the seed's train(patience=10, threshold=0.01)
+  double early_stop_threshold = 0.01;
+  int plateau_patience = 4;
+  bool resume = false;
+  bool progress = true;  // a live progress line on a terminal (plain lines otherwise)
+};
+
+// Fills in the seed's defaults (DESIGN.md section 3) for every unset field.
+// Throws ttq::InputError naming the flag for an impossible value.
+TrainOptions resolve_defaults(TrainOptions o);
+
+struct EpochMetrics {
+  int64_t epoch = 0;  // 1-based
+  double train_loss = 0, train_top1 = 0;
+  double val_loss = 0, val_top1 = 0, val_top5 = 0;
+  double lr = 0;
+  double seconds = 0, images_per_second = 0;
+  bool ttq = false;
+  double zero_fraction = 0, mean_wp = 0, mean_wn = 0;
+  int64_t skipped = 0;  // unreadable images skipped this epoch (train + val)
+  std::string json() const;  // one line
+};
+
+struct RunResult {
+  int exit_code = 0;  // 0 done, 130 SIGINT, 143 SIGTERM
+  int64_t epochs_completed = 0;
+  double best_val_top1 = 0;
+  EpochMetrics last;
+  bool early_stopped = false;
+};
+
+// Runs (or resumes) a training run. `log` receives progress and summary lines.
+// Throws ttq::InputError (exit code 2) for bad flags, data or checkpoints, and
+// when the loss becomes NaN or infinite (the last good checkpoint stays in place).
+RunResult run_training(const TrainOptions& options, std::ostream& log);
+
+struct EvalResult {
+  double loss = 0, top1 = 0, top5 = 0;
+  int64_t count = 0;
+  double seconds = 0;
+};
+// Mean loss and top-1 / top-5 accuracy (fractions) over one pass of `loader`,
+// in eval mode without gradients.
+EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device);
+
+// SIGINT / SIGTERM make run_training finish its current step, write
+// last.safetensors and return 130 / 143. Installed by the tool; tests may call
+// request_stop() directly.
+void install_signal_handlers();
+void request_stop(int signal_number);
+void clear_stop_request();
+
+}  // namespace ttq::train
+
+namespace ttq::train {
+
+struct EvalOptions {
+  std::string model;    // architecture; optional when the file's metadata names it
+  std::string weights;  // checkpoint, TTQ checkpoint or plain import (safetensors)
+  std::string data = "fashion-mnist";
+  std::string device;
+  int64_t batch = 256;
+  int64_t limit_val = 0;
+  int workers = 2;
+  uint64_t seed = 0;  // for --limit-val's subset
+};
+// Loads the weights (a training checkpoint's optimiser state is ignored; a TTQ
+// checkpoint runs with its ternary weights) and evaluates them on the data's
+// validation split (the test set for Fashion-MNIST).
+EvalResult run_eval(const EvalOptions& options, std::ostream& log);
+
+}  // namespace ttq::train
