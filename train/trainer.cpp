@@ -447,6 +447,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
            << std::setprecision(2) << 100.0 * correct / count << "%";
       progress.update("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs), done, nb, ips,
                       (nb - done) * el / std::max<int64_t>(1, done - first), tail.str());
+      if (o.stop_after_steps > 0 && st.global_step == o.stop_after_steps) g_stop_signal.store(SIGINT);
       if (int sig = g_stop_signal.load(); sig != 0 && done < nb) {
         progress.finish_line();
         st.batch = done;

@@ -44,6 +44,8 @@ struct TrainOptions {
   int plateau_patience = 4;
   bool resume = false;
   bool progress = true;  // a live progress line on a terminal (plain lines otherwise)
+  // Testing aid: behave as if SIGINT arrived once this many optimiser steps are done (0: never).
+  int64_t stop_after_steps = 0;
 };
 
 // Fills in the seed's defaults (DESIGN.md section 3) for every unset field.

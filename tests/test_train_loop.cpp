@@ -1,0 +1,303 @@
+// The training loop end to end on a tiny generated IDX data set: exact resume
+// (straight run == stopped + resumed run: same metrics lines and the same
+// weights bit for bit), mid-epoch resume, SIGINT / SIGKILL on the real tool,
+// a diverging loss, and checkpoint contents. Tool: tools/ttq_train.cpp;
+// loop: train/trainer.cpp.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "data/idx.h"
+#include "engine/io/safetensors.h"
+#include "tests/test_util.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace ttq {
+namespace {
+
+// 10 classes of 28x28 images: class k is a bright 6x6 square at a class-specific
+// place plus noise, so a small net learns it within an epoch or two.
+std::string make_idx_data(const std::string& name, int64_t n_train, int64_t n_test) {
+  fs::path dir = fs::temp_directory_path() / ("ttq_train_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  Generator g(1234);
+  auto make = [&](int64_t n, const std::string& prefix) {
+    std::vector<uint8_t> px(static_cast<size_t>(n) * 28 * 28), lab(n);
+    for (int64_t i = 0; i < n; ++i) {
+      int k = static_cast<int>(g.below(10));
+      lab[i] = static_cast<uint8_t>(k);
+      int r0 = 2 + (k / 5) * 12, c0 = 2 + (k % 5) * 5;
+      for (int r = 0; r < 28; ++r)
+        for (int c = 0; c < 28; ++c) {
+          int v = static_cast<int>(g.below(60));
+          if (r >= r0 && r < r0 + 6 && c >= c0 && c < c0 + 6) v += 180;
+          px[(i * 28 + r) * 28 + c] = static_cast<uint8_t>(std::min(v, 255));
+        }
+    }
+    data::write_idx((dir / (prefix + "-images-idx3-ubyte")).string(), {n, 28, 28}, px, false);
+    data::write_idx((dir / (prefix + "-labels-idx1-ubyte")).string(), {n}, lab, true);
+  };
+  make(n_train, "train");
+  make(n_test, "t10k");
+  return dir.string();
+}
+
+train::TrainOptions tiny_options(const std::string& data_dir, const std::string& out) {
+  train::TrainOptions o;
+  o.model = "small_densenet";
+  o.data = "mnist:" + data_dir;
+  o.out = out;
+  o.device = "cpu";
+  o.epochs = 2;
+  o.batch = 16;
+  o.lr = 0.05;
+  o.seed = 7;
+  o.workers = 2;
+  o.progress = false;
+  return o;
+}
+
+std::vector<nlohmann::json> metrics_lines(const std::string& run) {
+  std::vector<nlohmann::json> out;
+  std::ifstream f(fs::path(run) / "metrics.jsonl");
+  std::string line;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line);
+    j.erase("seconds");  // timings differ between runs
+    j.erase("images_per_second");
+    out.push_back(j);
+  }
+  return out;
+}
+
+void expect_same_tensors(const std::string& a, const std::string& b) {
+  io::SafeTensors ta = io::read_safetensors(a), tb = io::read_safetensors(b);
+  ASSERT_EQ(ta.tensors().size(), tb.tensors().size());
+  for (size_t i = 0; i < ta.tensors().size(); ++i) {
+    const auto& [na, xa] = ta.tensors()[i];
+    const auto& [nb, xb] = tb.tensors()[i];
+    ASSERT_EQ(na, nb);
+    ASSERT_EQ(xa.shape(), xb.shape()) << na;
+    ASSERT_EQ(xa.nbytes(), xb.nbytes()) << na;
+    EXPECT_EQ(0, std::memcmp(xa.raw_data(), xb.raw_data(), xa.nbytes())) << na << " differs";
+  }
+}
+
+class TrainLoop : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { s_data = make_idx_data("loop", 96, 48); }
+  static void TearDownTestSuite() { fs::remove_all(s_data); }
+  std::string run_dir(const std::string& name) {
+    fs::path p = fs::temp_directory_path() / ("ttq_run_" + name + "_" + std::to_string(getpid()));
+    fs::remove_all(p);
+    return p.string();
+  }
+  static std::string s_data;
+};
+std::string TrainLoop::s_data;
+
+TEST_F(TrainLoop, ResumeAtEpochBoundaryIsExact) {
+  std::ostringstream log;
+  auto a = tiny_options(s_data, run_dir("straight"));
+  train::RunResult ra = train::run_training(a, log);
+  ASSERT_EQ(ra.exit_code, 0);
+  ASSERT_EQ(ra.epochs_completed, 2);
+
+  auto b = tiny_options(s_data, run_dir("split"));
+  b.epochs = 1;
+  ASSERT_EQ(train::run_training(b, log).exit_code, 0);
+  b.epochs = 2;
+  b.resume = true;
+  ASSERT_EQ(train::run_training(b, log).exit_code, 0);
+
+  auto ma = metrics_lines(a.out), mb = metrics_lines(b.out);
+  ASSERT_EQ(ma.size(), 2u);
+  ASSERT_EQ(ma, mb);
+  expect_same_tensors(a.out + "/last.safetensors", b.out + "/last.safetensors");
+  // config.json and best.safetensors exist; every metrics field is there.
+  EXPECT_TRUE(fs::exists(a.out + "/config.json"));
+  EXPECT_TRUE(fs::exists(a.out + "/best.safetensors"));
+  for (const char* k : {"epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"})
+    EXPECT_TRUE(ma[0].contains(k)) << k;
+}
+
+TEST_F(TrainLoop, ResumeMidEpochIsExact) {
+  std::ostringstream log;
+  auto a = tiny_options(s_data, run_dir("straight_mid"));
+  ASSERT_EQ(train::run_training(a, log).exit_code, 0);
+
+  auto b = tiny_options(s_data, run_dir("split_mid"));
+  b.stop_after_steps = 9;  // 6 batches per epoch: stops in the middle of epoch 2
+  train::RunResult r1 = train::run_training(b, log);
+  train::clear_stop_request();
+  ASSERT_EQ(r1.exit_code, 130);
+  train::CheckpointContent c = train::read_checkpoint(b.out + "/last.safetensors");
+  EXPECT_EQ(c.state.epoch, 1);
+  EXPECT_EQ(c.state.batch, 3);
+  EXPECT_EQ(c.state.global_step, 9);
+  b.stop_after_steps = 0;
+  b.resume = true;
+  ASSERT_EQ(train::run_training(b, log).exit_code, 0);
+  EXPECT_EQ(metrics_lines(a.out), metrics_lines(b.out));
+  expect_same_tensors(a.out + "/last.safetensors", b.out + "/last.safetensors");
+}
+
+TEST_F(TrainLoop, TtqPhaseFromFpCheckpoint) {
+  std::ostringstream log;
+  auto fp = tiny_options(s_data, run_dir("fp_for_ttq"));
+  fp.epochs = 1;
+  ASSERT_EQ(train::run_training(fp, log).exit_code, 0);
+  auto q = tiny_options(s_data, run_dir("ttq"));
+  q.phase = "ttq";
+  q.init = fp.out + "/last.safetensors";
+  q.lr = -1;  // the seed's default for the phase
+  q.epochs = 1;
+  train::RunResult r = train::run_training(q, log);
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(r.last.ttq);
+  EXPECT_GT(r.last.zero_fraction, 0.0);
+  EXPECT_LT(r.last.zero_fraction, 1.0);
+  // The checkpoint's quantized weights hold at most three values {+Wp, 0, -Wn}.
+  train::CheckpointContent c = train::read_checkpoint(q.out + "/last.safetensors");
+  EXPECT_EQ(c.phase, "ttq");
+  int quantized = 0;
+  for (const auto& [name, t] : c.model_tensors) {
+    if (name.size() < 12 || name.compare(name.size() - 7, 7, ".weight") != 0 || t.dim() != 4) continue;
+    const std::string layer = name.substr(0, name.size() - 7);
+    bool has_latent = false;
+    for (const auto& [n2, t2] : c.model_tensors) has_latent = has_latent || n2 == layer + ".latent_weight";
+    if (!has_latent) continue;
+    ++quantized;
+    std::set<float> values;
+    for (float v : t.to_vector<float>()) values.insert(v);
+    EXPECT_LE(values.size(), 3u) << name;
+  }
+  EXPECT_GT(quantized, 10);
+  // ttq_eval-style evaluation of the TTQ checkpoint runs.
+  train::EvalOptions eo;
+  eo.weights = q.out + "/last.safetensors";
+  eo.data = "mnist:" + s_data;
+  eo.device = "cpu";
+  train::EvalResult ev = train::run_eval(eo, log);
+  EXPECT_EQ(ev.count, 48);
+  EXPECT_NEAR(ev.top1, r.last.val_top1, 1e-12);
+}
+
+TEST_F(TrainLoop, DivergedLossIsAnInputError) {
+  std::ostringstream log;
+  auto o = tiny_options(s_data, run_dir("nan"));
+  o.lr = 1e30;
+  o.momentum = 0;
+  try {
+    train::run_training(o, log);
+    FAIL() << "expected the loss to diverge";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("diverged"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(TrainLoop, BadFlagsAreInputErrors) {
+  std::ostringstream log;
+  auto o = tiny_options(s_data, run_dir("bad"));
+  o.phase = "int8";
+  EXPECT_THROW(train::run_training(o, log), InputError);
+  o = tiny_options(s_data, run_dir("bad"));
+  o.phase = "ttq";  // no --init
+  EXPECT_THROW(train::run_training(o, log), InputError);
+  o = tiny_options(s_data, run_dir("bad"));
+  o.data = "mnist:/nonexistent/folder";
+  EXPECT_THROW(train::run_training(o, log), InputError);
+  o = tiny_options(s_data, run_dir("bad"));
+  o.resume = true;  // nothing to resume
+  EXPECT_THROW(train::run_training(o, log), InputError);
+}
+
+// Runs the real tool; returns its wait status.
+pid_t spawn_train(const std::vector<std::string>& args) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> argv;
+    std::string bin = std::string(TTQ_BINARY_DIR) + "/tools/ttq_train";
+    argv.push_back(bin.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    freopen("/dev/null", "w", stdout);
+    freopen("/dev/null", "w", stderr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+std::vector<std::string> tool_args(const std::string& data, const std::string& out, int epochs) {
+  return {"--model", "small_densenet", "--data", "mnist:" + data, "--out", out, "--device", "cpu",
+          "--epochs", std::to_string(epochs), "--batch", "16", "--lr", "0.05", "--seed", "3", "--quiet"};
+}
+
+TEST_F(TrainLoop, SigintWritesCheckpointAndExits130) {
+  if (!fs::exists(std::string(TTQ_BINARY_DIR) + "/tools/ttq_train")) GTEST_SKIP() << "ttq_train not built";
+  std::string out = run_dir("sigint");
+  pid_t pid = spawn_train(tool_args(s_data, out, 50));
+  // Wait until the first epoch's checkpoint exists, then interrupt.
+  for (int i = 0; i < 600 && !fs::exists(out + "/last.safetensors"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_TRUE(fs::exists(out + "/last.safetensors"));
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  train::CheckpointContent c = train::read_checkpoint(out + "/last.safetensors");
+  EXPECT_GE(c.state.epoch, 1);
+  EXPECT_LT(c.state.epoch, 50);
+}
+
+TEST_F(TrainLoop, SigkillNeverLeavesABrokenCheckpoint) {
+  if (!fs::exists(std::string(TTQ_BINARY_DIR) + "/tools/ttq_train")) GTEST_SKIP() << "ttq_train not built";
+  std::string out = run_dir("sigkill");
+  Generator g(99);
+  const int epochs = 40;
+  bool resume = false;
+  int kills = 0;
+  for (int round = 0; round < 4; ++round) {
+    auto args = tool_args(s_data, out, epochs);
+    if (resume) args.push_back("--resume");
+    pid_t pid = spawn_train(args);
+    // A random moment: after some checkpoints have been written (or while one is).
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500 + g.below(2500)));
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) ++kills;
+    if (fs::exists(out + "/last.safetensors")) {
+      train::CheckpointContent c = train::read_checkpoint(out + "/last.safetensors");  // must load
+      EXPECT_GE(c.state.epoch, 1);
+      resume = true;
+    }
+  }
+  EXPECT_GE(kills, 1);
+  ASSERT_TRUE(resume) << "no checkpoint was written in time";
+  // The run finishes from where the last kill left it.
+  train::CheckpointContent c = train::read_checkpoint(out + "/last.safetensors");
+  auto args = tool_args(s_data, out, static_cast<int>(c.state.epoch) + 1);
+  args.push_back("--resume");
+  pid_t pid = spawn_train(args);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(train::read_checkpoint(out + "/last.safetensors").state.epoch, c.state.epoch + 1);
+}
+
+}  // namespace
+}  // namespace ttq
