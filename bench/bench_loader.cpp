@@ -4,8 +4,10 @@
 // validation transform). Results and machine: bench/RESULTS.md, "Data loader
 // throughput". Correctness of the same code: tests/test_data.cpp, test_augment.cpp.
 #include <benchmark/benchmark.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -73,6 +75,14 @@ Corpus& corpus() {
   return c;
 }
 
+// CPU seconds used by the whole process (all threads) so far.
+double process_cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 void BM_LoaderEpoch(benchmark::State& state) {
   Corpus& c = corpus();
   LoaderOptions o;
@@ -83,6 +93,7 @@ void BM_LoaderEpoch(benchmark::State& state) {
   o.augment = true;
   Loader loader(c.dataset, Preprocess::seed_rgb(), o);
   int64_t epoch = 0, images = 0;
+  double cpu0 = process_cpu_seconds();
   for (auto _ : state) {
     loader.start_epoch(epoch++);
     while (auto b = loader.next()) {
@@ -92,6 +103,9 @@ void BM_LoaderEpoch(benchmark::State& state) {
   }
   state.SetItemsProcessed(images);
   state.counters["workers"] = static_cast<double>(o.workers);
+  // All threads' CPU time per image: the cost independent of what else the machine runs.
+  state.counters["cpu_us_per_image"] =
+      1e6 * (process_cpu_seconds() - cpu0) / double(std::max<int64_t>(images, 1));
 }
 BENCHMARK(BM_LoaderEpoch)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 

@@ -134,8 +134,8 @@ Image crop(const Image& img, int top, int left, int h, int w) {
 }
 
 Image center_crop(const Image& img, int size) {
-  TTQ_CHECK(size <= img.width && size <= img.height) << "center_crop: " << size << " larger than " << img.width
-                                                     << "x" << img.height;
+  TTQ_CHECK(size <= img.width && size <= img.height)
+      << "center_crop: " << size << " larger than " << img.width << "x" << img.height;
   int top = static_cast<int>(std::nearbyint((img.height - size) / 2.0));
   int left = static_cast<int>(std::nearbyint((img.width - size) / 2.0));
   return crop(img, top, left, size, size);
@@ -199,7 +199,8 @@ Image smooth_filter(const Image& img) {
 
 Image blend(const Image& a, const Image& b, float alpha) {
   check_image(a, "blend");
-  TTQ_CHECK(a.width == b.width && a.height == b.height && a.channels == b.channels) << "blend: image sizes differ";
+  TTQ_CHECK(a.width == b.width && a.height == b.height && a.channels == b.channels)
+      << "blend: image sizes differ";
   if (alpha == 0.0f) return a;
   if (alpha == 1.0f) return b;
   Image out(a.width, a.height, a.channels);
@@ -245,10 +246,14 @@ Image enhance_sharpness(const Image& img, double factor) {
 
 Image enhance(const Image& img, Enhancer which, double factor) {
   switch (which) {
-    case kColor: return enhance_color(img, factor);
-    case kContrast: return enhance_contrast(img, factor);
-    case kBrightness: return enhance_brightness(img, factor);
-    case kSharpness: return enhance_sharpness(img, factor);
+    case kColor:
+      return enhance_color(img, factor);
+    case kContrast:
+      return enhance_contrast(img, factor);
+    case kBrightness:
+      return enhance_brightness(img, factor);
+    case kSharpness:
+      return enhance_sharpness(img, factor);
   }
   TTQ_THROW() << "enhance: unknown enhancer " << int(which);
 }
@@ -324,8 +329,8 @@ Image augment_seed(const Image& img, const SeedAugmentParams& prm, int crop_size
 
 void normalize_chw(const Image& img, const Preprocess& p, float* out) {
   check_image(img, "normalize_chw");
-  TTQ_CHECK(img.channels == p.channels) << "normalize_chw: image has " << img.channels << " channels, expected "
-                                        << p.channels;
+  TTQ_CHECK(img.channels == p.channels)
+      << "normalize_chw: image has " << img.channels << " channels, expected " << p.channels;
   const size_t hw = size_t(img.width) * img.height;
   for (int c = 0; c < img.channels; ++c) {
     const float m = p.mean[c], s = p.std[c];

@@ -79,9 +79,9 @@ uint64_t sample_key(uint64_t seed, uint64_t epoch, uint64_t index);
 // The seed's random choices for one sample, drawn from fixed counters of the
 // sample's stream (so they do not depend on the order samples are processed).
 struct SeedAugmentParams {
-  double angle = 0;  // degrees: N(0, 15) clipped to [-40, 40]
-  int top = 0, left = 0;  // crop origin, uniform in [0, image_size - crop]
-  bool flip = false;      // probability 1/2
+  double angle = 0;                      // degrees: N(0, 15) clipped to [-40, 40]
+  int top = 0, left = 0;                 // crop origin, uniform in [0, image_size - crop]
+  bool flip = false;                     // probability 1/2
   std::array<int, 4> order{0, 1, 2, 3};  // enhancers in application order
   // Indexed by Enhancer: colour and sharpness N(1, 0.3) clipped to [0.4, 1.6];
   // contrast and brightness N(1, 0.15) clipped to [0.7, 1.3].

@@ -196,8 +196,8 @@ DecodeResult ImageFileDataset::decode(int64_t i, Image* out) const {
   if (!r.ok) return r;
   if (out->width != m_image_size || out->height != m_image_size) {
     if (m_fixed_size) {
-      return {false, "image is " + std::to_string(out->width) + "x" + std::to_string(out->height) + ", expected " +
-                         std::to_string(m_image_size) + "x" + std::to_string(m_image_size)};
+      return {false, "image is " + std::to_string(out->width) + "x" + std::to_string(out->height) +
+                         ", expected " + std::to_string(m_image_size) + "x" + std::to_string(m_image_size)};
     }
     *out = resize_cover(*out, m_image_size);
   }
@@ -212,9 +212,8 @@ IdxDataset::IdxDataset(const std::string& images_path, const std::string& labels
   TTQ_CHECK(!class_names.empty()) << "IdxDataset: no class names";
   IdxArray images = read_idx(images_path, 3);
   IdxArray labels = read_idx(labels_path, 1);
-  TTQ_INPUT_CHECK(images.dims[0] == labels.dims[0])
-      << images_path << ": " << images.dims[0] << " images but " << labels_path << " has " << labels.dims[0]
-      << " labels";
+  TTQ_INPUT_CHECK(images.dims[0] == labels.dims[0]) << images_path << ": " << images.dims[0] << " images but "
+                                                    << labels_path << " has " << labels.dims[0] << " labels";
   TTQ_INPUT_CHECK(images.dims[1] == images.dims[2])
       << images_path << ": images are " << images.dims[1] << "x" << images.dims[2] << ", expected square";
   for (size_t i = 0; i < labels.data.size(); ++i) {
@@ -270,7 +269,8 @@ Splits open_tiny_imagenet(const std::string& root_str) {
     std::istringstream fields(lines[ln]);
     std::string file, wnid;
     if (!(fields >> file)) continue;  // blank line
-    TTQ_INPUT_CHECK(static_cast<bool>(fields >> wnid)) << ann.string() << ":" << ln + 1 << ": expected FILE WNID";
+    TTQ_INPUT_CHECK(static_cast<bool>(fields >> wnid))
+        << ann.string() << ":" << ln + 1 << ": expected FILE WNID";
     auto it = index.find(wnid);
     TTQ_INPUT_CHECK(it != index.end()) << ann.string() << ":" << ln + 1 << ": unknown class '" << wnid << "'";
     val_items.push_back({(root / "val" / "images" / file).string(), it->second});
@@ -278,9 +278,10 @@ Splits open_tiny_imagenet(const std::string& root_str) {
   TTQ_INPUT_CHECK(!val_items.empty()) << ann.string() << ": no annotations";
 
   Splits s;
-  s.train = std::make_shared<ImageFileDataset>(std::move(train_items), classes.wnids, classes.descriptions, 3, 64,
-                                               true);
-  s.val = std::make_shared<ImageFileDataset>(std::move(val_items), classes.wnids, classes.descriptions, 3, 64, true);
+  s.train = std::make_shared<ImageFileDataset>(std::move(train_items), classes.wnids, classes.descriptions, 3,
+                                               64, true);
+  s.val = std::make_shared<ImageFileDataset>(std::move(val_items), classes.wnids, classes.descriptions, 3, 64,
+                                             true);
   return s;
 }
 
@@ -299,8 +300,8 @@ std::shared_ptr<ImageFileDataset> open_image_folder(const std::string& root_str,
     TTQ_INPUT_CHECK(!files.empty()) << (root / f).string() << ": no images (empty class)";
     for (std::string& p : files) items.push_back({std::move(p), it->second});
   }
-  return std::make_shared<ImageFileDataset>(std::move(items), classes, std::vector<std::string>{}, 3, image_size,
-                                            false);
+  return std::make_shared<ImageFileDataset>(std::move(items), classes, std::vector<std::string>{}, 3,
+                                            image_size, false);
 }
 
 Splits open_folder_splits(const std::string& root_str, int image_size) {
@@ -326,10 +327,10 @@ Splits open_folder_splits(const std::string& root_str, int image_size) {
   for (const auto& it : all->items()) {
     (++seen[it.label] % 10 == 0 ? val : train).push_back(it);
   }
-  s.train = std::make_shared<ImageFileDataset>(std::move(train), all->class_names(), std::vector<std::string>{}, 3,
-                                               image_size, false);
-  s.val = std::make_shared<ImageFileDataset>(std::move(val), all->class_names(), std::vector<std::string>{}, 3,
-                                             image_size, false);
+  s.train = std::make_shared<ImageFileDataset>(std::move(train), all->class_names(),
+                                               std::vector<std::string>{}, 3, image_size, false);
+  s.val = std::make_shared<ImageFileDataset>(std::move(val), all->class_names(), std::vector<std::string>{},
+                                             3, image_size, false);
   return s;
 }
 
@@ -359,10 +360,14 @@ const std::vector<std::string>& mnist_classes() {
 
 std::string DataSpec::str() const {
   switch (kind) {
-    case Kind::FashionMnist: return "fashion-mnist:" + dir;
-    case Kind::Mnist: return "mnist:" + dir;
-    case Kind::TinyImageNet: return "tiny-imagenet:" + dir;
-    case Kind::Folder: return "folder:" + dir;
+    case Kind::FashionMnist:
+      return "fashion-mnist:" + dir;
+    case Kind::Mnist:
+      return "mnist:" + dir;
+    case Kind::TinyImageNet:
+      return "tiny-imagenet:" + dir;
+    case Kind::Folder:
+      return "folder:" + dir;
   }
   return "?";
 }
@@ -396,24 +401,33 @@ DataSpec parse_data_spec(std::string_view spec) {
 
 Splits open_data(const DataSpec& spec, int image_size) {
   switch (spec.kind) {
-    case DataSpec::Kind::FashionMnist: return open_idx_folder(spec.dir, fashion_mnist_classes());
-    case DataSpec::Kind::Mnist: return open_idx_folder(spec.dir, mnist_classes());
-    case DataSpec::Kind::TinyImageNet: return open_tiny_imagenet(spec.dir);
-    case DataSpec::Kind::Folder: return open_folder_splits(spec.dir, image_size);
+    case DataSpec::Kind::FashionMnist:
+      return open_idx_folder(spec.dir, fashion_mnist_classes());
+    case DataSpec::Kind::Mnist:
+      return open_idx_folder(spec.dir, mnist_classes());
+    case DataSpec::Kind::TinyImageNet:
+      return open_tiny_imagenet(spec.dir);
+    case DataSpec::Kind::Folder:
+      return open_folder_splits(spec.dir, image_size);
   }
   TTQ_THROW() << "open_data: unknown kind";
 }
 
 Preprocess preprocess_for(const DataSpec& spec) {
-  if (spec.kind == DataSpec::Kind::FashionMnist || spec.kind == DataSpec::Kind::Mnist) return Preprocess::gray();
+  if (spec.kind == DataSpec::Kind::FashionMnist || spec.kind == DataSpec::Kind::Mnist)
+    return Preprocess::gray();
   return Preprocess::seed_rgb();
 }
 
 ClassNames class_names_for(const DataSpec& spec) {
   ClassNames c;
   switch (spec.kind) {
-    case DataSpec::Kind::FashionMnist: c.names = fashion_mnist_classes(); break;
-    case DataSpec::Kind::Mnist: c.names = mnist_classes(); break;
+    case DataSpec::Kind::FashionMnist:
+      c.names = fashion_mnist_classes();
+      break;
+    case DataSpec::Kind::Mnist:
+      c.names = mnist_classes();
+      break;
     case DataSpec::Kind::TinyImageNet: {
       TinyClasses t = tiny_imagenet_classes(spec.dir);
       c.names = std::move(t.wnids);

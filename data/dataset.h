@@ -78,7 +78,8 @@ class ImageFileDataset : public Dataset {
   // fixed_size: images must already be image_size square (else reported and
   // skipped); otherwise they are resized with resize_cover().
   ImageFileDataset(std::vector<Item> items, std::vector<std::string> class_names,
-                   std::vector<std::string> class_descriptions, int channels, int image_size, bool fixed_size);
+                   std::vector<std::string> class_descriptions, int channels, int image_size,
+                   bool fixed_size);
   int64_t size() const override { return static_cast<int64_t>(m_items.size()); }
   int64_t label(int64_t i) const override { return m_items[i].label; }
   std::string item_name(int64_t i) const override { return m_items[i].path; }
@@ -97,7 +98,8 @@ class IdxDataset : public Dataset {
  public:
   // Throws InputError naming the files when they do not match each other or a
   // label is not below class_names.size().
-  IdxDataset(const std::string& images_path, const std::string& labels_path, std::vector<std::string> class_names);
+  IdxDataset(const std::string& images_path, const std::string& labels_path,
+             std::vector<std::string> class_names);
   int64_t size() const override { return m_count; }
   int64_t label(int64_t i) const override { return m_labels[i]; }
   std::string item_name(int64_t i) const override;

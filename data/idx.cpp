@@ -50,8 +50,8 @@ IdxArray read_idx(const std::string& path, int expected_dims) {
   std::vector<uint8_t> bytes = read_all(path);
   TTQ_INPUT_CHECK(bytes.size() >= 4) << path << ": not an IDX file (" << bytes.size() << " bytes)";
   TTQ_INPUT_CHECK(bytes[0] == 0 && bytes[1] == 0) << path << ": not an IDX file (bad magic)";
-  TTQ_INPUT_CHECK(bytes[2] == 0x08) << path << ": unsupported IDX element type 0x" << std::hex << int(bytes[2])
-                                    << " (only unsigned bytes, 0x08)";
+  TTQ_INPUT_CHECK(bytes[2] == 0x08) << path << ": unsupported IDX element type 0x" << std::hex
+                                    << int(bytes[2]) << " (only unsigned bytes, 0x08)";
   int ndims = bytes[3];
   TTQ_INPUT_CHECK(ndims >= 1) << path << ": IDX header has no dimensions";
   TTQ_INPUT_CHECK(expected_dims == 0 || ndims == expected_dims)
@@ -84,7 +84,8 @@ void write_idx(const std::string& path, const std::vector<int64_t>& dims, const 
     total *= d;
     for (int s = 24; s >= 0; s -= 8) bytes.push_back(static_cast<uint8_t>((uint64_t(d) >> s) & 0xFF));
   }
-  TTQ_CHECK(total == int64_t(data.size())) << "write_idx: " << data.size() << " bytes for " << total << " elements";
+  TTQ_CHECK(total == int64_t(data.size()))
+      << "write_idx: " << data.size() << " bytes for " << total << " elements";
   bytes.insert(bytes.end(), data.begin(), data.end());
   GzHandle f(gzopen(path.c_str(), gzip ? "wb6" : "wbT"));  // T: plain, no gzip wrapper
   TTQ_INPUT_CHECK(f != nullptr) << path << ": cannot open for writing";

@@ -122,8 +122,8 @@ bool has_image_extension(const std::string& path) {
 
 Image convert_channels(const Image& img, int channels) {
   TTQ_CHECK(channels == 1 || channels == 3) << "convert_channels: channels must be 1 or 3, got " << channels;
-  TTQ_CHECK(img.channels == 1 || img.channels == 3) << "convert_channels: image has " << img.channels
-                                                    << " channels";
+  TTQ_CHECK(img.channels == 1 || img.channels == 3)
+      << "convert_channels: image has " << img.channels << " channels";
   if (img.channels == channels) return img;
   Image out(img.width, img.height, channels);
   size_t n = size_t(img.width) * img.height;
@@ -148,7 +148,8 @@ DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image*
   if (size >= 6 && data[0] == 'B' && data[1] == 'M') {
     uint32_t declared = read_le32(data + 2);
     if (declared > size) {
-      return {false, "truncated BMP (" + std::to_string(size) + " of " + std::to_string(declared) + " bytes)"};
+      return {false,
+              "truncated BMP (" + std::to_string(size) + " of " + std::to_string(declared) + " bytes)"};
     }
   }
   int w = 0, h = 0, comp = 0;
@@ -181,8 +182,8 @@ DecodeResult decode_image_file(const std::string& path, int channels, Image* out
 }
 
 Image resize(const Image& img, int w, int h) {
-  TTQ_CHECK(w > 0 && h > 0 && !img.empty()) << "resize: bad sizes " << img.width << "x" << img.height << " -> "
-                                            << w << "x" << h;
+  TTQ_CHECK(w > 0 && h > 0 && !img.empty())
+      << "resize: bad sizes " << img.width << "x" << img.height << " -> " << w << "x" << h;
   if (w == img.width && h == img.height) return img;
   Image out(w, h, img.channels);
   int ok = stbir_resize_uint8_generic(img.pixels.data(), img.width, img.height, 0, out.pixels.data(), w, h, 0,

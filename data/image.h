@@ -51,7 +51,8 @@ DecodeResult decode_image_file(const std::string& path, int channels, Image* out
 // PIL's convert("L"): L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, the
 // fixed-point form of R*299/1000 + G*587/1000 + B*114/1000 rounded to nearest.
 inline uint8_t rgb_to_l(uint8_t r, uint8_t g, uint8_t b) {
-  return static_cast<uint8_t>((uint32_t(r) * 19595u + uint32_t(g) * 38470u + uint32_t(b) * 7471u + 0x8000u) >> 16);
+  return static_cast<uint8_t>((uint32_t(r) * 19595u + uint32_t(g) * 38470u + uint32_t(b) * 7471u + 0x8000u) >>
+                              16);
 }
 // Converts between 1 and 3 channels (identity when equal).
 Image convert_channels(const Image& img, int channels);

@@ -93,8 +93,8 @@ Loader::Loader(std::shared_ptr<const Dataset> dataset, Preprocess preprocess, Lo
       << m_opt.prefetch;
   TTQ_CHECK(m_dataset->image_size() == m_pre.image_size && m_dataset->channels() == m_pre.channels)
       << "Loader: dataset images are " << m_dataset->image_size() << "x" << m_dataset->image_size() << "x"
-      << m_dataset->channels() << ", preprocessing expects " << m_pre.image_size << "x" << m_pre.image_size << "x"
-      << m_pre.channels;
+      << m_dataset->channels() << ", preprocessing expects " << m_pre.image_size << "x" << m_pre.image_size
+      << "x" << m_pre.channels;
   bool pin = m_opt.pin_memory && cuda::available();
   m_pool = std::make_unique<BufferPool>(pin, static_cast<size_t>(m_opt.prefetch + m_opt.workers + 2));
   for (int i = 0; i < m_opt.workers; ++i) m_threads.emplace_back([this] { worker_loop(); });

@@ -37,9 +37,9 @@ struct LoaderOptions {
 };
 
 struct Batch {
-  int64_t index = 0;    // position in the epoch's batch order
-  Tensor images;        // [B, C, crop, crop] F32, CPU
-  Tensor labels;        // [B] I64, CPU
+  int64_t index = 0;             // position in the epoch's batch order
+  Tensor images;                 // [B, C, crop, crop] F32, CPU
+  Tensor labels;                 // [B] I64, CPU
   std::vector<int64_t> samples;  // dataset indices of the B samples, in order
   int64_t skipped = 0;           // samples of this batch's range that could not be loaded
   std::vector<std::string> skipped_items;
@@ -47,6 +47,7 @@ struct Batch {
   int64_t size() const { return static_cast<int64_t>(samples.size()); }
 };
 
+// One consumer thread calls start_epoch() and next(); the workers are internal.
 class Loader {
  public:
   // requires: the dataset's images are p.image_size square with p.channels
@@ -68,8 +69,8 @@ class Loader {
   std::optional<Batch> next();
 
   int64_t epoch() const;
-  int64_t position() const;            // index of the batch next() will return next
-  int64_t skipped_in_epoch() const;    // samples skipped in the batches returned this epoch
+  int64_t position() const;          // index of the batch next() will return next
+  int64_t skipped_in_epoch() const;  // samples skipped in the batches returned this epoch
   // The dataset indices of batch k of an epoch (before skipping bad files).
   std::vector<int64_t> batch_samples(int64_t epoch, int64_t k) const;
   const Dataset& dataset() const { return *m_dataset; }

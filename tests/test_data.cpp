@@ -63,7 +63,8 @@ Image make_image(int w, int h, int c, int seed) {
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x)
       for (int k = 0; k < c; ++k)
-        img.at(y, x, k) = static_cast<uint8_t>(128 + 100 * std::sin(0.11 * x * (k + 1) + 0.07 * y + seed * 0.9 + k));
+        img.at(y, x, k) =
+            static_cast<uint8_t>(128 + 100 * std::sin(0.11 * x * (k + 1) + 0.07 * y + seed * 0.9 + k));
   return img;
 }
 
@@ -82,11 +83,11 @@ std::string message_of(const std::function<void()>& f) {
   }
   return "no error";
 }
-#define EXPECT_INPUT_ERROR_MENTIONS(stmt, text)                                  \
-  do {                                                                           \
-    std::string msg_ = message_of([&] { stmt; });                               \
-    EXPECT_NE(msg_.find(text), std::string::npos) << "message: " << msg_;      \
-    EXPECT_EQ(msg_.find("not an InputError"), std::string::npos) << msg_;       \
+#define EXPECT_INPUT_ERROR_MENTIONS(stmt, text)                           \
+  do {                                                                    \
+    std::string msg_ = message_of([&] { stmt; });                         \
+    EXPECT_NE(msg_.find(text), std::string::npos) << "message: " << msg_; \
+    EXPECT_EQ(msg_.find("not an InputError"), std::string::npos) << msg_; \
   } while (0)
 
 int mean_abs_diff(const Image& a, const Image& b) {
@@ -149,10 +150,12 @@ TEST(ImageCodec, RejectsTruncatedCorruptAndNonImages) {
     EXPECT_FALSE(r.error.empty()) << what;
     return r.error;
   };
-  EXPECT_NE(rejects({jpg.begin(), jpg.begin() + jpg.size() / 2}, "half JPEG").find("truncated"), std::string::npos);
+  EXPECT_NE(rejects({jpg.begin(), jpg.begin() + jpg.size() / 2}, "half JPEG").find("truncated"),
+            std::string::npos);
   rejects({jpg.begin(), jpg.end() - 2}, "JPEG without EOI");
   rejects({png.begin(), png.begin() + png.size() / 2}, "half PNG");
-  EXPECT_NE(rejects({bmp.begin(), bmp.begin() + bmp.size() - 100}, "short BMP").find("truncated"), std::string::npos);
+  EXPECT_NE(rejects({bmp.begin(), bmp.begin() + bmp.size() - 100}, "short BMP").find("truncated"),
+            std::string::npos);
   std::string text = "this is a text file, not an image\n";
   rejects({text.begin(), text.end()}, "text");
   rejects({}, "empty");
@@ -262,7 +265,8 @@ TEST(Idx, DatasetChecksCountsAndLabels) {
   EXPECT_EQ(ds.channels(), 1);
   EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "img", dir / "lab5", mnist_classes()), "5 labels");
   EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "img", dir / "lab_bad", mnist_classes()), dir / "lab_bad");
-  EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "lab", dir / "lab", mnist_classes()), "1 dimensions, expected 3");
+  EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "lab", dir / "lab", mnist_classes()),
+                              "1 dimensions, expected 3");
 }
 
 TEST(FashionMnist, RealDataFromTheDebianPackage) {
@@ -307,8 +311,9 @@ struct TinyTree {
     for (auto& [wnid, n] : counts) {
       write_text(root / "train" / wnid / (wnid + "_boxes.txt"), "box lines\n");
       for (int k = 0; k < n; ++k)
-        write_image(root / "train" / wnid / "images" / (wnid + "_" + std::to_string(k) + ".JPEG"),
-                    make_image(64, 64, k % 3 == 2 ? 1 : 3, ++seed));  // some grayscale JPEGs, as in the real set
+        write_image(
+            root / "train" / wnid / "images" / (wnid + "_" + std::to_string(k) + ".JPEG"),
+            make_image(64, 64, k % 3 == 2 ? 1 : 3, ++seed));  // some grayscale JPEGs, as in the real set
     }
     Generator g(11);
     std::vector<uint8_t> noise(2000);
@@ -396,8 +401,10 @@ TEST(TinyImageNet, StructuralErrorsNameThePath) {
   }
   {
     TinyTree t;  // an empty class
-    for (const auto& e : fs::directory_iterator(t.dir.path() / "train" / "n02" / "images")) fs::remove(e.path());
-    EXPECT_INPUT_ERROR_MENTIONS(open_tiny_imagenet(t.root()), (t.dir.path() / "train" / "n02" / "images").string());
+    for (const auto& e : fs::directory_iterator(t.dir.path() / "train" / "n02" / "images"))
+      fs::remove(e.path());
+    EXPECT_INPUT_ERROR_MENTIONS(open_tiny_imagenet(t.root()),
+                                (t.dir.path() / "train" / "n02" / "images").string());
   }
   {
     TinyTree t;  // a class listed in wnids.txt without its folder
@@ -445,7 +452,8 @@ TEST(ImageFolder, TrainValSplitsResizeAndErrors) {
     EXPECT_EQ(img.channels, 3);
   }
   write_image(root / "val" / "bird" / "e.png", make_image(64, 64, 3, 5));
-  EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits(root.string()), "bird: class not among the training classes");
+  EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits(root.string()),
+                              "bird: class not among the training classes");
   fs::create_directories(root / "train" / "empty");
   EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits(root.string()), "empty: no images");
   EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits((root / "none").string()), (root / "none").string());
@@ -458,7 +466,8 @@ TEST(ImageFolder, HoldoutWithoutTrainFolder) {
     std::snprintf(name, sizeof name, "%02d.png", k);
     write_image(dir.path() / "a" / name, make_image(8, 8, 3, k));
   }
-  for (int k = 0; k < 4; ++k) write_image(dir.path() / "b" / (std::to_string(k) + ".png"), make_image(8, 8, 3, k));
+  for (int k = 0; k < 4; ++k)
+    write_image(dir.path() / "b" / (std::to_string(k) + ".png"), make_image(8, 8, 3, k));
   Splits s = open_folder_splits(dir.path().string(), 16);
   ASSERT_EQ(s.val->size(), 2);  // the 10th and 20th of class a; b has too few
   EXPECT_EQ(s.train->size(), 23 + 4);
@@ -605,7 +614,8 @@ TEST(Loader, ResumeMidEpochGivesTheRemainingBatches) {
   for (int64_t first : {1, 4, 6, 7}) {
     Loader resumed(set.ds, Preprocess::seed_rgb(), o);
     auto rest = run_epoch(resumed, 3, first);
-    expect_same_batches(std::vector<Batch>(all.begin() + first, all.end()), rest, "resume at " + std::to_string(first));
+    expect_same_batches(std::vector<Batch>(all.begin() + first, all.end()), rest,
+                        "resume at " + std::to_string(first));
   }
   // Restarting while batches are in flight discards them.
   Loader l(set.ds, Preprocess::seed_rgb(), o);
