@@ -131,7 +131,8 @@ TEST(Module, RegistrationRulesAndLookup) {
   EXPECT_EQ(s.at(1)->name(), "Flatten");
   EXPECT_THROW(s.push_back("0", std::make_shared<nn::ReLU>()), Error);
   const std::string r = s.repr();
-  EXPECT_NE(r.find("(0): Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), bias=False)"), std::string::npos) << r;
+  EXPECT_NE(r.find("(0): Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), bias=False)"), std::string::npos)
+      << r;
   EXPECT_NE(r.find("(1): Flatten()"), std::string::npos) << r;
 }
 
@@ -185,9 +186,9 @@ TEST(Module, LoadStateDictRefusesAndChangesNothing) {
     const std::string msg = e.what();
     EXPECT_EQ(msg.find('\n'), std::string::npos);
     EXPECT_EQ(msg.rfind("weights.safetensors: ", 0), 0u) << msg;
-    for (const char* w : {"missing", "classifier.bias", "features.norm0.running_var", "unexpected",
-                          "features.conv9.weight", "shape mismatch", "features.conv0.weight", "[6, 3, 3, 3]",
-                          "[6, 3, 1, 1]"})
+    for (const char* w :
+         {"missing", "classifier.bias", "features.norm0.running_var", "unexpected", "features.conv9.weight",
+          "shape mismatch", "features.conv0.weight", "[6, 3, 3, 3]", "[6, 3, 1, 1]"})
       EXPECT_NE(msg.find(w), std::string::npos) << "'" << w << "' not in: " << msg;
   }
   EXPECT_EQ(values_of(*m), before);
@@ -279,8 +280,9 @@ TEST(Init, PyTorchDefaultsAndKaimingA0) {
 
 // ---- layers against naive implementations -------------------------------------------
 
-std::vector<double> naive_conv(const std::vector<double>& x, const std::vector<double>& w, const std::vector<double>& b,
-                               int n, int ci, int h, int wd, int co, int k, int s, int p, int& ho, int& wo) {
+std::vector<double> naive_conv(const std::vector<double>& x, const std::vector<double>& w,
+                               const std::vector<double>& b, int n, int ci, int h, int wd, int co, int k,
+                               int s, int p, int& ho, int& wo) {
   ho = (h + 2 * p - k) / s + 1;
   wo = (wd + 2 * p - k) / s + 1;
   std::vector<double> y(size_t(n) * co * ho * wo, 0);
@@ -294,7 +296,8 @@ std::vector<double> naive_conv(const std::vector<double>& x, const std::vector<d
               for (int v = 0; v < k; ++v) {
                 const int yy = i * s - p + u, xx = j * s - p + v;
                 if (yy < 0 || yy >= h || xx < 0 || xx >= wd) continue;
-                acc += x[((size_t(in) * ci + c) * h + yy) * wd + xx] * w[((size_t(o) * ci + c) * k + u) * k + v];
+                acc +=
+                    x[((size_t(in) * ci + c) * h + yy) * wd + xx] * w[((size_t(o) * ci + c) * k + u) * k + v];
               }
           y[((size_t(in) * co + o) * ho + i) * wo + j] = acc;
         }
@@ -307,8 +310,8 @@ TEST(Layers, ConvAndLinearMatchNaive) {
   Tensor x = test::rand({2, 3, 7, 9}, 8);
   Tensor y = conv(x);
   int ho = 0, wo = 0;
-  auto ref = naive_conv(x.to_vector<double>(), conv.weight().to_vector<double>(), conv.bias().to_vector<double>(), 2,
-                        3, 7, 9, 5, 3, 2, 1, ho, wo);
+  auto ref = naive_conv(x.to_vector<double>(), conv.weight().to_vector<double>(),
+                        conv.bias().to_vector<double>(), 2, 3, 7, 9, 5, 3, 2, 1, ho, wo);
   ASSERT_EQ(y.shape(), (Shape{2, 5, ho, wo}));
   EXPECT_LT(test::max_rel_error(y, Tensor::from_vector<double>(ref, y.shape())), 1e-5);
 
@@ -338,7 +341,8 @@ TEST(Layers, PoolsFlattenAndShapes) {
   EXPECT_EQ(nn::GlobalAvgPool()(x).shape(), (Shape{1, 1}));
   EXPECT_NEAR(nn::GlobalAvgPool()(x).item(), 7.5, 1e-6);
   EXPECT_EQ(nn::Flatten()(Tensor::zeros({2, 3, 4, 5})).shape(), (Shape{2, 60}));
-  EXPECT_EQ(nn::ReLU()(Tensor::from_vector<float>({-1, 2}, {2})).to_vector<float>(), (std::vector<float>{0, 2}));
+  EXPECT_EQ(nn::ReLU()(Tensor::from_vector<float>({-1, 2}, {2})).to_vector<float>(),
+            (std::vector<float>{0, 2}));
 }
 
 // ---- train / eval behaviour ------------------------------------------------------------
@@ -403,8 +407,10 @@ TEST(Layers, DropoutTrainMasksEvalIsIdentity) {
   EXPECT_EQ(g.offset(), 4000u);  // one counter per element
   int zeros = 0;
   for (float v : y.to_vector<float>()) {
-    if (v == 0) ++zeros;
-    else EXPECT_NEAR(v, 1 / 0.75, 1e-6);
+    if (v == 0)
+      ++zeros;
+    else
+      EXPECT_NEAR(v, 1 / 0.75, 1e-6);
   }
   EXPECT_NEAR(zeros / 4000.0, 0.25, 0.03);
   drop.eval();
@@ -448,6 +454,50 @@ TEST(Layers, ConvQuantizerReplacesWeightAndPassesGradient) {
   EXPECT_LT(test::max_rel_error(conv.weight().grad(), ops::scale(g_plain, 2.0)), 1e-6);
   EXPECT_NE(conv.extra_repr().find("quantized"), std::string::npos);
 }
+
+// ---- placement --------------------------------------------------------------------------
+
+class ModuleDevice : public testing::TestWithParam<Device> {};
+
+TEST_P(ModuleDevice, ToMovesInPlaceAndMatchesCpu) {
+  const Device dev = GetParam();
+  TTQ_SKIP_IF_NO_DEVICE(dev);
+  auto make = [] {
+    Generator g(31);
+    auto m = std::make_shared<Sequential>();
+    m->push_back(std::make_shared<Conv2d>(3, 4, 3, 1, 1, false, g))
+        .push_back(std::make_shared<BatchNorm2d>(4))
+        .push_back(std::make_shared<nn::ReLU>())
+        .push_back(std::make_shared<nn::GlobalAvgPool>())
+        .push_back(std::make_shared<Linear>(4, 2, true, g));
+    return m;
+  };
+  auto cpu_model = make();
+  auto dev_model = make();
+  auto before = dev_model->named_parameters();
+  before[0].second->set_grad(Tensor::ones(before[0].second->shape()));
+  dev_model->to(dev);
+  auto after = dev_model->named_parameters();
+  for (size_t i = 0; i < after.size(); ++i) {
+    EXPECT_EQ(after[i].second, before[i].second) << "slots are stable";
+    EXPECT_EQ(after[i].second->device(), dev) << after[i].first;
+    EXPECT_TRUE(after[i].second->requires_grad()) << after[i].first;
+  }
+  EXPECT_EQ(after[0].second->grad().device(), dev);
+  for (auto& [n, t] : dev_model->named_buffers()) EXPECT_EQ(t->device(), dev) << n;
+  dev_model->zero_grad();
+
+  Tensor x = test::rand({2, 3, 6, 5}, 32);
+  Tensor y_cpu = (*cpu_model)(x);
+  Tensor y_dev = (*dev_model)(x.to(dev));
+  EXPECT_LT(test::max_rel_error(y_dev.to(Device::cpu()), y_cpu), 1e-5);
+  // Running statistics were updated the same way on both devices.
+  auto sc = cpu_model->state_dict(), sd = dev_model->state_dict();
+  for (size_t i = 0; i < sc.size(); ++i)
+    EXPECT_LT(test::max_rel_error(sd[i].second.to(Device::cpu()), sc[i].second), 1e-5) << sc[i].first;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ModuleDevice, testing::ValuesIn(test::all_devices()), test::device_name);
 
 }  // namespace
 }  // namespace ttq

@@ -40,7 +40,8 @@ Dataset make_dataset(size_t n, uint64_t seed) {
     };
     const int r0 = 2 + static_cast<int>(g.below(8)), c0 = 2 + static_cast<int>(g.below(8));
     const int len = 5 + static_cast<int>(g.below(4));
-    const int s0 = static_cast<int>(g.below(kSide - len + 1)), s1 = static_cast<int>(g.below(kSide - len + 1));
+    const int s0 = static_cast<int>(g.below(kSide - len + 1)),
+              s1 = static_cast<int>(g.below(kSide - len + 1));
     switch (label) {
       case 0:
         for (int k = 0; k < len; ++k) put(r0, s0 + k);
@@ -67,7 +68,8 @@ Dataset make_dataset(size_t n, uint64_t seed) {
   return d;
 }
 
-std::pair<Tensor, Tensor> batch(const Dataset& d, const std::vector<size_t>& order, size_t start, size_t count) {
+std::pair<Tensor, Tensor> batch(const Dataset& d, const std::vector<size_t>& order, size_t start,
+                                size_t count) {
   std::vector<float> x(count * kPixels);
   std::vector<int64_t> y(count);
   for (size_t i = 0; i < count; ++i) {
@@ -99,7 +101,8 @@ struct Outcome {
   double first_epoch_loss = 0, last_epoch_loss = 0, accuracy = 0;
 };
 
-Outcome train(nn::Module& model, optim::Optimizer& opt, optim::ReduceLROnPlateau* sched, int epochs, uint64_t seed) {
+Outcome train(nn::Module& model, optim::Optimizer& opt, optim::ReduceLROnPlateau* sched, int epochs,
+              uint64_t seed) {
   const Dataset train_set = make_dataset(768, seed);
   const Dataset test_set = make_dataset(200, seed + 1);
   Generator shuffle(seed + 2);
@@ -145,7 +148,8 @@ TEST(TrainSmallCnn, AdamLearnsSyntheticPatterns) {
   const Outcome o = train(*model, opt, nullptr, 10, 100);
   EXPECT_LT(o.last_epoch_loss, 0.1 * o.first_epoch_loss) << o.first_epoch_loss << " -> " << o.last_epoch_loss;
   EXPECT_GE(o.accuracy, 0.9);
-  std::printf("loss %.4f -> %.4f, held-out accuracy %.3f\n", o.first_epoch_loss, o.last_epoch_loss, o.accuracy);
+  std::printf("loss %.4f -> %.4f, held-out accuracy %.3f\n", o.first_epoch_loss, o.last_epoch_loss,
+              o.accuracy);
 }
 
 TEST(TrainSmallCnn, SgdNesterovWithWeightDecayGroupsAndPlateau) {
@@ -167,7 +171,8 @@ TEST(TrainSmallCnn, SgdNesterovWithWeightDecayGroupsAndPlateau) {
   const Outcome o = train(*model, opt, &sched, 10, 200);
   EXPECT_LT(o.last_epoch_loss, 0.1 * o.first_epoch_loss) << o.first_epoch_loss << " -> " << o.last_epoch_loss;
   EXPECT_GE(o.accuracy, 0.9);
-  std::printf("loss %.4f -> %.4f, held-out accuracy %.3f\n", o.first_epoch_loss, o.last_epoch_loss, o.accuracy);
+  std::printf("loss %.4f -> %.4f, held-out accuracy %.3f\n", o.first_epoch_loss, o.last_epoch_loss,
+              o.accuracy);
 }
 
 }  // namespace

@@ -66,9 +66,10 @@ Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int kernel_size, int s
                Generator& gen)
     : m_in(in_channels), m_out(out_channels), m_kernel(kernel_size), m_stride(stride), m_padding(padding) {
   TTQ_CHECK(in_channels > 0 && out_channels > 0 && kernel_size > 0 && stride > 0 && padding >= 0)
-      << "Conv2d(" << in_channels << ", " << out_channels << ", kernel " << kernel_size << ", stride " << stride
-      << ", padding " << padding << "): invalid configuration";
-  m_weight = &register_parameter("weight", Tensor::empty({out_channels, in_channels, kernel_size, kernel_size}));
+      << "Conv2d(" << in_channels << ", " << out_channels << ", kernel " << kernel_size << ", stride "
+      << stride << ", padding " << padding << "): invalid configuration";
+  m_weight =
+      &register_parameter("weight", Tensor::empty({out_channels, in_channels, kernel_size, kernel_size}));
   if (bias) m_bias = &register_parameter("bias", Tensor::empty({out_channels}));
   reset_parameters(gen);
 }
@@ -77,12 +78,14 @@ void Conv2d::reset_parameters(Generator& gen) { default_init(*m_weight, m_bias, 
 
 Tensor Conv2d::effective_weight() { return quantizer ? quantizer->quantize(*m_weight) : *m_weight; }
 
-Tensor Conv2d::forward(const Tensor& x) { return ops::conv2d(x, effective_weight(), bias(), m_stride, m_padding); }
+Tensor Conv2d::forward(const Tensor& x) {
+  return ops::conv2d(x, effective_weight(), bias(), m_stride, m_padding);
+}
 
 std::string Conv2d::extra_repr() const {
   std::ostringstream os;
-  os << m_in << ", " << m_out << ", kernel_size=(" << m_kernel << ", " << m_kernel << "), stride=(" << m_stride
-     << ", " << m_stride << ")";
+  os << m_in << ", " << m_out << ", kernel_size=(" << m_kernel << ", " << m_kernel << "), stride=("
+     << m_stride << ", " << m_stride << ")";
   if (m_padding != 0) os << ", padding=(" << m_padding << ", " << m_padding << ")";
   if (!m_bias) os << ", bias=False";
   if (quantizer) os << ", quantized";
@@ -94,7 +97,8 @@ std::string Conv2d::extra_repr() const {
 BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum)
     : m_channels(channels), m_eps(eps), m_momentum(momentum) {
   TTQ_CHECK(channels > 0 && eps > 0 && momentum >= 0 && momentum <= 1)
-      << "BatchNorm2d(" << channels << ", eps=" << eps << ", momentum=" << momentum << "): invalid configuration";
+      << "BatchNorm2d(" << channels << ", eps=" << eps << ", momentum=" << momentum
+      << "): invalid configuration";
   m_weight = &register_parameter("weight", Tensor::ones({channels}));
   m_bias = &register_parameter("bias", Tensor::zeros({channels}));
   m_running_mean = &register_buffer("running_mean", Tensor::zeros({channels}));
@@ -102,7 +106,8 @@ BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum)
 }
 
 Tensor BatchNorm2d::forward(const Tensor& x) {
-  return ops::batch_norm2d(x, *m_weight, *m_bias, *m_running_mean, *m_running_var, is_training(), m_momentum, m_eps);
+  return ops::batch_norm2d(x, *m_weight, *m_bias, *m_running_mean, *m_running_var, is_training(), m_momentum,
+                           m_eps);
 }
 
 std::string BatchNorm2d::extra_repr() const {
@@ -137,12 +142,17 @@ std::string Linear::extra_repr() const {
 Tensor ReLU::forward(const Tensor& x) { return ops::relu(x); }
 
 MaxPool2d::MaxPool2d(int kernel_size, int stride, int padding, bool ceil_mode)
-    : m_kernel(kernel_size), m_stride(stride == 0 ? kernel_size : stride), m_padding(padding), m_ceil(ceil_mode) {
+    : m_kernel(kernel_size),
+      m_stride(stride == 0 ? kernel_size : stride),
+      m_padding(padding),
+      m_ceil(ceil_mode) {
   TTQ_CHECK(kernel_size > 0 && m_stride > 0 && padding >= 0 && 2 * padding <= kernel_size)
       << "MaxPool2d(" << kernel_size << ", " << stride << ", " << padding << "): invalid configuration";
 }
 
-Tensor MaxPool2d::forward(const Tensor& x) { return ops::max_pool2d(x, m_kernel, m_stride, m_padding, m_ceil); }
+Tensor MaxPool2d::forward(const Tensor& x) {
+  return ops::max_pool2d(x, m_kernel, m_stride, m_padding, m_ceil);
+}
 
 std::string MaxPool2d::extra_repr() const {
   std::ostringstream os;
@@ -199,7 +209,9 @@ Sequential::Sequential(std::initializer_list<std::pair<std::string, ModulePtr>> 
   for (const auto& [name, m] : named_modules) push_back(name, m);
 }
 
-Sequential& Sequential::push_back(ModulePtr module) { return push_back(std::to_string(size()), std::move(module)); }
+Sequential& Sequential::push_back(ModulePtr module) {
+  return push_back(std::to_string(size()), std::move(module));
+}
 
 Sequential& Sequential::push_back(const std::string& name, ModulePtr module) {
   add_child(name, std::move(module));

@@ -111,8 +111,7 @@ class BatchNorm2d : public Module {
 // y = x w^T + b for x [N, in]; weight [out, in], bias [out]. Init as PyTorch's nn.Linear.
 class Linear : public Module {
  public:
-  Linear(int64_t in_features, int64_t out_features, bool bias = true,
-         Generator& gen = global_generator());
+  Linear(int64_t in_features, int64_t out_features, bool bias = true, Generator& gen = global_generator());
   Tensor forward(const Tensor& x) override;
   std::string name() const override { return "Linear"; }
   std::string extra_repr() const override;

@@ -33,7 +33,6 @@ void Module::check_new_name(const std::string& name) const {
       << this->name() << ": name '" << name << "' already registered";
 }
 
-
 Tensor& Module::register_parameter(const std::string& name, Tensor t, bool requires_grad) {
   check_new_name(name);
   TTQ_CHECK(t.defined()) << this->name() << ": parameter '" << name << "' is undefined";
@@ -59,10 +58,12 @@ void Module::add_child(const std::string& name, std::shared_ptr<Module> module) 
 }
 
 bool Module::has_parameter(const std::string& name) const {
-  return std::any_of(m_parameters.begin(), m_parameters.end(), [&](const NamedTensor& e) { return e.name == name; });
+  return std::any_of(m_parameters.begin(), m_parameters.end(),
+                     [&](const NamedTensor& e) { return e.name == name; });
 }
 bool Module::has_buffer(const std::string& name) const {
-  return std::any_of(m_buffers.begin(), m_buffers.end(), [&](const NamedTensor& e) { return e.name == name; });
+  return std::any_of(m_buffers.begin(), m_buffers.end(),
+                     [&](const NamedTensor& e) { return e.name == name; });
 }
 bool Module::has_child(const std::string& name) const {
   return std::any_of(m_children.begin(), m_children.end(), [&](const auto& e) { return e.first == name; });
@@ -108,7 +109,8 @@ void Module::collect_tensors(const std::string& prefix, bool params, bool buffer
     for (auto& e : m_parameters) out.emplace_back(join(prefix, e.name), e.tensor.get());
   if (buffers)
     for (auto& e : m_buffers) out.emplace_back(join(prefix, e.name), e.tensor.get());
-  for (auto& [name, child] : m_children) child->collect_tensors(join(prefix, name), params, buffers, out, dedup, seen);
+  for (auto& [name, child] : m_children)
+    child->collect_tensors(join(prefix, name), params, buffers, out, dedup, seen);
 }
 
 void Module::collect_modules(const std::string& prefix, std::vector<std::pair<std::string, Module*>>& out,
@@ -209,7 +211,8 @@ LoadResult Module::load_state_dict(const std::map<std::string, Tensor>& state, b
     if (!src.defined()) {
       mismatched.push_back(name + " (undefined tensor)");
     } else if (src.shape() != slot->shape()) {
-      mismatched.push_back(name + " (expected " + shape_str(slot->shape()) + ", got " + shape_str(src.shape()) + ")");
+      mismatched.push_back(name + " (expected " + shape_str(slot->shape()) + ", got " +
+                           shape_str(src.shape()) + ")");
     }
   }
   for (const auto& [name, t] : state)

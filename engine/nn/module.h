@@ -89,8 +89,8 @@ class Module {
   // BatchNorm2d child (present in modern PyTorch exports) is accepted and ignored.
   LoadResult load_state_dict(const std::map<std::string, Tensor>& state, bool strict = true,
                              const std::string& source = "");
-  LoadResult load_state_dict(const std::vector<std::pair<std::string, Tensor>>& state,
-                             bool strict = true, const std::string& source = "");
+  LoadResult load_state_dict(const std::vector<std::pair<std::string, Tensor>>& state, bool strict = true,
+                             const std::string& source = "");
 
   // ---- modes and placement
   // Sets the training flag of this module and every descendant.
@@ -119,9 +119,7 @@ class Module {
 
  protected:
   void add_child(const std::string& name, std::shared_ptr<Module> module);
-  const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() const {
-    return m_children;
-  }
+  const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() const { return m_children; }
 
  private:
   struct NamedTensor {

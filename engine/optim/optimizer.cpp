@@ -106,7 +106,8 @@ void Optimizer::step() {
       if (!grad.defined()) continue;
       TTQ_CHECK(grad.shape() == p.shape() && grad.dtype() == p.dtype() && grad.device() == p.device())
           << name() << ": gradient " << grad.str() << " does not match parameter " << p.str();
-      TTQ_CHECK(p.is_contiguous()) << name() << ": parameter " << i << " of group " << g << " is not contiguous";
+      TTQ_CHECK(p.is_contiguous()) << name() << ": parameter " << i << " of group " << g
+                                   << " is not contiguous";
       grad = grad.contiguous();
       ParamState& st = m_state[g][i];
       update(grp, p, grad, st);
@@ -131,7 +132,8 @@ std::vector<std::pair<std::string, Tensor>> Optimizer::state_tensors() const {
   for (size_t g = 0; g < m_state.size(); ++g)
     for (size_t i = 0; i < m_state[g].size(); ++i)
       for (size_t k = 0; k < m_keys.size(); ++k)
-        if (m_state[g][i].tensors[k].defined()) out.emplace_back(state_name(g, i, m_keys[k]), m_state[g][i].tensors[k]);
+        if (m_state[g][i].tensors[k].defined())
+          out.emplace_back(state_name(g, i, m_keys[k]), m_state[g][i].tensors[k]);
   return out;
 }
 
@@ -141,12 +143,14 @@ std::vector<std::pair<std::string, double>> Optimizer::state_scalars() const {
   for (size_t g = 0; g < m_groups.size(); ++g) {
     out.emplace_back("group" + std::to_string(g) + ".lr", m_groups[g].lr);
     for (size_t i = 0; i < m_state[g].size(); ++i)
-      if (m_state[g][i].has_state()) out.emplace_back(state_name(g, i, "step"), static_cast<double>(m_state[g][i].step));
+      if (m_state[g][i].has_state())
+        out.emplace_back(state_name(g, i, "step"), static_cast<double>(m_state[g][i].step));
   }
   return out;
 }
 
-void Optimizer::validate_tensors(const std::map<std::string, Tensor>& tensors, std::vector<std::string>& errors) const {
+void Optimizer::validate_tensors(const std::map<std::string, Tensor>& tensors,
+                                 std::vector<std::string>& errors) const {
   // present[g][i] = number of keys given for that parameter.
   std::vector<std::vector<size_t>> present(m_groups.size());
   for (size_t g = 0; g < m_groups.size(); ++g) present[g].assign(m_groups[g].params.size(), 0);
@@ -169,8 +173,9 @@ void Optimizer::validate_tensors(const std::map<std::string, Tensor>& tensors, s
     }
     const Tensor& p = m_groups[g].params[i];
     if (!t.defined() || t.shape() != p.shape()) {
-      errors.push_back("tensor '" + name + "' has shape " + (t.defined() ? shape_str(t.shape()) : "undefined") +
-                       ", parameter has " + shape_str(p.shape()));
+      errors.push_back("tensor '" + name + "' has shape " +
+                       (t.defined() ? shape_str(t.shape()) : "undefined") + ", parameter has " +
+                       shape_str(p.shape()));
       continue;
     }
     if (!is_floating(t.dtype())) {
@@ -182,14 +187,17 @@ void Optimizer::validate_tensors(const std::map<std::string, Tensor>& tensors, s
   for (size_t g = 0; g < present.size(); ++g)
     for (size_t i = 0; i < present[g].size(); ++i)
       if (present[g][i] != 0 && present[g][i] != m_keys.size())
-        errors.push_back("group" + std::to_string(g) + ".param" + std::to_string(i) + " has only some of its state");
+        errors.push_back("group" + std::to_string(g) + ".param" + std::to_string(i) +
+                         " has only some of its state");
 }
 
-void Optimizer::validate_scalars(const std::map<std::string, double>& scalars, std::vector<std::string>& errors) const {
+void Optimizer::validate_scalars(const std::map<std::string, double>& scalars,
+                                 std::vector<std::string>& errors) const {
   std::vector<bool> has_lr(m_groups.size(), false);
   for (const auto& [name, v] : scalars) {
     if (name == "steps") {
-      if (!(v >= 0 && v == std::floor(v))) errors.push_back("steps = " + std::to_string(v) + " is not a count");
+      if (!(v >= 0 && v == std::floor(v)))
+        errors.push_back("steps = " + std::to_string(v) + " is not a count");
       continue;
     }
     int64_t g = 0, i = 0;
@@ -199,10 +207,12 @@ void Optimizer::validate_scalars(const std::map<std::string, double>& scalars, s
       continue;
     }
     if (i < 0 && key == "lr") {
-      if (!(v >= 0 && std::isfinite(v))) errors.push_back(name + " = " + std::to_string(v) + " is not a valid lr");
+      if (!(v >= 0 && std::isfinite(v)))
+        errors.push_back(name + " = " + std::to_string(v) + " is not a valid lr");
       has_lr[g] = true;
     } else if (i >= 0 && key == "step" && i < static_cast<int64_t>(m_groups[g].params.size())) {
-      if (!(v >= 0 && v == std::floor(v) && v < 9.0e15)) errors.push_back(name + " = " + std::to_string(v) + " is not a count");
+      if (!(v >= 0 && v == std::floor(v) && v < 9.0e15))
+        errors.push_back(name + " = " + std::to_string(v) + " is not a count");
     } else {
       errors.push_back("unexpected scalar '" + name + "'");
     }
@@ -242,8 +252,8 @@ void Optimizer::apply_scalars(const std::map<std::string, double>& scalars) {
   }
 }
 
-void Optimizer::load_state(const std::map<std::string, Tensor>& tensors, const std::map<std::string, double>& scalars,
-                           const std::string& source) {
+void Optimizer::load_state(const std::map<std::string, Tensor>& tensors,
+                           const std::map<std::string, double>& scalars, const std::string& source) {
   std::vector<std::string> errors;
   validate_tensors(tensors, errors);
   validate_scalars(scalars, errors);
@@ -292,7 +302,9 @@ SGD::SGD(SGDOptions options) : Optimizer({"momentum_buffer"}, sgd_defaults(optio
   check_group(sgd_defaults(options));
 }
 
-SGD::SGD(std::vector<Tensor> params, SGDOptions options) : SGD(options) { add_param_group(std::move(params)); }
+SGD::SGD(std::vector<Tensor> params, SGDOptions options) : SGD(options) {
+  add_param_group(std::move(params));
+}
 
 void SGD::check_group(const ParamGroup& g) const {
   TTQ_CHECK(g.lr >= 0 && std::isfinite(g.lr)) << "SGD: invalid lr " << g.lr;
@@ -309,7 +321,8 @@ void SGD::update(const ParamGroup& g, Tensor& param, const Tensor& grad, ParamSt
     first = true;  // the backend writes buf = g
   }
   ++st.step;
-  TTQ_BACKEND(param.device(), sgd_step)(param, grad, buf, g.lr, g.momentum, g.weight_decay, g.nesterov, first);
+  TTQ_BACKEND(param.device(), sgd_step)
+  (param, grad, buf, g.lr, g.momentum, g.weight_decay, g.nesterov, first);
 }
 
 // ---- Adam -----------------------------------------------------------------------
@@ -318,7 +331,9 @@ Adam::Adam(AdamOptions options) : Optimizer({"exp_avg", "exp_avg_sq"}, adam_defa
   check_group(adam_defaults(options));
 }
 
-Adam::Adam(std::vector<Tensor> params, AdamOptions options) : Adam(options) { add_param_group(std::move(params)); }
+Adam::Adam(std::vector<Tensor> params, AdamOptions options) : Adam(options) {
+  add_param_group(std::move(params));
+}
 
 void Adam::check_group(const ParamGroup& g) const {
   TTQ_CHECK(g.lr >= 0 && std::isfinite(g.lr)) << "Adam: invalid lr " << g.lr;
@@ -336,7 +351,8 @@ void Adam::update(const ParamGroup& g, Tensor& param, const Tensor& grad, ParamS
     v = Tensor::zeros(param.shape(), param.dtype(), param.device());
   }
   ++st.step;
-  TTQ_BACKEND(param.device(), adam_step)(param, grad, m, v, g.lr, g.beta1, g.beta2, g.eps, g.weight_decay, st.step);
+  TTQ_BACKEND(param.device(), adam_step)
+  (param, grad, m, v, g.lr, g.beta1, g.beta2, g.eps, g.weight_decay, st.step);
 }
 
 }  // namespace ttq::optim

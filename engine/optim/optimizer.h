@@ -72,8 +72,8 @@ class Optimizer {
   // line prefixed by `source`, and then nothing has changed. Parameters absent
   // from `tensors` end with no state. Tensors are copied to the parameter's
   // device and dtype.
-  void load_state(const std::map<std::string, Tensor>& tensors,
-                  const std::map<std::string, double>& scalars, const std::string& source = "");
+  void load_state(const std::map<std::string, Tensor>& tensors, const std::map<std::string, double>& scalars,
+                  const std::string& source = "");
   void load_state_tensors(const std::map<std::string, Tensor>& tensors, const std::string& source = "");
   void load_state_scalars(const std::map<std::string, double>& scalars, const std::string& source = "");
 

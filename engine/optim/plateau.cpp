@@ -11,8 +11,8 @@ namespace ttq::optim {
 
 ReduceLROnPlateau::ReduceLROnPlateau(Optimizer& optimizer, PlateauOptions options)
     : m_optimizer(&optimizer), m_opt(options) {
-  TTQ_CHECK(options.factor < 1 && options.factor >= 0) << "ReduceLROnPlateau: factor must be in [0, 1), got "
-                                                        << options.factor;
+  TTQ_CHECK(options.factor < 1 && options.factor >= 0)
+      << "ReduceLROnPlateau: factor must be in [0, 1), got " << options.factor;
   TTQ_CHECK(options.patience >= 0 && options.cooldown >= 0 && options.min_lr >= 0 && options.eps >= 0)
       << "ReduceLROnPlateau: patience, cooldown, min_lr and eps must be non-negative";
   m_best = m_opt.mode == PlateauMode::Max ? -std::numeric_limits<double>::infinity()
@@ -61,7 +61,8 @@ std::vector<std::pair<std::string, double>> ReduceLROnPlateau::state_scalars() c
           {"last_epoch", static_cast<double>(m_last_epoch)}};
 }
 
-void ReduceLROnPlateau::load_state_scalars(const std::map<std::string, double>& state, const std::string& source) {
+void ReduceLROnPlateau::load_state_scalars(const std::map<std::string, double>& state,
+                                           const std::string& source) {
   std::vector<std::string> errors;
   auto count = [&](const char* key) -> double {
     auto it = state.find(key);
@@ -77,8 +78,10 @@ void ReduceLROnPlateau::load_state_scalars(const std::map<std::string, double>& 
   const double cool = count("cooldown_counter");
   const double epoch = count("last_epoch");
   auto best = state.find("best");
-  if (best == state.end()) errors.push_back("missing best");
-  else if (std::isnan(best->second)) errors.push_back("best is NaN");
+  if (best == state.end())
+    errors.push_back("missing best");
+  else if (std::isnan(best->second))
+    errors.push_back("best is NaN");
   for (const auto& [key, v] : state)
     if (key != "best" && key != "num_bad_epochs" && key != "cooldown_counter" && key != "last_epoch")
       errors.push_back("unexpected '" + key + "'");
