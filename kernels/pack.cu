@@ -4,7 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/cuda/check.h"
-#include "kernels/cuda_reduce.cuh"
+#include "kernels/cuda_launch.cuh"
 #include "kernels/pack.h"
 #include "kernels/packed_format.h"
 

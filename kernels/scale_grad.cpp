@@ -103,18 +103,33 @@ TTQ_TILE_CLONES void tile_sums(const float* __restrict g, const float* __restric
 void scale_grad_cpu(const float* g, const float* w, int64_t n, float delta, float wp, float wn,
                     WnGradMode mode, float* gw, double* gwp, double* gwn) {
   const int64_t ntiles = (n + kTile - 1) / kTile;
-  std::vector<double> part_p(static_cast<size_t>(ntiles)), part_n(static_cast<size_t>(ntiles));
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (int64_t tile = 0; tile < ntiles; ++tile) {
+  // Per-tile partial sums, combined in tile order below: the result does not
+  // depend on the thread count. Small layers keep them on the stack and skip
+  // the OpenMP region, whose start-up costs more than their whole pass.
+  constexpr int64_t kStackTiles = kParallelMin / kTile + 1;
+  double stack_p[kStackTiles], stack_n[kStackTiles];
+  std::vector<double> heap_p, heap_n;
+  double* part_p = stack_p;
+  double* part_n = stack_n;
+  auto tile_pass = [&](int64_t tile) {
     const int64_t b = tile * kTile, len = std::min(kTile, n - b);
     if (gw != nullptr) tile_latent_grad(g + b, w + b, len, delta, wp, wn, gw + b);
-    tile_sums(g + b, w + b, len, delta, &part_p[static_cast<size_t>(tile)],
-              &part_n[static_cast<size_t>(tile)]);
+    tile_sums(g + b, w + b, len, delta, &part_p[tile], &part_n[tile]);
+  };
+  if (n <= kParallelMin) {
+    for (int64_t tile = 0; tile < ntiles; ++tile) tile_pass(tile);
+  } else {
+    heap_p.resize(static_cast<size_t>(ntiles));
+    heap_n.resize(static_cast<size_t>(ntiles));
+    part_p = heap_p.data();
+    part_n = heap_n.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t tile = 0; tile < ntiles; ++tile) tile_pass(tile);
   }
   double sum_p = 0.0, sum_n = 0.0;
   for (int64_t tile = 0; tile < ntiles; ++tile) {
-    sum_p += part_p[static_cast<size_t>(tile)];
-    sum_n += part_n[static_cast<size_t>(tile)];
+    sum_p += part_p[tile];
+    sum_n += part_n[tile];
   }
   *gwp = sum_p;
   *gwn = mode == WnGradMode::Exact ? -sum_n : sum_n;

@@ -8,7 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/cuda/check.h"
-#include "kernels/cuda_reduce.cuh"
+#include "kernels/cuda_launch.cuh"
 #include "kernels/scale_grad.h"
 
 namespace ttq::kernels {

@@ -108,45 +108,61 @@ TTQ_TILE_CLONES void tile_codes(const float* __restrict w, int64_t len, float de
 float max_abs_cpu(const float* w, int64_t n) {
   const int64_t ntiles = (n + kTile - 1) / kTile;
   float m = 0.0f;
-#pragma omp parallel for reduction(max : m) schedule(static) if (n > kParallelMin)
+  if (n <= kParallelMin) {  // no OpenMP region: its start-up costs more than a small layer
+    for (int64_t tile = 0; tile < ntiles; ++tile)
+      m = std::max(m, tile_max_abs(w + tile * kTile, std::min(kTile, n - tile * kTile)));
+    return m;
+  }
+#pragma omp parallel for reduction(max : m) schedule(static)
   for (int64_t tile = 0; tile < ntiles; ++tile)
     m = std::max(m, tile_max_abs(w + tile * kTile, std::min(kTile, n - tile * kTile)));
   return m;
 }
+
+namespace {
+// The fused pass over one tile; returns |P| and |N| when counting.
+inline void ternarize_tile(const float* w, int64_t n, int64_t tile, float delta, float wp, float wn,
+                           float* wq, uint8_t* codes, uint8_t* packed, bool count, int64_t& np, int64_t& nn) {
+  const int64_t b = tile * kTile;
+  const int64_t len = std::min(kTile, n - b);
+  if (wq != nullptr) tile_wq(w + b, len, delta, wp, wn, wq + b);
+  if (count) {
+    int32_t p = 0, q = 0;
+    tile_counts(w + b, len, delta, &p, &q);
+    np += p;
+    nn += q;
+  }
+  if (codes == nullptr && packed == nullptr) return;
+  alignas(64) uint8_t local[kTile];
+  uint8_t* c = codes != nullptr ? codes + b : local;
+  tile_codes(w + b, len, delta, c);
+  if (packed == nullptr) return;
+  uint8_t* out = packed + b / packed::kCodesPerByte;
+  const int64_t full = len / 4;
+  for (int64_t k = 0; k < full; ++k)
+    out[k] = packed::pack4(c[4 * k], c[4 * k + 1], c[4 * k + 2], c[4 * k + 3]);
+  if (len % 4 != 0) {  // the last byte of the tensor: padding codes are 0
+    uint8_t last[4] = {0, 0, 0, 0};
+    for (int64_t j = 4 * full; j < len; ++j) last[j - 4 * full] = c[j];
+    out[full] = packed::pack4(last[0], last[1], last[2], last[3]);
+  }
+}
+}  // namespace
 
 float ternarize_cpu(const float* w, int64_t n, float t, float wp, float wn, float* wq, uint8_t* codes,
                     uint8_t* packed, TernaryCounts* counts) {
   // Max is exact whatever the order, so delta has the same bits as the reference.
   const float delta = t * max_abs_cpu(w, n);
   const int64_t ntiles = (n + kTile - 1) / kTile;
+  const bool count = counts != nullptr;
   int64_t np = 0, nn = 0;
-#pragma omp parallel for reduction(+ : np, nn) schedule(static) if (n > kParallelMin)
-  for (int64_t tile = 0; tile < ntiles; ++tile) {
-    const int64_t b = tile * kTile;
-    const int64_t len = std::min(kTile, n - b);
-    if (wq != nullptr) tile_wq(w + b, len, delta, wp, wn, wq + b);
-    if (counts != nullptr) {
-      int32_t p = 0, q = 0;
-      tile_counts(w + b, len, delta, &p, &q);
-      np += p;
-      nn += q;
-    }
-    if (codes != nullptr || packed != nullptr) {
-      alignas(64) uint8_t local[kTile];
-      uint8_t* c = codes != nullptr ? codes + b : local;
-      tile_codes(w + b, len, delta, c);
-      if (packed != nullptr) {
-        uint8_t* out = packed + b / packed::kCodesPerByte;
-        const int64_t full = len / 4;
-        for (int64_t k = 0; k < full; ++k)
-          out[k] = packed::pack4(c[4 * k], c[4 * k + 1], c[4 * k + 2], c[4 * k + 3]);
-        if (len % 4 != 0) {  // the last byte of the tensor: padding codes are 0
-          uint8_t last[4] = {0, 0, 0, 0};
-          for (int64_t j = 4 * full; j < len; ++j) last[j - 4 * full] = c[j];
-          out[full] = packed::pack4(last[0], last[1], last[2], last[3]);
-        }
-      }
-    }
+  if (n <= kParallelMin) {
+    for (int64_t tile = 0; tile < ntiles; ++tile)
+      ternarize_tile(w, n, tile, delta, wp, wn, wq, codes, packed, count, np, nn);
+  } else {
+#pragma omp parallel for reduction(+ : np, nn) schedule(static)
+    for (int64_t tile = 0; tile < ntiles; ++tile)
+      ternarize_tile(w, n, tile, delta, wp, wn, wq, codes, packed, count, np, nn);
   }
   if (counts != nullptr) {
     counts->pos = np;

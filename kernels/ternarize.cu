@@ -10,7 +10,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/cuda/check.h"
-#include "kernels/cuda_reduce.cuh"
+#include "kernels/cuda_launch.cuh"
 #include "kernels/packed_format.h"
 #include "kernels/ternarize.h"
 

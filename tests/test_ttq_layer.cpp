@@ -343,6 +343,29 @@ TEST(TtqTraining, SmallCnnKeepsAccuracy) {
   EXPECT_EQ(net->at<nn::Conv2d>(0)->weight().to_vector<float>(), first_before.to_vector<float>());
 }
 
+// DESIGN.md section 3: behind BatchNorm the loss does not depend on the layer's
+// scale, so Wp sum_P G = Wn sum_N G. With the seed's sign and Wp = Wn the two
+// scale gradients then coincide and Adam keeps the scales tied (as in the seed's
+// files); with the exact sign they move apart.
+TEST(TtqTraining, SeedSignKeepsScalesTiedBehindBatchNorm) {
+  const Dataset d = make_task(256, 40);
+  double gap[2] = {0, 0};
+  for (int exact = 0; exact < 2; ++exact) {
+    Generator gen(41);
+    auto net = small_cnn(gen);
+    models::TtqOptions o = cnn_options();
+    o.wn_grad = exact ? WnGradMode::Exact : WnGradMode::Seed;
+    models::TtqModel ttq = models::quantize_model(*net, o);
+    auto opt = models::make_ttq_optimizer(*net, ttq, 1e-2);
+    train_epochs(*net, *opt, d, 1, 32, &ttq);
+    for (const auto& l : ttq.layers)
+      gap[exact] = std::max(gap[exact], std::fabs(l.quantizer->wp().item() - l.quantizer->wn().item()));
+  }
+  std::printf("max wp - wn: seed %.3g, exact %.3g\n", gap[0], gap[1]);
+  EXPECT_LT(gap[0], 1e-4) << "seed sign";
+  EXPECT_GT(gap[1], 1e-2) << "exact sign";
+}
+
 // ---- checkpoints ----------------------------------------------------------------------
 
 TEST(TtqCheckpoint, ViewRoundTripsThroughAFile) {
