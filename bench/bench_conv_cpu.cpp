@@ -1,6 +1,7 @@
 // CPU conv2d training cost on the small DenseNet's conv shapes (batch 32):
 // forward + backward data + backward filter through engine/cpu/conv.cpp,
-// reported as GFLOP/s of wall time (2*N*Co*Ci*kh*kw*Ho*Wo per pass, three passes).
+// reported as GFLOP/s of wall time and per CPU-second of all threads
+// (2*N*Co*Ci*kh*kw*Ho*Wo per pass, three passes).
 // Each shape also runs under the other threading policy ("blas_threads":
 // batch loop on one thread, OpenBLAS threading each GEMM) to back the choice
 // made in engine/cpu/blas.h with a side-by-side number.
@@ -8,6 +9,7 @@
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -35,6 +37,12 @@ std::vector<Shape> densenet_small_shapes() {
   return s;
 }
 
+double process_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 void conv_fwd_bwd(benchmark::State& state, Shape sh, bool blas_threads) {
   const int64_t n = 32;
   ttq::Generator gen(1);
@@ -51,6 +59,7 @@ void conv_fwd_bwd(benchmark::State& state, Shape sh, bool blas_threads) {
     omp_set_num_threads(1);
     openblas_set_num_threads(omp_threads);
   }
+  const double cpu0 = process_cpu_seconds();
   for (auto _ : state) {
     ttq::cpu::conv2d_forward(x, w, no_bias, p, y);
     ttq::cpu::conv2d_backward_data(gy, w, p, gx);
@@ -63,8 +72,11 @@ void conv_fwd_bwd(benchmark::State& state, Shape sh, bool blas_threads) {
     openblas_set_num_threads(1);
     omp_set_num_threads(omp_threads);
   }
+  const double cpu_seconds = process_cpu_seconds() - cpu0;
   const double flops = 3.0 * 2.0 * n * sh.co * sh.ci * sh.k * sh.k * sh.hw * sh.hw;
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  // Per second of CPU time of all threads: the load-independent cost on a shared machine.
+  state.counters["GFLOP/cpu_s"] = flops / 1e9 * static_cast<double>(state.iterations()) / cpu_seconds;
 }
 
 const bool registered = [] {

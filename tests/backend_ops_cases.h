@@ -289,6 +289,9 @@ inline std::vector<OpCase> backend_op_cases() {
   conv({2, 3, 5, 5}, {4, 3, 1, 1}, 2, 0, false);
   conv({3, 31, 5, 5}, {2, 31, 3, 3}, 1, 0, true, 2);
   conv({1, 16, 24, 24}, {16, 16, 3, 3}, 1, 1, true);  // one sample: the split-GEMM path
+  conv({2, 16, 12, 12}, {16, 16, 3, 3}, 1, 1, true);  // whole samples per thread, partial filter sums
+  conv({2, 32, 20, 20}, {8, 32, 3, 3}, 1, 1, true);   // several row tiles per sample
+  conv({2, 32, 21, 21}, {8, 32, 3, 3}, 2, 1, false);  // ... with stride
   conv({1, 3, 9, 9}, {8, 3, 3, 3}, 2, 1, false, 1);
 
   // linear / matmul / raw gemm

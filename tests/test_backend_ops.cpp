@@ -366,17 +366,33 @@ TEST_P(OpsOnDevice, ErrorsNameBothShapes) {
 
 INSTANTIATE_TEST_SUITE_P(All, OpsOnDevice, ::testing::ValuesIn(all_devices()), device_name);
 
-// Cross-path checks on the CPU: batch N equals N batches of 1 (the per-sample
-// and the split-GEMM paths of conv), and eval forward twice gives the same bits.
+// Cross-path check on the CPU: batch N equals N batches of 1, forward and
+// backward. The batch runs whole samples per thread (with per-thread filter
+// gradient sums), the single samples split each GEMM across threads. Eval
+// forward twice gives the same bits.
 TEST(BackendOpsCpu, ConvBatchEqualsSingles) {
-  const Tensor x = uniform_in({3, 6, 9, 9}, 5).to(DType::F32), w = uniform_in({8, 6, 3, 3}, 6).to(DType::F32);
-  const Tensor b = uniform_in({8}, 7).to(DType::F32);
-  const Tensor y = ops::conv2d(x, w, b, 1, 1);
+  const Tensor x = uniform_in({3, 16, 14, 14}, 5).to(DType::F32),
+               w = uniform_in({12, 16, 3, 3}, 6).to(DType::F32);
+  const Tensor b = uniform_in({12}, 7).to(DType::F32), r = uniform_in({3, 12, 14, 14}, 8).to(DType::F32);
+  auto run = [&](const Tensor& xs, const Tensor& rs) {
+    Tensor xg = xs.clone(), wg = w.clone(), bg = b.clone();
+    xg.set_requires_grad(true), wg.set_requires_grad(true), bg.set_requires_grad(true);
+    Tensor y = ops::conv2d(xg, wg, bg, 1, 1);
+    y.backward(rs.contiguous());
+    return std::vector<Tensor>{y.detach(), xg.grad(), wg.grad(), bg.grad()};
+  };
+  const auto batch = run(x, r);
+  Tensor gw_sum = Tensor::zeros(w.shape()), gb_sum = Tensor::zeros(b.shape());
   for (int64_t n = 0; n < 3; ++n) {
-    const Tensor yn = ops::conv2d(x.narrow(0, n, 1), w, b, 1, 1);
-    EXPECT_LE(max_rel_error(yn, y.narrow(0, n, 1).contiguous()), 1e-6) << "sample " << n;
+    const auto one = run(x.narrow(0, n, 1), r.narrow(0, n, 1));
+    EXPECT_LE(max_rel_error(one[0], batch[0].narrow(0, n, 1).contiguous()), 1e-6) << "y of sample " << n;
+    EXPECT_LE(max_rel_error(one[1], batch[1].narrow(0, n, 1).contiguous()), 1e-6) << "gx of sample " << n;
+    gw_sum = ops::add(gw_sum, one[2]);
+    gb_sum = ops::add(gb_sum, one[3]);
   }
-  EXPECT_EQ(ops::conv2d(x, w, b, 1, 1).to_vector<float>(), y.to_vector<float>());
+  EXPECT_LE(max_rel_error(gw_sum, batch[2]), 1e-5);
+  EXPECT_LE(max_rel_error(gb_sum, batch[3]), 1e-5);
+  EXPECT_EQ(ops::conv2d(x, w, b, 1, 1).to_vector<float>(), batch[0].to_vector<float>());
 }
 
 }  // namespace

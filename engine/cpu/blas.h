@@ -42,13 +42,12 @@ void gemm_parallel(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, c
 
 // A growing scratch buffer owned by the calling thread (OpenMP's pool threads
 // persist, so buffers are reused across calls instead of faulting in fresh
-// pages every time). `slot` separates buffers needed at the same time.
+// pages every time). One per thread and element type: callers must not hold two.
 template <class T>
-T* thread_scratch(size_t n, int slot = 0) {
-  thread_local std::vector<T> buffers[2];
-  std::vector<T>& b = buffers[slot];
-  if (b.size() < n) b.resize(n);
-  return b.data();
+T* thread_scratch(size_t n) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
 }
 
 }  // namespace ttq::cpu
