@@ -264,31 +264,32 @@ TEST_F(TrainLoop, SigintWritesCheckpointAndExits130) {
 
 TEST_F(TrainLoop, SigkillNeverLeavesABrokenCheckpoint) {
   if (!fs::exists(std::string(TTQ_BINARY_DIR) + "/tools/ttq_train")) GTEST_SKIP() << "ttq_train not built";
-  std::string out = run_dir("sigkill");
+  const std::string out = run_dir("sigkill");
+  const std::string last = out + "/last.safetensors";
   Generator g(99);
   const int epochs = 40;
-  bool resume = false;
   int kills = 0;
   for (int round = 0; round < 4; ++round) {
     auto args = tool_args(s_data, out, epochs);
-    if (resume) args.push_back("--resume");
+    if (round > 0) args.push_back("--resume");
     pid_t pid = spawn_train(args);
-    // A random moment: after some checkpoints have been written (or while one is).
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500 + g.below(2500)));
+    if (round == 0) {
+      // Let the first checkpoint appear, then kill at a random moment after it.
+      for (int i = 0; i < 1800 && !fs::exists(last); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      ASSERT_TRUE(fs::exists(last)) << "no checkpoint within 180 s";
+    }
+    // A random moment: during start-up, a step, or a checkpoint write.
+    std::this_thread::sleep_for(std::chrono::milliseconds(200 + g.below(3000)));
     kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);
     if (WIFSIGNALED(status)) ++kills;
-    if (fs::exists(out + "/last.safetensors")) {
-      train::CheckpointContent c = train::read_checkpoint(out + "/last.safetensors");  // must load
-      EXPECT_GE(c.state.epoch, 1);
-      resume = true;
-    }
+    train::CheckpointContent c = train::read_checkpoint(last);  // must always load
+    EXPECT_GE(c.state.epoch, 1);
   }
   EXPECT_GE(kills, 1);
-  ASSERT_TRUE(resume) << "no checkpoint was written in time";
-  // The run finishes from where the last kill left it.
-  train::CheckpointContent c = train::read_checkpoint(out + "/last.safetensors");
+  // The run goes on from where the last kill left it.
+  train::CheckpointContent c = train::read_checkpoint(last);
   auto args = tool_args(s_data, out, static_cast<int>(c.state.epoch) + 1);
   args.push_back("--resume");
   pid_t pid = spawn_train(args);
@@ -296,7 +297,7 @@ TEST_F(TrainLoop, SigkillNeverLeavesABrokenCheckpoint) {
   waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  EXPECT_EQ(train::read_checkpoint(out + "/last.safetensors").state.epoch, c.state.epoch + 1);
+  EXPECT_EQ(train::read_checkpoint(last).state.epoch, c.state.epoch + 1);
 }
 
 }  // namespace

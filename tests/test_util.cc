@@ -1,5 +1,7 @@
 #include "tests/test_util.h"
 
+#include "engine/process.h"
+
 #include <cmath>
 #include <cstring>
 
@@ -71,3 +73,9 @@ std::string device_name(const testing::TestParamInfo<Device>& info) {
 }
 
 }  // namespace ttq::test
+
+int main(int argc, char** argv) {
+  ttq::prefer_passive_openmp(argv);
+  testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}

@@ -6,9 +6,11 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "engine/process.h"
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
+  ttq::prefer_passive_openmp(argv);
   CLI::App app{"Evaluate a ttq checkpoint (full precision or TTQ) or a PyTorch import."};
   ttq::train::EvalOptions o;
   std::string json_out;

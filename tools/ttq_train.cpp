@@ -5,9 +5,11 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "engine/process.h"
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
+  ttq::prefer_passive_openmp(argv);
   CLI::App app{
       "Train a ttq model: full precision (--phase fp) or Trained Ternary Quantization from a\n"
       "full-precision checkpoint (--phase ttq). Writes RUN_DIR/config.json, metrics.jsonl,\n"

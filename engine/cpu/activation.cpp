@@ -25,8 +25,13 @@ void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx) {
     const T* yp = yc.data<T>();
     T* o = gx.data<T>();
     const int64_t n = gx.numel();
+    // Load g unconditionally: a conditional load keeps the compiler from
+    // if-converting, and a branch on the sign of y mispredicts half the time.
 #pragma omp parallel for simd if (n > (1 << 15))
-    for (int64_t i = 0; i < n; ++i) o[i] = yp[i] > T(0) ? gp[i] : T(0);
+    for (int64_t i = 0; i < n; ++i) {
+      const T g = gp[i];
+      o[i] = yp[i] > T(0) ? g : T(0);
+    }
   });
 }
 
