@@ -20,8 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (size_t i = 0; i < st.tensors().size(); ++i) {
     const ttq::Tensor& a = st.tensors()[i].second;
     const ttq::Tensor& b = back.tensors()[i].second;
-    if (back.tensors()[i].first != st.tensors()[i].first || a.shape() != b.shape() || a.dtype() != b.dtype() ||
-        std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) != 0)
+    if (back.tensors()[i].first != st.tensors()[i].first || a.shape() != b.shape() ||
+        a.dtype() != b.dtype() || std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) != 0)
       __builtin_trap();
   }
   return 0;

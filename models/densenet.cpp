@@ -73,6 +73,9 @@ Tensor efficient_bottleneck(const std::vector<Tensor>& features, nn::BatchNorm2d
     total += f.size(1);
   }
   TTQ_CHECK(total == channels) << "dense layer: " << total << " input channels, norm.1 expects " << channels;
+  TTQ_CHECK(features[0].size(0) * features[0].size(2) * features[0].size(3) > 1)
+      << "dense layer: training BN needs more than one value per channel, got "
+      << shape_str(features[0].shape());
   TTQ_CHECK(conv.kernel_size() == 1 && conv.stride() == 1 && conv.padding() == 0 && !conv.has_bias())
       << "dense layer: conv.1 must be a 1x1 conv without bias";
 
@@ -91,8 +94,8 @@ Tensor efficient_bottleneck(const std::vector<Tensor>& features, nn::BatchNorm2d
   {
     Tensor cat = concat_raw(features, channels);
     Tensor y = Tensor::empty(cat.shape(), dt, dev);
-    TTQ_BACKEND(dev, batch_norm_forward_train)(cat, bwc, bbc, norm.running_mean(), norm.running_var(), momentum,
-                                               eps, y, mean, invstd);
+    TTQ_BACKEND(dev, batch_norm_forward_train)
+    (cat, bwc, bbc, norm.running_mean(), norm.running_var(), momentum, eps, y, mean, invstd);
     cat = Tensor();
     Tensor z = Tensor::empty(y.shape(), dt, dev);
     TTQ_BACKEND(dev, relu_forward)(y, z);
@@ -122,9 +125,11 @@ Tensor efficient_bottleneck(const std::vector<Tensor>& features, nn::BatchNorm2d
     Tensor z = Tensor::empty(cat.shape(), dt, dev);
     {
       Tensor y = Tensor::empty(cat.shape(), dt, dev);
-      Tensor scratch_mean = Tensor::zeros({channels}, dt, dev), scratch_var = Tensor::ones({channels}, dt, dev);
+      Tensor scratch_mean = Tensor::zeros({channels}, dt, dev),
+             scratch_var = Tensor::ones({channels}, dt, dev);
       Tensor m2 = Tensor::empty({channels}, dt, dev), s2 = Tensor::empty({channels}, dt, dev);
-      TTQ_BACKEND(dev, batch_norm_forward_train)(cat, w, b, scratch_mean, scratch_var, momentum, eps, y, m2, s2);
+      TTQ_BACKEND(dev, batch_norm_forward_train)
+      (cat, w, b, scratch_mean, scratch_var, momentum, eps, y, m2, s2);
       TTQ_BACKEND(dev, relu_forward)(y, z);
     }
     Tensor gw = Tensor::empty(cw.shape(), dt, dev);
@@ -158,15 +163,17 @@ double pick(double configured, double fallback) { return configured < 0 ? fallba
 
 }  // namespace
 
-DenseLayer::DenseLayer(int64_t in_channels, int64_t growth, int64_t bn_size, double dropout, bool memory_efficient,
-                       Generator& gen)
+DenseLayer::DenseLayer(int64_t in_channels, int64_t growth, int64_t bn_size, double dropout,
+                       bool memory_efficient, Generator& gen)
     : m_efficient(memory_efficient) {
   m_norm1 = register_module("norm.1", std::make_shared<nn::BatchNorm2d>(in_channels));
   m_relu1 = register_module("relu.1", std::make_shared<nn::ReLU>());
-  m_conv1 = register_module("conv.1", std::make_shared<nn::Conv2d>(in_channels, bn_size * growth, 1, 1, 0, false, gen));
+  m_conv1 = register_module("conv.1",
+                            std::make_shared<nn::Conv2d>(in_channels, bn_size * growth, 1, 1, 0, false, gen));
   m_norm2 = register_module("norm.2", std::make_shared<nn::BatchNorm2d>(bn_size * growth));
   m_relu2 = register_module("relu.2", std::make_shared<nn::ReLU>());
-  m_conv2 = register_module("conv.2", std::make_shared<nn::Conv2d>(bn_size * growth, growth, 3, 1, 1, false, gen));
+  m_conv2 =
+      register_module("conv.2", std::make_shared<nn::Conv2d>(bn_size * growth, growth, 3, 1, 1, false, gen));
   if (dropout > 0) m_dropout = register_module("dropout", std::make_shared<nn::Dropout>(dropout));
 }
 
@@ -187,9 +194,9 @@ Tensor DenseLayer::forward_features(const std::vector<Tensor>& features) {
 DenseBlock::DenseBlock(int num_layers, int64_t in_channels, int64_t growth, int64_t bn_size, double dropout,
                        bool memory_efficient, Generator& gen) {
   for (int i = 0; i < num_layers; ++i) {
-    m_layers.push_back(register_module(
-        "denselayer" + std::to_string(i + 1),
-        std::make_shared<DenseLayer>(in_channels + i * growth, growth, bn_size, dropout, memory_efficient, gen)));
+    m_layers.push_back(register_module("denselayer" + std::to_string(i + 1),
+                                       std::make_shared<DenseLayer>(in_channels + i * growth, growth, bn_size,
+                                                                    dropout, memory_efficient, gen)));
   }
 }
 
@@ -203,7 +210,8 @@ Tensor DenseBlock::forward(const Tensor& x) {
 Transition::Transition(int64_t in_channels, int64_t out_channels, Generator& gen) {
   m_norm = register_module("norm", std::make_shared<nn::BatchNorm2d>(in_channels));
   m_relu = register_module("relu", std::make_shared<nn::ReLU>());
-  m_conv = register_module("conv", std::make_shared<nn::Conv2d>(in_channels, out_channels, 1, 1, 0, false, gen));
+  m_conv =
+      register_module("conv", std::make_shared<nn::Conv2d>(in_channels, out_channels, 1, 1, 0, false, gen));
   m_pool = register_module("pool", std::make_shared<nn::AvgPool2d>(2, 2));
 }
 
@@ -239,7 +247,8 @@ DenseNet::DenseNet(const DenseNetSpec& spec, const ModelConfig& config, Generato
   m_relu = register_module("relu", std::make_shared<nn::ReLU>());
   m_pool = register_module("pool", std::make_shared<nn::GlobalAvgPool>());
   if (cls_drop > 0) m_dropout = register_module("dropout", std::make_shared<nn::Dropout>(cls_drop));
-  m_classifier = register_module("classifier", std::make_shared<nn::Linear>(c, config.num_classes, true, gen));
+  m_classifier =
+      register_module("classifier", std::make_shared<nn::Linear>(c, config.num_classes, true, gen));
 }
 
 Tensor DenseNet::forward(const Tensor& x) {
@@ -256,7 +265,8 @@ int64_t DenseNet::min_input_size() const {
   for (int64_t size = 1;; ++size) {
     int64_t s = size;  // conv0 3x3/1 pad 1 keeps the size
     if (m_spec.pool0) s = detail::pooled_size(s, 3, 2, 1, false);
-    for (size_t i = 0; i + 1 < m_spec.blocks.size() && s >= 1; ++i) s = detail::pooled_size(s, 2, 2, 0, false);
+    for (size_t i = 0; i + 1 < m_spec.blocks.size() && s >= 1; ++i)
+      s = detail::pooled_size(s, 2, 2, 0, false);
     if (s >= 1) return size;
   }
 }

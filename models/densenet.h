@@ -20,9 +20,9 @@ struct DenseNetSpec {
   int64_t growth = 32;
   int64_t bn_size = 4;
   std::vector<int> blocks;
-  bool pool0 = false;              // max-pool 3/2 pad 1 after conv0 (small DenseNet)
-  double layer_dropout = 0;        // after each dense layer
-  double classifier_dropout = 0;   // before the classifier
+  bool pool0 = false;             // max-pool 3/2 pad 1 after conv0 (small DenseNet)
+  double layer_dropout = 0;       // after each dense layer
+  double classifier_dropout = 0;  // before the classifier
   std::string final_norm = "norm5";
 };
 

@@ -17,8 +17,10 @@ Device pick_device(const std::string& flag, std::ostream& log);
 
 // Reads `path` and builds the model it holds, in eval mode, on `device`.
 // The architecture is the metadata's "model" value, else `arch` (a mismatch of
-// the two is an error); in_channels and num_classes come from the weights. Packed
-// models are refused. Every defect is one ttq::InputError line naming the file.
+// the two is an error); in_channels and num_classes come from the weights. A
+// training checkpoint's optimizer / scheduler state and TTQ training state
+// (latent weights, scales) are skipped; packed models are refused (they run
+// through models/packed.h). Every defect is one ttq::InputError line naming the file.
 ModelPtr load_model_file(const std::string& path, const std::string& arch, Device device);
 
 struct TensorInferOptions {
@@ -31,7 +33,8 @@ struct TensorInferOptions {
 };
 
 // Runs the model on the input tensor in eval mode and writes the logits
-// (atomically). Returns them (CPU).
+// (atomically). Packed files ("ttq-packed-2bit") go to run_packed_tensor_inference.
+// Returns the logits (CPU).
 Tensor run_tensor_inference(const TensorInferOptions& options, std::ostream& log);
 
 }  // namespace ttq::models

@@ -111,9 +111,9 @@ ModelPtr create(const std::string& name, const ModelConfig& config, Generator& g
 }
 
 std::string canonical_name(const std::string& name) {
-  static const std::map<std::string, std::string> kMap = {
-      {"norm1", "norm.1"}, {"relu1", "relu.1"}, {"conv1", "conv.1"},
-      {"norm2", "norm.2"}, {"relu2", "relu.2"}, {"conv2", "conv.2"}};
+  static const std::map<std::string, std::string> kMap = {{"norm1", "norm.1"}, {"relu1", "relu.1"},
+                                                          {"conv1", "conv.1"}, {"norm2", "norm.2"},
+                                                          {"relu2", "relu.2"}, {"conv2", "conv.2"}};
   std::vector<std::string> parts;
   size_t start = 0;
   for (;;) {
@@ -145,10 +145,15 @@ void load_weights(Model& model, const io::NamedTensors& tensors, const std::stri
   io::NamedTensors mapped;
   std::set<std::string> seen;
   for (const auto& [name, t] : tensors) {
+    if (options.ignore_optimizer_state &&
+        (name.rfind("optimizer.", 0) == 0 || name.rfind("optimizer_scalar.", 0) == 0 ||
+         name.rfind("scheduler.", 0) == 0))
+      continue;
     if (options.ignore_ttq_state) {
       bool skip = false;
       for (const char* suffix : {".latent_weight", ".wp", ".wn"}) {
-        if (ends_with(name, suffix) && convs.count(name.substr(0, name.size() - std::string(suffix).size()))) {
+        if (ends_with(name, suffix) &&
+            convs.count(name.substr(0, name.size() - std::string(suffix).size()))) {
           skip = true;
         }
       }
@@ -167,8 +172,8 @@ void load_weights(Model& model, const std::string& path, const LoadOptions& opti
   load_weights(model, st.tensors(), path, options);
 }
 
-ModelConfig config_from_weights(const std::string& arch, const io::NamedTensors& tensors, const std::string& source,
-                                ModelConfig base) {
+ModelConfig config_from_weights(const std::string& arch, const io::NamedTensors& tensors,
+                                const std::string& source, ModelConfig base) {
   const std::string conv_name = first_conv_weight(arch), cls_name = classifier_weight(arch);
   const Tensor* conv = nullptr;
   const Tensor* cls = nullptr;
@@ -179,9 +184,11 @@ ModelConfig config_from_weights(const std::string& arch, const io::NamedTensors&
   TTQ_INPUT_CHECK(conv != nullptr) << source << ": no tensor " << conv_name << " (is this a " << arch << "?)";
   TTQ_INPUT_CHECK(cls != nullptr) << source << ": no tensor " << cls_name << " (is this a " << arch << "?)";
   TTQ_INPUT_CHECK(conv->dim() == 4 && conv->size(1) >= 1)
-      << source << ": " << conv_name << " has shape " << shape_str(conv->shape()) << ", expected [C_out, C_in, 3, 3]";
+      << source << ": " << conv_name << " has shape " << shape_str(conv->shape())
+      << ", expected [C_out, C_in, 3, 3]";
   TTQ_INPUT_CHECK(cls->dim() >= 2 && cls->size(0) >= 1)
-      << source << ": " << cls_name << " has shape " << shape_str(cls->shape()) << ", expected [classes, ...]";
+      << source << ": " << cls_name << " has shape " << shape_str(cls->shape())
+      << ", expected [classes, ...]";
   base.in_channels = conv->size(1);
   base.num_classes = cls->size(0);
   return base;

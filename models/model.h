@@ -18,8 +18,8 @@
 namespace ttq::models {
 
 struct ModelConfig {
-  int64_t in_channels = 3;   // 1 for Fashion-MNIST
-  int64_t input_size = 56;   // H = W the model is meant for (summaries; pooling is global)
+  int64_t in_channels = 3;  // 1 for Fashion-MNIST
+  int64_t input_size = 56;  // H = W the model is meant for (summaries; pooling is global)
   int64_t num_classes = 200;
   // Drop probability of every dropout the architecture has (small DenseNet: after each
   // dense layer and before the classifier; DenseNet-121: before the classifier;
@@ -82,8 +82,11 @@ std::string canonical_name(const std::string& name);
 
 struct LoadOptions {
   // Drop "<layer>.latent_weight", "<layer>.wp", "<layer>.wn" of a TTQ checkpoint
-  // when <layer> is a conv of the model (inference needs only the ternary weight).
+  // when <layer> is a quantizable conv of the model (inference needs only the
+  // ternary weight).
   bool ignore_ttq_state = false;
+  // Drop a training checkpoint's "optimizer.*", "optimizer_scalar.*" and "scheduler.*".
+  bool ignore_optimizer_state = false;
 };
 // Loads `tensors` into `model`: names canonicalised as above, then strict
 // nn::Module::load_state_dict, which checks every name and shape before copying

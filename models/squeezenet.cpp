@@ -14,13 +14,16 @@ Fire::Fire(int64_t in_channels, int64_t squeeze, int64_t expand1x1, int64_t expa
       << "residual Fire needs in_channels == expand1x1 + expand3x3";
   m_squeeze_bn = register_module("squeeze_bn", std::make_shared<nn::BatchNorm2d>(in_channels));
   m_squeeze_relu = register_module("squeeze_relu", std::make_shared<nn::ReLU>());
-  m_squeeze = register_module("squeeze", std::make_shared<nn::Conv2d>(in_channels, squeeze, 1, 1, 0, false, gen));
+  m_squeeze =
+      register_module("squeeze", std::make_shared<nn::Conv2d>(in_channels, squeeze, 1, 1, 0, false, gen));
   m_expand1x1_bn = register_module("expand1x1_bn", std::make_shared<nn::BatchNorm2d>(squeeze));
   m_expand1x1_relu = register_module("expand1x1_relu", std::make_shared<nn::ReLU>());
-  m_expand1x1 = register_module("expand1x1", std::make_shared<nn::Conv2d>(squeeze, expand1x1, 1, 1, 0, false, gen));
+  m_expand1x1 =
+      register_module("expand1x1", std::make_shared<nn::Conv2d>(squeeze, expand1x1, 1, 1, 0, false, gen));
   m_expand3x3_bn = register_module("expand3x3_bn", std::make_shared<nn::BatchNorm2d>(squeeze));
   m_expand3x3_relu = register_module("expand3x3_relu", std::make_shared<nn::ReLU>());
-  m_expand3x3 = register_module("expand3x3", std::make_shared<nn::Conv2d>(squeeze, expand3x3, 3, 1, 1, false, gen));
+  m_expand3x3 =
+      register_module("expand3x3", std::make_shared<nn::Conv2d>(squeeze, expand3x3, 3, 1, 1, false, gen));
 }
 
 Tensor Fire::forward(const Tensor& x) {
@@ -58,10 +61,10 @@ SqueezeNet::SqueezeNet(const ModelConfig& config, Generator& gen) : Model("squee
     classifier->push_back(m);
     m_classifier_layers.push_back(std::move(m));
   };
-  add_cls(std::make_shared<nn::Dropout>(drop));                                       // 0
+  add_cls(std::make_shared<nn::Dropout>(drop));                                        // 0
   add_cls(std::make_shared<nn::Conv2d>(512, config.num_classes, 1, 1, 0, true, gen));  // 1
-  add_cls(std::make_shared<nn::ReLU>());                                              // 2
-  add_cls(std::make_shared<nn::GlobalAvgPool>());                                     // 3
+  add_cls(std::make_shared<nn::ReLU>());                                               // 2
+  add_cls(std::make_shared<nn::GlobalAvgPool>());                                      // 3
 }
 
 Tensor SqueezeNet::forward(const Tensor& x) {

@@ -18,7 +18,8 @@ namespace ttq::models {
 // out = concat(a, b) (+ x when residual). Convs without bias.
 class Fire : public nn::Module {
  public:
-  Fire(int64_t in_channels, int64_t squeeze, int64_t expand1x1, int64_t expand3x3, bool residual, Generator& gen);
+  Fire(int64_t in_channels, int64_t squeeze, int64_t expand1x1, int64_t expand3x3, bool residual,
+       Generator& gen);
   Tensor forward(const Tensor& x) override;
   std::string name() const override { return "Fire"; }
   std::string extra_repr() const override { return m_residual ? "residual=True" : ""; }

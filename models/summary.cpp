@@ -19,7 +19,8 @@ int64_t layer_flops(const nn::Module* m, const Shape& in, const Shape& out) {
     const int64_t k = static_cast<int64_t>(conv->kernel_size()) * conv->kernel_size();
     return n_out * (2 * conv->in_channels() * k + (conv->has_bias() ? 1 : 0));
   }
-  if (auto* lin = dynamic_cast<const nn::Linear*>(m)) return n_out * (2 * lin->in_features() + (lin->has_bias() ? 1 : 0));
+  if (auto* lin = dynamic_cast<const nn::Linear*>(m))
+    return n_out * (2 * lin->in_features() + (lin->has_bias() ? 1 : 0));
   if (dynamic_cast<const nn::BatchNorm2d*>(m)) return 2 * n_out;
   if (dynamic_cast<const nn::ReLU*>(m)) return n_out;
   if (dynamic_cast<const nn::GlobalAvgPool*>(m) || dynamic_cast<const nn::MaxPool2d*>(m) ||
@@ -30,10 +31,14 @@ int64_t layer_flops(const nn::Module* m, const Shape& in, const Shape& out) {
 
 std::string human(double v) {
   char buf[32];
-  if (v >= 1e9) std::snprintf(buf, sizeof buf, "%.3f G", v / 1e9);
-  else if (v >= 1e6) std::snprintf(buf, sizeof buf, "%.3f M", v / 1e6);
-  else if (v >= 1e3) std::snprintf(buf, sizeof buf, "%.3f k", v / 1e3);
-  else std::snprintf(buf, sizeof buf, "%.0f", v);
+  if (v >= 1e9)
+    std::snprintf(buf, sizeof buf, "%.3f G", v / 1e9);
+  else if (v >= 1e6)
+    std::snprintf(buf, sizeof buf, "%.3f M", v / 1e6);
+  else if (v >= 1e3)
+    std::snprintf(buf, sizeof buf, "%.3f k", v / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f", v);
   return buf;
 }
 
@@ -79,12 +84,14 @@ std::string Summary::text() const {
   std::ostringstream os;
   os << arch << ": input " << shape_str(input) << " -> output " << shape_str(output) << "\n";
   char line[512];
-  std::snprintf(line, sizeof line, "%-48s %-44s %-20s %10s %12s\n", "layer", "type", "output", "params", "FLOPs");
+  std::snprintf(line, sizeof line, "%-44s %-60s %-20s %10s %12s\n", "layer", "type", "output", "params",
+                "FLOPs");
   os << line;
   for (const SummaryRow& r : rows) {
-    std::string type = r.type.size() > 44 ? r.type.substr(0, 41) + "..." : r.type;
-    std::snprintf(line, sizeof line, "%-48s %-44s %-20s %10lld %12s\n", r.name.c_str(), type.c_str(),
-                  shape_str(r.output).c_str(), static_cast<long long>(r.params), human(static_cast<double>(r.flops)).c_str());
+    std::string type = r.type.size() > 60 ? r.type.substr(0, 57) + "..." : r.type;
+    std::snprintf(line, sizeof line, "%-44s %-60s %-20s %10lld %12s\n", r.name.c_str(), type.c_str(),
+                  shape_str(r.output).c_str(), static_cast<long long>(r.params),
+                  human(static_cast<double>(r.flops)).c_str());
     os << line;
   }
   os << "parameters: " << params << "\n";
@@ -101,7 +108,8 @@ Shape parse_chw(const std::string& text, const std::string& flag) {
     std::string part = text.substr(start, x == std::string::npos ? std::string::npos : x - start);
     int64_t v = 0;
     auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
-    TTQ_INPUT_CHECK(!part.empty() && ec == std::errc() && p == part.data() + part.size() && v >= 1 && v <= 1 << 20)
+    TTQ_INPUT_CHECK(!part.empty() && ec == std::errc() && p == part.data() + part.size() && v >= 1 &&
+                    v <= 1 << 20)
         << flag << ": expected CxHxW with positive integers (e.g. 3x56x56), got '" << text << "'";
     out.push_back(v);
     if (x == std::string::npos) break;

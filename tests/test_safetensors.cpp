@@ -109,9 +109,9 @@ TEST(Safetensors, RoundTripKeepsOrderBytesAndMetadata) {
   Tensor c = Tensor::from_vector<uint8_t>({0, 1, 2, 255, 7}, {5});
   Tensor d = Tensor::from_vector<int64_t>({-5, 1ll << 40}, {2});
   Tensor e = Tensor::from_vector<int32_t>({-1, 2, -3}, {1, 3});
-  Tensor s = Tensor::scalar(2.5);       // 0-d
-  Tensor z = Tensor::zeros({0, 3});     // empty
-  NamedTensors in = {{"zeta.weight", a}, {"alpha", b}, {"codes", c}, {"i64", d},
+  Tensor s = Tensor::scalar(2.5);    // 0-d
+  Tensor z = Tensor::zeros({0, 3});  // empty
+  NamedTensors in = {{"zeta.weight", a}, {"alpha", b},  {"codes", c}, {"i64", d},
                      {"i32", e},         {"scalar", s}, {"empty", z}};
   Metadata meta = {{"model", "small_densenet"}, {"phase", "ttq"}, {"note", "quote\" backslash\\ \xc3\xa9"}};
   const std::string path = dir.file("rt.safetensors");
@@ -234,16 +234,19 @@ TEST(SafetensorsHostile, InvalidJson) {
 }
 
 TEST(SafetensorsHostile, BadEntries) {
-  expect_rejected(raw_file(R"({"w":{"dtype":"Q4","shape":[2],"data_offsets":[0,2]}})", 2), "unknown dtype 'Q4'");
-  expect_rejected(raw_file(R"({"w":{"dtype":7,"shape":[2],"data_offsets":[0,2]}})", 2), "dtype is not a string");
+  expect_rejected(raw_file(R"({"w":{"dtype":"Q4","shape":[2],"data_offsets":[0,2]}})", 2),
+                  "unknown dtype 'Q4'");
+  expect_rejected(raw_file(R"({"w":{"dtype":7,"shape":[2],"data_offsets":[0,2]}})", 2),
+                  "dtype is not a string");
   expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,16]}})", 16),
                   "shape [2, 3] x F32 = 24 bytes but data_offsets [0, 16] hold 16");
   expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4), "non-negative");
   expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}})", 4), "non-negative");
   expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":"4","data_offsets":[0,4]}})", 4), "not an array");
   expect_rejected(
-      raw_file(R"({"w":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904,0],"data_offsets":[0,0]}})",
-               0),
+      raw_file(
+          R"({"w":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904,0],"data_offsets":[0,0]}})",
+          0),
       "too large");
   expect_rejected(raw_file(R"({"w":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,0]}})", 0),
                   "too large");
@@ -262,9 +265,11 @@ TEST(SafetensorsHostile, BadEntries) {
 TEST(SafetensorsHostile, BadRanges) {
   expect_rejected(raw_file(R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", 3),
                   "past the end of the data section (3 bytes)");
-  expect_rejected(raw_file(R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[4,0]}})", 8), "end before begin");
+  expect_rejected(raw_file(R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[4,0]}})", 8),
+                  "end before begin");
   expect_rejected(raw_file(R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[0]}})", 8), "two non-negative");
-  expect_rejected(raw_file(R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[-4,0]}})", 8), "two non-negative");
+  expect_rejected(raw_file(R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[-4,0]}})", 8),
+                  "two non-negative");
   expect_rejected(raw_file(R"({"w":{"dtype":"U8","shape":[0],"data_offsets":[99,99]}})", 8), "past the end");
   expect_rejected(raw_file(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
                            R"("b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
@@ -311,7 +316,8 @@ TEST(Safetensors, AtomicWriteKeepsOldFileWhenTheWriteFails) {
 
   // A file size limit below the new file's size makes write() fail with EFBIG
   // part-way through, as a full disk would.
-  struct sigaction ignore {}, previous {};
+  struct sigaction ignore {
+  }, previous{};
   ignore.sa_handler = SIG_IGN;
   ASSERT_EQ(::sigaction(SIGXFSZ, &ignore, &previous), 0);
   rlimit old_limit{};
@@ -346,7 +352,8 @@ TEST(Safetensors, WriteIntoMissingFolderIsOneLine) {
     ADD_FAILURE();
   } catch (const InputError& e) {
     std::string msg = e.what();
-    EXPECT_EQ(msg.rfind("/nonexistent-folder-ttq/x.safetensors: cannot create a temporary file", 0), 0u) << msg;
+    EXPECT_EQ(msg.rfind("/nonexistent-folder-ttq/x.safetensors: cannot create a temporary file", 0), 0u)
+        << msg;
     EXPECT_EQ(msg.find('\n'), std::string::npos);
   }
 }

@@ -17,6 +17,7 @@
 #include "engine/io/safetensors.h"
 #include "models/infer.h"
 #include "models/model.h"
+#include "models/packed.h"
 #include "tests/test_util.h"
 
 namespace ttq {
@@ -67,7 +68,8 @@ TEST_P(SeedParity, LogitsMatchPyTorch) {
     ASSERT_EQ(ours.shape(), theirs.shape());
     const double rel = test::max_rel_error(ours, theirs);
     const double abs = test::max_abs_diff(ours, theirs);
-    std::printf("%-20s %s: max rel error %.3g, max abs error %.3g\n", c.file.c_str(), dev.str().c_str(), rel, abs);
+    std::printf("%-20s %s: max rel error %.3g, max abs error %.3g\n", c.file.c_str(), dev.str().c_str(), rel,
+                abs);
     EXPECT_LT(rel, 1e-4) << c.file << " on " << dev.str();
     // Argmax of image 0 (top5_first_image.json).
     std::vector<float> l = ours.to_vector<float>();
@@ -194,10 +196,18 @@ TEST_F(InferTool, TensorModeReproducesTheSeedLogits) {
 }
 
 TEST_F(InferTool, ArchitectureFromMetadataAndDefaultDevice) {
-  // A checkpoint whose metadata names the model needs no --arch.
+  // A training checkpoint whose metadata names the model needs no --arch; its
+  // optimizer state and TTQ training state (latent weight, scales) are skipped.
   io::SafeTensors st = io::read_safetensors(kSeed + "/squeezenet_ttq.safetensors");
+  io::NamedTensors content = st.tensors();
+  content.emplace_back("features.4.squeeze.latent_weight", Tensor::zeros({16, 64, 1, 1}));
+  content.emplace_back("features.4.squeeze.wp", Tensor::ones({1}));
+  content.emplace_back("features.4.squeeze.wn", Tensor::ones({1}));
+  content.emplace_back("optimizer.group0.param0.exp_avg", Tensor::zeros({64, 3, 3, 3}));
+  content.emplace_back("optimizer_scalar.steps", Tensor::ones({1}, DType::F64));
+  content.emplace_back("scheduler.best", Tensor::ones({1}, DType::F64));
   const std::string ckpt = dir.file("ckpt.safetensors");
-  io::write_safetensors(ckpt, st.tensors(), {{"model", "squeezenet"}, {"phase", "ttq"}});
+  io::write_safetensors(ckpt, content, {{"model", "squeezenet"}, {"phase", "ttq"}});
   const std::string out = dir.file("logits.safetensors");
   RunResult r = run_infer("--model " + ckpt + " --input-tensors " + kSeed +
                               "/reference_io.safetensors --input-name input --logits-out " + out,
@@ -206,14 +216,31 @@ TEST_F(InferTool, ArchitectureFromMetadataAndDefaultDevice) {
   if (!cuda::available()) {
     EXPECT_EQ(r.err, "no CUDA device available: running on the CPU\n");
   }
-  EXPECT_LT(test::max_rel_error(io::read_safetensors(out).at("logits"), reference().at("squeezenet_ttq.logits")),
-            1e-4);
+  EXPECT_LT(
+      test::max_rel_error(io::read_safetensors(out).at("logits"), reference().at("squeezenet_ttq.logits")),
+      1e-4);
   // Metadata and --arch disagreeing is an input error.
   r = run_infer("--model " + ckpt + " --arch small_densenet --device cpu --input-tensors " + kSeed +
                     "/reference_io.safetensors --input-name input --logits-out " + out,
                 dir);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("metadata says model 'squeezenet'"), std::string::npos) << r.err;
+}
+
+TEST_F(InferTool, PackedModelsRunThroughThePackedRuntime) {
+  const std::string packed = dir.file("packed.safetensors");
+  models::pack_model_file(kSeed + "/squeezenet_ttq.safetensors", packed, "");
+  const std::string out = dir.file("logits.safetensors");
+  RunResult r = run_infer("--model " + packed + " --device cpu --input-tensors " + kSeed +
+                              "/reference_io.safetensors --input-name input --logits-out " + out,
+                          dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_LT(
+      test::max_rel_error(io::read_safetensors(out).at("logits"), reference().at("squeezenet_ttq.logits")),
+      1e-4);
+  r = run_infer("--summary --model " + packed, dir);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("packed model"), std::string::npos) << r.err;
 }
 
 TEST_F(InferTool, SummaryPrintsLayersParametersAndFlops) {
@@ -244,7 +271,8 @@ TEST_F(InferTool, BrokenInputsExitTwoWithOneLine) {
     f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
     return dir.file(name);
   };
-  const std::string truncated = write_raw("truncated.safetensors", {bytes.begin(), bytes.begin() + bytes.size() / 2});
+  const std::string truncated =
+      write_raw("truncated.safetensors", {bytes.begin(), bytes.begin() + bytes.size() / 2});
   std::vector<uint8_t> huge_header = bytes;
   huge_header[4] = 0x7f;  // header length of ~0.5 TB
   const std::string huge = write_raw("huge.safetensors", huge_header);
@@ -263,8 +291,11 @@ TEST_F(InferTool, BrokenInputsExitTwoWithOneLine) {
     if (n == "features.5.squeeze.weight") t = Tensor::zeros({16, 128, 3, 3});
   const std::string wrong_f = dir.file("wrong.safetensors");
   io::write_safetensors(wrong_f, wrong);
+  const std::string plain = dir.file("plain.safetensors");  // a PyTorch export without metadata
+  io::write_safetensors(plain, st.tensors());
   const std::string bad_input = dir.file("input.safetensors");
-  io::write_safetensors(bad_input, {{"input", Tensor::zeros({2, 1, 56, 56})}, {"codes", Tensor::zeros({4}, DType::U8)}});
+  io::write_safetensors(bad_input,
+                        {{"input", Tensor::zeros({2, 1, 56, 56})}, {"codes", Tensor::zeros({4}, DType::U8)}});
 
   struct Case {
     std::string args;
@@ -280,22 +311,28 @@ TEST_F(InferTool, BrokenInputsExitTwoWithOneLine) {
       {"--model " + missing_f + " --arch squeezenet --device cpu" + in, "features.0.weight"},
       {"--model " + extra_f + " --arch squeezenet --device cpu" + in, "features.4.bogus"},
       {"--model " + wrong_f + " --arch squeezenet --device cpu" + in, "features.5.squeeze.weight"},
-      {"--model " + good + " --device cpu" + in, "--arch"},
-      {"--model " + good + " --arch resnet --device cpu" + in, "unknown model 'resnet'"},
+      {"--model " + plain + " --device cpu" + in, "--arch"},
+      {"--model " + plain + " --arch resnet --device cpu" + in, "unknown model 'resnet'"},
+      {"--model " + good + " --arch small_densenet --device cpu" + in, "metadata says model 'squeezenet'"},
       {"--model " + good + " --arch squeezenet --device tpu" + in, "unknown device 'tpu'"},
-      {"--model " + good + " --arch squeezenet --device cpu --input-tensors " + ref + " --input-name nope" + out,
+      {"--model " + good + " --arch squeezenet --device cpu --input-tensors " + ref + " --input-name nope" +
+           out,
        "no tensor named 'nope'"},
-      {"--model " + good + " --arch squeezenet --device cpu --input-tensors " + bad_input + " --input-name input" + out,
+      {"--model " + good + " --arch squeezenet --device cpu --input-tensors " + bad_input +
+           " --input-name input" + out,
        "does not fit squeezenet"},
-      {"--model " + good + " --arch squeezenet --device cpu --input-tensors " + bad_input + " --input-name codes" + out,
+      {"--model " + good + " --arch squeezenet --device cpu --input-tensors " + bad_input +
+           " --input-name codes" + out,
        "is U8"},
-      {"--model " + good + " --arch squeezenet --device cpu --input-tensors " + ref + " --input-name input "
-       "--logits-out /nonexistent-dir-ttq/o.safetensors",
+      {"--model " + good + " --arch squeezenet --device cpu --input-tensors " + ref +
+           " --input-name input "
+           "--logits-out /nonexistent-dir-ttq/o.safetensors",
        "cannot create a temporary file"},
       {"--model " + good + " --arch squeezenet --no-such-flag", "no-such-flag"},
       {"", "nothing to do"},
   };
-  if (!cuda::available()) cases.push_back({"--model " + good + " --arch squeezenet --device cuda" + in, "no CUDA device"});
+  if (!cuda::available())
+    cases.push_back({"--model " + good + " --arch squeezenet --device cuda" + in, "no CUDA device"});
   for (const Case& c : cases) {
     RunResult r = run_infer(c.args, dir);
     EXPECT_EQ(r.code, 2) << c.args << "\n" << r.err;

@@ -6,10 +6,12 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "engine/process.h"
 #include "models/infer.h"
 #include "models/summary.h"
 
 int main(int argc, char** argv) {
+  ttq::prefer_passive_openmp(argv);
   CLI::App app{"Run a ttq model (checkpoint or PyTorch import in safetensors format)."};
   ttq::models::TensorInferOptions o;
   bool summary = false;

@@ -61,15 +61,19 @@ Json parse_json(std::string_view text, const std::string& label) {
     if (depth > kMaxJsonDepth) throw HeaderShapeError{"JSON header nests deeper than a safetensors header"};
     if (++values > kMaxJsonValues) throw HeaderShapeError{"JSON header holds too many values"};
     switch (event) {
-      case Json::parse_event_t::object_start: keys.emplace_back(); break;
+      case Json::parse_event_t::object_start:
+        keys.emplace_back();
+        break;
       case Json::parse_event_t::object_end:
         if (!keys.empty()) keys.pop_back();
         break;
       case Json::parse_event_t::key:
         if (!keys.empty() && !keys.back().insert(parsed.get<std::string>()).second)
-          throw HeaderShapeError{"duplicate key " + quoted_name(parsed.get<std::string>()) + " in JSON header"};
+          throw HeaderShapeError{"duplicate key " + quoted_name(parsed.get<std::string>()) +
+                                 " in JSON header"};
         break;
-      default: break;
+      default:
+        break;
     }
     return true;
   };
@@ -99,7 +103,8 @@ bool as_index(const Json& v, uint64_t* out) {
   return *out <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
 }
 
-TensorEntry parse_entry(const std::string& name, const Json& v, uint64_t data_size, const std::string& label) {
+TensorEntry parse_entry(const std::string& name, const Json& v, uint64_t data_size,
+                        const std::string& label) {
   const std::string where = label + ": tensor " + quoted_name(name);
   TTQ_INPUT_CHECK(v.is_object()) << where << ": entry is not a JSON object";
   for (auto it = v.begin(); it != v.end(); ++it) {
@@ -119,8 +124,8 @@ TensorEntry parse_entry(const std::string& name, const Json& v, uint64_t data_si
 
   const Json& sh = v["shape"];
   TTQ_INPUT_CHECK(sh.is_array()) << where << ": shape is not an array";
-  TTQ_INPUT_CHECK(sh.size() <= kMaxDims) << where << ": shape has " << sh.size() << " dimensions (at most "
-                                         << kMaxDims << ")";
+  TTQ_INPUT_CHECK(sh.size() <= kMaxDims)
+      << where << ": shape has " << sh.size() << " dimensions (at most " << kMaxDims << ")";
   // numel, and the product of max(dim, 1) that stride computations reach, must fit in int64.
   uint64_t numel = 1, span = 1;
   const uint64_t limit = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
@@ -177,10 +182,10 @@ Header parse_header(const uint8_t* prefix, size_t prefix_size, uint64_t file_siz
   h.header_bytes = read_u64_le(prefix);
   const uint64_t n = h.header_bytes;
   TTQ_INPUT_CHECK(n >= 2) << label << ": header length " << n << " is too small for a JSON object";
-  TTQ_INPUT_CHECK(n <= file_size - 8) << label << ": header length " << n << " runs past the end of the file ("
-                                      << file_size << " bytes)";
-  TTQ_INPUT_CHECK(n <= kMaxHeaderBytes) << label << ": header length " << n << " exceeds the limit of "
-                                        << kMaxHeaderBytes << " bytes";
+  TTQ_INPUT_CHECK(n <= file_size - 8)
+      << label << ": header length " << n << " runs past the end of the file (" << file_size << " bytes)";
+  TTQ_INPUT_CHECK(n <= kMaxHeaderBytes)
+      << label << ": header length " << n << " exceeds the limit of " << kMaxHeaderBytes << " bytes";
   TTQ_INPUT_CHECK(prefix_size - 8 >= n) << label << ": truncated inside the header";
   const uint64_t data_size = file_size - 8 - n;
 
@@ -191,8 +196,8 @@ Header parse_header(const uint8_t* prefix, size_t prefix_size, uint64_t file_siz
     if (name == "__metadata__") {
       TTQ_INPUT_CHECK(it->is_object()) << label << ": __metadata__ is not a JSON object";
       for (auto m = it->begin(); m != it->end(); ++m) {
-        TTQ_INPUT_CHECK(m->is_string()) << label << ": __metadata__ value of " << quoted_name(m.key())
-                                        << " is not a string";
+        TTQ_INPUT_CHECK(m->is_string())
+            << label << ": __metadata__ value of " << quoted_name(m.key()) << " is not a string";
         h.metadata[m.key()] = m->get<std::string>();
       }
       continue;
@@ -206,9 +211,9 @@ Header parse_header(const uint8_t* prefix, size_t prefix_size, uint64_t file_siz
   for (size_t i = 1; i < h.entries.size(); ++i) {
     const TensorEntry& a = h.entries[i - 1];
     const TensorEntry& b = h.entries[i];
-    TTQ_INPUT_CHECK(a.end <= b.begin) << label << ": tensors " << quoted_name(a.name) << " [" << a.begin << ", "
-                                      << a.end << ") and " << quoted_name(b.name) << " [" << b.begin << ", "
-                                      << b.end << ") overlap";
+    TTQ_INPUT_CHECK(a.end <= b.begin)
+        << label << ": tensors " << quoted_name(a.name) << " [" << a.begin << ", " << a.end << ") and "
+        << quoted_name(b.name) << " [" << b.begin << ", " << b.end << ") overlap";
   }
   return h;
 }
@@ -362,7 +367,8 @@ Serialized serialize(const NamedTensors& tensors, const Metadata& metadata, cons
   std::set<std::string> seen;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
-    TTQ_CHECK(!name.empty() && name != "__metadata__") << label << ": invalid tensor name " << quoted_name(name);
+    TTQ_CHECK(!name.empty() && name != "__metadata__")
+        << label << ": invalid tensor name " << quoted_name(name);
     TTQ_CHECK(seen.insert(name).second) << label << ": duplicate tensor name " << quoted_name(name);
     TTQ_CHECK(t.defined()) << label << ": tensor " << quoted_name(name) << " is undefined";
     Tensor h = t.to(Device::cpu()).contiguous();
@@ -405,8 +411,8 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors, con
   const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
   TTQ_INPUT_CHECK(!base.empty()) << path << ": not a file name";
-  std::string tmp = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + "." + base +
-                    ".tmp.XXXXXX";
+  std::string tmp =
+      (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + "." + base + ".tmp.XXXXXX";
   int raw = ::mkstemp(tmp.data());
   TTQ_INPUT_CHECK(raw >= 0) << path << ": cannot create a temporary file in " << dir << ": "
                             << std::strerror(errno);

@@ -33,8 +33,8 @@ struct TensorEntry {
 };
 
 struct Header {
-  uint64_t header_bytes = 0;          // N
-  std::vector<TensorEntry> entries;   // in data order (increasing begin)
+  uint64_t header_bytes = 0;         // N
+  std::vector<TensorEntry> entries;  // in data order (increasing begin)
   Metadata metadata;
 };
 
