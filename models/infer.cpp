@@ -1,7 +1,14 @@
 // Library side of ttq_infer (see models/infer.h).
 #include "models/infer.h"
 
+#include <cmath>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/dataset.h"
 #include "engine/autograd.h"
+#include "engine/ops/ops.h"
 #include "engine/cuda/runtime.h"
 #include "models/packed.h"
 
@@ -76,6 +83,127 @@ Tensor run_tensor_inference(const TensorInferOptions& o, std::ostream& log) {
                          {"input_name", o.input_name},
                          {"device", device.str()}});
   return logits;
+}
+
+namespace {
+
+// The validation transform a model file asks for.
+data::Preprocess preprocess_from(const io::Metadata& meta, const ModelConfig& config, const std::string& path) {
+  auto it = meta.find("preprocess");
+  data::Preprocess p = data::Preprocess::for_input(static_cast<int>(config.in_channels),
+                                                   static_cast<int>(config.input_size));
+  if (it == meta.end()) return p;
+  try {
+    auto j = nlohmann::json::parse(it->second);
+    p.channels = j.at("channels").get<int>();
+    p.image_size = j.at("image_size").get<int>();
+    p.crop = j.at("crop").get<int>();
+    auto mean = j.at("mean").get<std::vector<float>>();
+    auto std = j.at("std").get<std::vector<float>>();
+    TTQ_INPUT_CHECK(static_cast<int>(mean.size()) == p.channels && static_cast<int>(std.size()) == p.channels &&
+                    p.channels == config.in_channels && p.crop >= 1 && p.image_size >= p.crop)
+        << path << ": inconsistent preprocess metadata";
+    for (int c = 0; c < p.channels; ++c) {
+      p.mean[c] = mean[c];
+      p.std[c] = std[c];
+    }
+  } catch (const nlohmann::json::exception& e) {
+    TTQ_INPUT_ERROR() << path << ": bad preprocess metadata: " << e.what();
+  }
+  return p;
+}
+
+data::ClassNames class_names_from(const io::Metadata& meta, int64_t num_classes, const std::string& data_spec,
+                                  const std::string& path) {
+  data::ClassNames names;
+  auto it = meta.find("classes");
+  if (it != meta.end()) {
+    try {
+      names.names = nlohmann::json::parse(it->second).get<std::vector<std::string>>();
+    } catch (const nlohmann::json::exception& e) {
+      TTQ_INPUT_ERROR() << path << ": bad classes metadata: " << e.what();
+    }
+  }
+  if (!data_spec.empty()) {
+    data::ClassNames from_data = data::class_names_for(data::parse_data_spec(data_spec));
+    if (names.names.empty() || names.names == from_data.names) names = from_data;
+  }
+  if (names.names.empty()) {
+    for (int64_t i = 0; i < num_classes; ++i) names.names.push_back("class " + std::to_string(i));
+  }
+  TTQ_INPUT_CHECK(static_cast<int64_t>(names.names.size()) == num_classes)
+      << path << ": the model has " << num_classes << " classes but " << names.names.size() << " class names";
+  if (names.descriptions.size() != names.names.size()) names.descriptions = names.names;
+  return names;
+}
+
+}  // namespace
+
+std::vector<ImagePrediction> run_image_inference(const ImageInferOptions& o, std::ostream& log) {
+  TTQ_INPUT_CHECK(!o.model_path.empty()) << "--model FILE is required";
+  TTQ_INPUT_CHECK(!o.images.empty()) << "no image files given";
+  TTQ_INPUT_CHECK(o.top_k >= 1) << "--top-k must be at least 1";
+  // Everything the user supplied is read and checked before any work.
+  std::unique_ptr<PackedModel> packed;
+  ModelPtr model;
+  io::Metadata meta;
+  ModelConfig config;
+  if (is_packed_file(o.model_path)) {
+    packed = PackedModel::load(o.model_path, o.arch, Device::cpu());
+    meta = packed->metadata();
+    config = packed->config();
+  } else {
+    model = load_model_file(o.model_path, o.arch, Device::cpu());
+    meta = io::read_safetensors_header(o.model_path).metadata;
+    config = model->config();
+  }
+  const data::Preprocess pre = preprocess_from(meta, config, o.model_path);
+  const data::ClassNames names = class_names_from(meta, config.num_classes, o.data, o.model_path);
+  std::vector<Tensor> inputs;
+  for (const auto& path : o.images) inputs.push_back(data::load_image_tensor(path, pre));
+  const Device device = pick_device(o.device, log);
+  if (packed) {
+    if (device != Device::cpu()) packed = PackedModel::load(o.model_path, o.arch, device);
+  } else {
+    model->to(device);
+  }
+  std::vector<ImagePrediction> out;
+  autograd::NoGradGuard no_grad;
+  Tensor x = ops::concat(inputs, 0);
+  Tensor logits = packed ? packed->forward(x) : model->forward(x.to(device)).to(Device::cpu());
+  const std::vector<float> probs = ops::softmax(logits).to_vector<float>();
+  const int64_t k = std::min<int64_t>(o.top_k, config.num_classes);
+  for (size_t i = 0; i < o.images.size(); ++i) {
+    ImagePrediction p;
+    p.path = o.images[i];
+    std::vector<int64_t> order(config.num_classes);
+    for (int64_t c = 0; c < config.num_classes; ++c) order[c] = c;
+    const float* row = probs.data() + i * config.num_classes;
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [&](int64_t a, int64_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+    for (int64_t j = 0; j < k; ++j) {
+      p.classes.push_back(order[j]);
+      p.probabilities.push_back(row[order[j]]);
+      p.names.push_back(names.names[order[j]]);
+      p.descriptions.push_back(names.descriptions[order[j]]);
+    }
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+std::string format_predictions(const std::vector<ImagePrediction>& predictions) {
+  std::ostringstream os;
+  for (const auto& p : predictions) {
+    os << p.path << "\n";
+    for (size_t j = 0; j < p.classes.size(); ++j) {
+      os << "  " << j + 1 << ". " << std::fixed << std::setprecision(4) << p.probabilities[j] << "  "
+         << p.names[j];
+      if (p.descriptions[j] != p.names[j]) os << " (" << p.descriptions[j] << ")";
+      os << "  [" << p.classes[j] << "]\n";
+    }
+  }
+  return os.str();
 }
 
 }  // namespace ttq::models

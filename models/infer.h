@@ -6,6 +6,7 @@
 
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "models/model.h"
 
@@ -36,5 +37,31 @@ struct TensorInferOptions {
 // (atomically). Packed files ("ttq-packed-2bit") go to run_packed_tensor_inference.
 // Returns the logits (CPU).
 Tensor run_tensor_inference(const TensorInferOptions& options, std::ostream& log);
+
+struct ImageInferOptions {
+  std::string model_path;           // checkpoint, import or packed file
+  std::string arch;                 // when the file's metadata has no "model"
+  std::string device;               // "", "cpu", "cuda", "cuda:N"
+  std::string data;                 // optional data spec naming the classes (e.g. tiny-imagenet:DIR)
+  std::vector<std::string> images;  // image files (JPEG, PNG, BMP)
+  int top_k = 5;
+};
+
+struct ImagePrediction {
+  std::string path;
+  std::vector<int64_t> classes;             // best first
+  std::vector<double> probabilities;        // softmax of the logits
+  std::vector<std::string> names;           // class names (wnid, folder or label name)
+  std::vector<std::string> descriptions;    // human-readable names where known, else the names
+};
+
+// Image mode: each image is preprocessed as validation does for the model (the
+// file's "preprocess" metadata written by ttq_train, else the seed's 64 -> 56
+// centre crop with ImageNet statistics for 3-channel models and Fashion-MNIST's
+// for 1-channel ones), run in eval mode, and its top-k classes returned. Class
+// names come from the file's "classes" metadata, else from `data`, else
+// "class N". A file that cannot be decoded is a ttq::InputError naming it.
+std::vector<ImagePrediction> run_image_inference(const ImageInferOptions& options, std::ostream& log);
+std::string format_predictions(const std::vector<ImagePrediction>& predictions);
 
 }  // namespace ttq::models

@@ -12,7 +12,11 @@
 
 int main(int argc, char** argv) {
   ttq::prefer_passive_openmp(argv);
-  CLI::App app{"Run a ttq model (checkpoint or PyTorch import in safetensors format)."};
+  CLI::App app{
+      "Run a ttq model: a checkpoint, a PyTorch import or a packed 2-bit model (safetensors).\n"
+      "  image mode:  ttq_infer --model FILE IMAGE...   (top-5 classes of each image)\n"
+      "  tensor mode: ttq_infer --model FILE --input-tensors F --input-name N --logits-out OUT\n"
+      "  summary:     ttq_infer --summary --arch NAME [--input CxHxW] [--classes N]"};
   ttq::models::TensorInferOptions o;
   bool summary = false;
   std::string input_chw = "3x56x56";
@@ -27,6 +31,13 @@ int main(int argc, char** argv) {
   app.add_option("--logits-out", o.logits_out, "Tensor mode: output safetensors file (tensor \"logits\")");
   app.add_flag("--summary", summary, "Print layers, output shapes, parameter count and FLOPs");
   app.add_option("--input", input_chw, "Summary: input size CxHxW (default 3x56x56)");
+  std::vector<std::string> images;
+  std::string data_spec;
+  int top_k = 5;
+  app.add_option("images", images, "Image mode: image files (JPEG, PNG, BMP)");
+  app.add_option("--data", data_spec,
+                 "Image mode: data spec naming the classes when the file does not (e.g. tiny-imagenet:DIR)");
+  app.add_option("--top-k", top_k, "Image mode: classes printed per image (default 5)");
   app.add_option("--classes", classes, "Summary: number of classes (default 200)");
   try {
     app.parse(argc, argv);
@@ -56,8 +67,16 @@ int main(int argc, char** argv) {
       std::cout << ttq::models::summarize(*model, {1, chw[0], chw[1], chw[2]}).text();
       return 0;
     }
+    if (!images.empty()) {
+      TTQ_INPUT_CHECK(o.input_path.empty()) << "give image files or --input-tensors, not both";
+      TTQ_INPUT_CHECK(!o.model_path.empty()) << "--model FILE is required";
+      ttq::models::ImageInferOptions io{o.model_path, o.arch, o.device, data_spec, images, top_k};
+      std::cout << ttq::models::format_predictions(ttq::models::run_image_inference(io, std::cerr));
+      return 0;
+    }
     TTQ_INPUT_CHECK(!o.input_path.empty())
-        << "nothing to do: give --input-tensors FILE (with --model, --input-name, --logits-out) or --summary";
+        << "nothing to do: give image files, --input-tensors FILE (with --model, --input-name, --logits-out) or "
+           "--summary";
     TTQ_INPUT_CHECK(!o.model_path.empty()) << "--model FILE is required";
     ttq::Tensor logits = ttq::models::run_tensor_inference(o, std::cerr);
     std::cout << "wrote " << o.logits_out << ": logits " << ttq::shape_str(logits.shape()) << "\n";
