@@ -45,6 +45,9 @@ int main(int argc, char** argv) {
                  "Stop when val top-1 has not beaten the 5-epoch mean of N epochs earlier by 0.01")
       ->capture_default_str();
   app.add_option("--plateau-patience", o.plateau_patience, "ReduceLROnPlateau patience")->capture_default_str();
+  app.add_option("--schedule", o.schedule,
+                 "Learning-rate schedule: plateau (the seed's ReduceLROnPlateau) or cosine (to 0 over --epochs)")
+      ->capture_default_str();
   app.add_flag("--resume", o.resume, "Continue the run in --out from last.safetensors");
   app.add_flag("--quiet", quiet, "No progress lines, only one line per epoch");
   try {

@@ -193,6 +193,8 @@ TrainOptions resolve_defaults(TrainOptions o) {
   TTQ_INPUT_CHECK(o.workers >= 1 && o.workers <= 64) << "--workers must be in 1..64";
   TTQ_INPUT_CHECK(o.limit_train >= 0 && o.limit_val >= 0) << "--limit-train / --limit-val must be >= 0";
   TTQ_INPUT_CHECK(!o.out.empty()) << "--out: a run folder is required";
+  TTQ_INPUT_CHECK(o.schedule == "plateau" || o.schedule == "cosine")
+      << "--schedule: expected plateau or cosine, got '" << o.schedule << "'";
   TTQ_INPUT_CHECK(o.wn_grad == "exact" || o.wn_grad == "seed")
       << "--wn-grad: expected exact or seed, got '" << o.wn_grad << "'";
   models::parse_scale_init(o.scales_init);  // throws on a bad value
@@ -381,6 +383,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     cj["parameters"] = model->num_parameters();
     cj["early_stop_patience"] = o.early_stop_patience;
     cj["plateau_patience"] = o.plateau_patience;
+    cj["schedule"] = o.schedule;
     std::string text = cj.dump(2) + "\n";
     std::string tmp = (out / ".config.json.tmp").string();
     {
@@ -414,6 +417,10 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   result.best_val_top1 = st.best_val_top1;
   for (int64_t epoch = st.epoch; epoch < o.epochs; ++epoch) {
     const int64_t first = st.batch;
+    if (o.schedule == "cosine") {
+      const double lr = o.lr * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(epoch) / static_cast<double>(o.epochs)));
+      for (size_t g = 0; g < opt->num_groups(); ++g) opt->set_lr(g, lr);
+    }
     train_loader.start_epoch(epoch, first);
     double loss_sum = st.part_loss_sum, correct = st.part_correct, count = st.part_count;
     double seconds_before = st.part_seconds;
@@ -492,7 +499,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     const bool best = ev.top1 > st.best_val_top1;
     if (best) st.best_val_top1 = ev.top1;
     result.early_stopped = early_stop(st.val_top1_history, o.early_stop_patience, o.early_stop_threshold);
-    if (!result.early_stopped) sched.step(ev.top1);  // the seed steps the schedule after the stop check
+    // The seed steps the schedule after the stop check.
+    if (!result.early_stopped && o.schedule == "plateau") sched.step(ev.top1);
 
     st.epoch = epoch + 1;
     st.batch = 0;

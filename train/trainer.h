@@ -42,6 +42,10 @@ struct TrainOptions {
   int early_stop_patience = 10;  // the seed's train(patience=10, threshold=0.01)
   double early_stop_threshold = 0.01;
   int plateau_patience = 4;
+  // "plateau" (the seed's ReduceLROnPlateau on val top-1) or "cosine" (per-epoch
+  // cosine annealing of every group's lr from --lr to 0 over --epochs; the
+  // plateau schedule is then not applied).
+  std::string schedule = "plateau";
   bool resume = false;
   bool progress = true;  // a live progress line on a terminal (plain lines otherwise)
   // Testing aid: behave as if SIGINT arrived once this many optimiser steps are done (0: never).
