@@ -4,14 +4,14 @@
 // within devices (strided, dtype-converting), pinned buffers, the TF32 switch
 // and the deterministic full reduction. Device tests skip without a GPU; the
 // availability and pinned-buffer fallbacks run everywhere.
+#include <unistd.h>
+
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
-
-#include <unistd.h>
 
 #include "engine/backend.h"
 #include "engine/cuda/runtime.h"
@@ -30,7 +30,8 @@ std::string run_child(const std::string& env, const std::string& filter) {
   char self[4096] = {};
   const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
   if (n <= 0) return "";
-  const std::string cmd = env + " '" + std::string(self, static_cast<size_t>(n)) + "' --gtest_filter=" + filter + " 2>&1";
+  const std::string cmd =
+      env + " '" + std::string(self, static_cast<size_t>(n)) + "' --gtest_filter=" + filter + " 2>&1";
   std::string out;
   if (FILE* p = popen(cmd.c_str(), "r")) {
     std::array<char, 512> buf{};
@@ -141,11 +142,11 @@ TEST(CudaRuntime, OpsMakeNoDriverAllocationsInSteadyState) {
   const Tensor x = test::rand({64, 33}, 1, DType::F32, kCuda);
   auto step = [&] {
     Tensor y = Tensor::empty(x.shape(), DType::F32, kCuda), s = Tensor::empty({}, DType::F32, kCuda);
-    cuda::relu_forward(x, y);
-    cuda::axpby(2.0, y, -1.0, x, y);
-    cuda::sum_all(y, s);
+    TTQ_BACKEND(kCuda, relu_forward)(x, y);
+    TTQ_BACKEND(kCuda, axpby)(2.0, y, -1.0, x, y);
+    TTQ_BACKEND(kCuda, sum_all)(y, s);
     Tensor c = Tensor::empty({64, 64}, DType::F32, kCuda);
-    cuda::gemm(false, true, 1.0, x, x, 0.0, c);
+    TTQ_BACKEND(kCuda, gemm)(false, true, 1.0, x, x, 0.0, c);
     return s.item();
   };
   const double first = step();
@@ -192,8 +193,9 @@ TEST(CudaRuntime, StridedConvertingCopyMatchesCpu) {
       Tensor ho = Tensor::empty(hs.shape(), dst), dout = Tensor::empty(ds.shape(), dst, kCuda);
       test::poison(dout);
       cpu::copy(hs, ho);
-      cuda::copy(ds, dout);
-      EXPECT_EQ(dout.to_vector<double>(), ho.to_vector<double>()) << dtype_name(src) << " -> " << dtype_name(dst);
+      TTQ_BACKEND(kCuda, copy)(ds, dout);
+      EXPECT_EQ(dout.to_vector<double>(), ho.to_vector<double>())
+          << dtype_name(src) << " -> " << dtype_name(dst);
     }
   }
   // Strided destination: write into every other column of a wider tensor.
@@ -201,19 +203,19 @@ TEST(CudaRuntime, StridedConvertingCopyMatchesCpu) {
   const Tensor src = test::rand({4, 6}, 4, DType::F32);
   Tensor vh = wide_h.as_strided({4, 6}, {12, 2}, 1), vd = wide_d.as_strided({4, 6}, {12, 2}, 1);
   cpu::copy(src, vh);
-  cuda::copy(src.to(kCuda), vd);
+  TTQ_BACKEND(kCuda, copy)(src.to(kCuda), vd);
   EXPECT_EQ(wide_d.to_vector<float>(), wide_h.to_vector<float>());
   // Broadcast (stride 0) source and a strided fill.
   Tensor s = Tensor::from_vector<float>({2.5f}, {1}).to(kCuda);
   Tensor b = Tensor::empty({3, 4}, DType::F32, kCuda);
-  cuda::copy(s.as_strided({3, 4}, {0, 0}, 0), b);
+  TTQ_BACKEND(kCuda, copy)(s.as_strided({3, 4}, {0, 0}, 0), b);
   EXPECT_EQ(b.to_vector<float>(), std::vector<float>(12, 2.5f));
-  cuda::fill(vd, -1.0);
+  TTQ_BACKEND(kCuda, fill)(vd, -1.0);
   cpu::fill(vh, -1.0);
   EXPECT_EQ(wide_d.to_vector<float>(), wide_h.to_vector<float>());
   // Integer fills.
   Tensor li = Tensor::empty({5}, DType::I64, kCuda);
-  cuda::fill(li, 7);
+  TTQ_BACKEND(kCuda, fill)(li, 7);
   EXPECT_EQ(li.to_vector<int64_t>(), std::vector<int64_t>(5, 7));
 }
 
@@ -242,6 +244,29 @@ TEST(CudaRuntime, PinnedUploadIsAsynchronousAndCorrect) {
   EXPECT_EQ(moved.size(), n * sizeof(float));
 }
 
+// memcpy_h2d_async from page-locked memory, fenced by a StreamEvent.
+TEST(CudaRuntime, AsyncUploadWithStreamEvent) {
+  TTQ_SKIP_IF_NO_CUDA();
+  const size_t n = 4096;
+  auto* host = static_cast<float*>(cuda::host_alloc_pinned(n * sizeof(float)));
+  Tensor dst = Tensor::empty({static_cast<int64_t>(n)}, DType::F32, kCuda);
+  cuda::StreamEvent done;
+  EXPECT_TRUE(done.ready());  // never recorded
+  for (int round = 0; round < 2; ++round) {
+    done.synchronize();
+    for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>(i) * (round + 1);
+    cuda::memcpy_h2d_async(dst.raw_data(), host, n * sizeof(float));
+    done.record();
+    const auto v = dst.to_vector<float>();
+    EXPECT_EQ(v[n - 1], static_cast<float>(n - 1) * (round + 1));
+  }
+  done.synchronize();
+  EXPECT_TRUE(done.ready());
+  cuda::StreamEvent moved = std::move(done);
+  moved.synchronize();
+  cuda::host_free_pinned(host);
+}
+
 // sum_all: fixed-order, so the same bits every time, and close to a double sum.
 TEST(CudaRuntime, SumAllIsDeterministic) {
   TTQ_SKIP_IF_NO_CUDA();
@@ -250,8 +275,8 @@ TEST(CudaRuntime, SumAllIsDeterministic) {
     const Tensor d = h.to(kCuda);
     Tensor s1 = Tensor::empty({}, DType::F32, kCuda), s2 = Tensor::empty({}, DType::F32, kCuda);
     test::poison(s1);
-    cuda::sum_all(d, s1);
-    cuda::sum_all(d, s2);
+    TTQ_BACKEND(kCuda, sum_all)(d, s1);
+    TTQ_BACKEND(kCuda, sum_all)(d, s2);
     EXPECT_EQ(s1.item(), s2.item()) << n;
     double ref = 0;
     for (float v : h.to_vector<float>()) ref += v;
@@ -260,9 +285,9 @@ TEST(CudaRuntime, SumAllIsDeterministic) {
     if (n > 1) {
       const Tensor pair = Tensor::empty({n, 2}, DType::F32, kCuda);
       Tensor col = pair.select(1, 0);
-      cuda::copy(d, col);
+      TTQ_BACKEND(kCuda, copy)(d, col);
       Tensor s3 = Tensor::empty({}, DType::F32, kCuda);
-      cuda::sum_all(col, s3);
+      TTQ_BACKEND(kCuda, sum_all)(col, s3);
       EXPECT_NEAR(s3.item(), ref, 1e-6 * std::max(1.0, std::fabs(ref)) + 1e-3) << n;
     }
   }
@@ -272,12 +297,12 @@ TEST(CudaRuntime, SumAllIsDeterministic) {
 TEST(CudaRuntime, EmptyTensors) {
   TTQ_SKIP_IF_NO_CUDA();
   Tensor e = Tensor::empty({0, 3}, DType::F32, kCuda);
-  cuda::fill(e, 1.0);
+  TTQ_BACKEND(kCuda, fill)(e, 1.0);
   Tensor f = Tensor::empty({0, 3}, DType::F32, kCuda);
-  cuda::copy(e, f);
-  cuda::relu_forward(e, f);
+  TTQ_BACKEND(kCuda, copy)(e, f);
+  TTQ_BACKEND(kCuda, relu_forward)(e, f);
   Tensor s = Tensor::empty({}, DType::F32, kCuda);
-  cuda::sum_all(e, s);
+  TTQ_BACKEND(kCuda, sum_all)(e, s);
   EXPECT_EQ(s.item(), 0.0);
   cuda::synchronize();
 }

@@ -86,7 +86,8 @@ void compare_training(MakeOpt make_opt, int steps) {
     dev_net.model->train();
     Tensor cpu_loss = ops::cross_entropy((*cpu_net.model)(b.x), b.y);
     Tensor dev_loss = ops::cross_entropy((*dev_net.model)(b.x.to(Device::cuda(0))), b.y.to(Device::cuda(0)));
-    EXPECT_NEAR(dev_loss.item(), cpu_loss.item(), kTol * std::max(1.0, std::fabs(cpu_loss.item()))) << "step " << s;
+    EXPECT_NEAR(dev_loss.item(), cpu_loss.item(), kTol * std::max(1.0, std::fabs(cpu_loss.item())))
+        << "step " << s;
     cpu_opt->zero_grad();
     dev_opt->zero_grad();
     cpu_loss.backward();
@@ -102,7 +103,8 @@ void compare_training(MakeOpt make_opt, int steps) {
     const auto cpu_bufs = cpu_net.model->named_buffers(), dev_bufs = dev_net.model->named_buffers();
     ASSERT_EQ(cpu_bufs.size(), dev_bufs.size());
     for (size_t i = 0; i < cpu_bufs.size(); ++i)
-      expect_close(*dev_bufs[i].second, *cpu_bufs[i].second, cpu_bufs[i].first + " after step " + std::to_string(s));
+      expect_close(*dev_bufs[i].second, *cpu_bufs[i].second,
+                   cpu_bufs[i].first + " after step " + std::to_string(s));
   }
   // Eval mode (running statistics, no dropout) agrees too, and is deterministic.
   cpu_net.model->eval();
@@ -177,7 +179,8 @@ TEST(CudaTrainStep, GroupedOptimiserKernelsMatch) {
   // Adam at step 3.
   auto pa = to_dev(p0), ma = to_dev(m0), va = to_dev(v0), pb = to_dev(p0), mb = to_dev(m0), vb = to_dev(v0);
   std::vector<Tensor> pc, mc, vc;
-  for (size_t i = 0; i < sizes.size(); ++i) pc.push_back(p0[i].clone()), mc.push_back(m0[i].clone()), vc.push_back(v0[i].clone());
+  for (size_t i = 0; i < sizes.size(); ++i)
+    pc.push_back(p0[i].clone()), mc.push_back(m0[i].clone()), vc.push_back(v0[i].clone());
   cuda::adam_step_multi(pa, to_dev(g0), ma, va, 1e-3, 0.9, 0.999, 1e-8, 1e-4, 3);
   for (size_t i = 0; i < sizes.size(); ++i) {
     const Tensor gd = g0[i].to(dev);

@@ -4,12 +4,14 @@
 # GoogleTest, Google Benchmark, a BLAS or a network). It
 #   1. probes the machine (nvidia-smi, nvcc, where cuDNN / cuBLAS / cudart are,
 #      PyTorch), and picks the binaries: the bundle made elsewhere by
-#      tools/gpu_build.sh (build-gpu/stage, or $GPU_STAGE), else a build made
-#      here when the probe finds everything a build needs;
+#      tools/gpu_build.sh ($GPU_STAGE, build-gpu/stage, or the archive
+#      build-gpu/carry/ttq-gpu-bundle.tar.xz), else a build made here when the
+#      probe finds everything a build needs;
 #   2. runs the CUDA cases of the test programs (gtest filter *cuda*, *Cuda*,
 #      *CUDA*; the test_cuda_* programs whole);
 #   3. runs the benchmarks (short min-time; filter $GPU_CHECK_BENCH_FILTER,
-#      default "cuda") and the PyTorch peer scripts in bench/peers/;
+#      default "cuda") and the PyTorch peer scripts in bench/peers/ (the runs
+#      each names in a "gpu_check: ARGS" line);
 #   4. writes OUT_DIR/gpu_report.md, OUT_DIR/gpu_report.json and the full log
 #      OUT_DIR/gpu_check.log, and prints a summary table last.
 # Every step has a time limit; the whole run stays under $GPU_CHECK_BUDGET_S
@@ -80,6 +82,30 @@ done
 
 # ---- choose the binaries ---------------------------------------------------------------
 stage=${GPU_STAGE:-$root/build-gpu/stage}
+bundle=$root/build-gpu/carry/ttq-gpu-bundle.tar.xz
+if [[ -z ${GPU_STAGE:-} && ! -d $stage/bin && -f $bundle ]]; then
+  stage=$work/stage
+  mkdir -p "$stage"
+  if command -v xz >/dev/null; then
+    xz -dc "$bundle" | tar -C "$stage" -xf -
+  else
+    python3 -c 'import sys, tarfile
+t = tarfile.open(sys.argv[1], "r:xz")
+try:
+    t.extractall(sys.argv[2], filter="fully_trusted")
+except TypeError:  # Python before 3.12
+    t.extractall(sys.argv[2])' "$bundle" "$stage"
+  fi
+  say "unpacked $(basename "$bundle") ($(du -sh "$stage" | cut -f1))"
+fi
+# Tests read the seed models from the path compiled into them; put the carried
+# copy there when this machine lacks it.
+carry_dir=$root/build-gpu/carry
+seed_path=$(sed -n 's/^seed dir: //p' "$carry_dir/MANIFEST.txt" 2>/dev/null)
+if [[ -n $seed_path && ! -e $seed_path && -d $carry_dir/seed-models ]]; then
+  mkdir -p "$(dirname "$seed_path")" 2>/dev/null && ln -s "$carry_dir/seed-models" "$seed_path" 2>/dev/null &&
+    say "seed models linked at $seed_path"
+fi
 path=""
 if [[ -d $stage/bin ]] && compgen -G "$stage/bin/test_*" >/dev/null; then
   path="carried"
@@ -169,22 +195,37 @@ for f in "$bindir"/bench_*; do
   echo "$rc $(($(date +%s) - t0))" >"$bench_dir/$name.rc"
   cat "$bench_dir/$name.out" >>"$log"
 done
+# A peer script names the runs it wants in lines "gpu_check: ARGS" (in its
+# docstring or a comment); each such line runs `python3 SCRIPT ARGS` from the
+# repository root. Scripts without one (reference generators) are listed, not run.
 peer_dir=$work/peers
 mkdir -p "$peer_dir"
 for f in "$root"/bench/peers/*.py; do
   [[ -f $f ]] || continue
-  name=$(basename "$f" .py)
-  if (($(remaining) < 40)); then
-    say "skipping peer $name: out of time"
-    echo "skipped 0" >"$peer_dir/$name.rc"
+  base=$(basename "$f" .py)
+  mapfile -t runs < <(sed -n 's/^[#[:space:]]*gpu_check:[[:space:]]*\(.*\)$/\1/p' "$f")
+  if ((${#runs[@]} == 0)); then
+    echo "not run: the script has no gpu_check line" >"$peer_dir/$base.out"
+    echo "not-run 0" >"$peer_dir/$base.rc"
     continue
   fi
-  t0=$(date +%s)
-  say "peer $name"
-  (cd "$root" && TTQ_GPU_CHECK=1 timeout "$(allow 120)" python3 "$f") >"$peer_dir/$name.out" 2>&1
-  rc=$?
-  echo "$rc $(($(date +%s) - t0))" >"$peer_dir/$name.rc"
-  cat "$peer_dir/$name.out" >>"$log"
+  k=0
+  for args in "${runs[@]}"; do
+    name=$base$( ((k > 0)) && echo ".$k")
+    k=$((k + 1))
+    if (($(remaining) < 40)); then
+      say "skipping peer $name: out of time"
+      echo "skipped 0" >"$peer_dir/$name.rc"
+      continue
+    fi
+    t0=$(date +%s)
+    say "peer $base $args"
+    # shellcheck disable=SC2086  # ARGS are words
+    (cd "$root" && TTQ_GPU_CHECK=1 timeout "$(allow 120)" python3 "$f" $args) >"$peer_dir/$name.out" 2>&1
+    rc=$?
+    echo "$rc $(($(date +%s) - t0))" >"$peer_dir/$name.rc"
+    { echo "[$base $args]"; cat "$peer_dir/$name.out"; } >>"$log"
+  done
 done
 
 # ---- 4. report ---------------------------------------------------------------------------

@@ -39,11 +39,12 @@ int to_int(int64_t v) {
 
 // x as [N, C, H, W]: 2-D [N, C] and 3-D [N, C, L] inputs get unit trailing dimensions.
 BnKey key_of(const Tensor& x) {
-  TTQ_CHECK(x.dim() >= 2 && x.dim() <= 4) << "cuDNN batch norm: expected [N, C, H, W], got " << shape_str(x.shape());
+  TTQ_CHECK(x.dim() >= 2 && x.dim() <= 4)
+      << "cuDNN batch norm: expected [N, C, H, W], got " << shape_str(x.shape());
   TTQ_CHECK(x.is_contiguous()) << "cuDNN batch norm: contiguous input expected";
   TTQ_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::F64)
       << "cuDNN batch norm: unsupported dtype " << dtype_name(x.dtype());
-  return BnKey{x.device().index, x.dtype(), x.size(0), x.size(1), x.dim() > 2 ? x.size(2) : 1,
+  return BnKey{x.device().index,           x.dtype(), x.size(0), x.size(1), x.dim() > 2 ? x.size(2) : 1,
                x.dim() > 3 ? x.size(3) : 1};
 }
 
@@ -58,8 +59,8 @@ const BnDescs& descs_for(const Tensor& x) {
   const cudnnDataType_t dt = key.dtype == DType::F64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
   TTQ_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d.x));
   TTQ_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d.stats));
-  TTQ_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d.x, CUDNN_TENSOR_NCHW, dt, to_int(key.n), to_int(key.c), to_int(key.h),
-                                             to_int(key.w)));
+  TTQ_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d.x, CUDNN_TENSOR_NCHW, dt, to_int(key.n), to_int(key.c),
+                                             to_int(key.h), to_int(key.w)));
   TTQ_CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(d.stats, d.x, CUDNN_BATCHNORM_SPATIAL));
   return cache->emplace(key, d).first->second;
 }
@@ -83,8 +84,8 @@ Tensor or_constant(const Tensor& t, const Tensor& x, double v) {
 
 void check_stat(const Tensor& t, const Tensor& x, const char* what) {
   TTQ_CHECK(t.defined() && t.is_contiguous() && t.numel() == x.size(1) && t.dtype() == x.dtype())
-      << "cuDNN batch norm: " << what << " must be a contiguous [" << x.size(1) << "] " << dtype_name(x.dtype())
-      << " tensor, got " << (t.defined() ? t.str() : std::string("undefined"));
+      << "cuDNN batch norm: " << what << " must be a contiguous [" << x.size(1) << "] "
+      << dtype_name(x.dtype()) << " tensor, got " << (t.defined() ? t.str() : std::string("undefined"));
 }
 
 }  // namespace
@@ -93,7 +94,8 @@ void batch_norm_forward_train(const Tensor& x, const Tensor& weight, const Tenso
                               Tensor& running_var, double momentum, double eps, Tensor& y, Tensor& save_mean,
                               Tensor& save_invstd) {
   DeviceGuard g(x);
-  TTQ_CHECK(eps >= CUDNN_BN_MIN_EPSILON) << "cuDNN batch norm: eps " << eps << " below " << CUDNN_BN_MIN_EPSILON;
+  TTQ_CHECK(eps >= CUDNN_BN_MIN_EPSILON)
+      << "cuDNN batch norm: eps " << eps << " below " << CUDNN_BN_MIN_EPSILON;
   check_stat(save_mean, x, "save_mean");
   check_stat(save_invstd, x, "save_invstd");
   if (x.numel() == 0) return;
@@ -106,15 +108,17 @@ void batch_norm_forward_train(const Tensor& x, const Tensor& weight, const Tenso
   }
   const Scale one(1), zero(0);
   TTQ_CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(
-      cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, one.for_type(x.dtype()), zero.for_type(x.dtype()), d.x, x.raw_data(),
-      d.x, y.raw_data(), d.stats, w.raw_data(), b.raw_data(), momentum, track ? running_mean.raw_data() : nullptr,
-      track ? running_var.raw_data() : nullptr, eps, save_mean.raw_data(), save_invstd.raw_data()));
+      cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, one.for_type(x.dtype()), zero.for_type(x.dtype()), d.x,
+      x.raw_data(), d.x, y.raw_data(), d.stats, w.raw_data(), b.raw_data(), momentum,
+      track ? running_mean.raw_data() : nullptr, track ? running_var.raw_data() : nullptr, eps,
+      save_mean.raw_data(), save_invstd.raw_data()));
 }
 
-void batch_norm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                             const Tensor& running_var, double eps, Tensor& y) {
+void batch_norm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                             const Tensor& running_mean, const Tensor& running_var, double eps, Tensor& y) {
   DeviceGuard g(x);
-  TTQ_CHECK(eps >= CUDNN_BN_MIN_EPSILON) << "cuDNN batch norm: eps " << eps << " below " << CUDNN_BN_MIN_EPSILON;
+  TTQ_CHECK(eps >= CUDNN_BN_MIN_EPSILON)
+      << "cuDNN batch norm: eps " << eps << " below " << CUDNN_BN_MIN_EPSILON;
   check_stat(running_mean, x, "running_mean");
   check_stat(running_var, x, "running_var");
   if (x.numel() == 0) return;
@@ -122,14 +126,16 @@ void batch_norm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor
   Tensor w = or_constant(weight, x, 1), b = or_constant(bias, x, 0);
   const Scale one(1), zero(0);
   TTQ_CUDNN_CHECK(cudnnBatchNormalizationForwardInference(
-      cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, one.for_type(x.dtype()), zero.for_type(x.dtype()), d.x, x.raw_data(),
-      d.x, y.raw_data(), d.stats, w.raw_data(), b.raw_data(), running_mean.raw_data(), running_var.raw_data(), eps));
+      cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, one.for_type(x.dtype()), zero.for_type(x.dtype()), d.x,
+      x.raw_data(), d.x, y.raw_data(), d.stats, w.raw_data(), b.raw_data(), running_mean.raw_data(),
+      running_var.raw_data(), eps));
 }
 
 void batch_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& save_mean,
                          const Tensor& save_invstd, Tensor& gx, Tensor& gweight, Tensor& gbias) {
   DeviceGuard g(x);
-  TTQ_CHECK(gy.is_contiguous() && gx.is_contiguous()) << "cuDNN batch norm backward: contiguous gradients expected";
+  TTQ_CHECK(gy.is_contiguous() && gx.is_contiguous())
+      << "cuDNN batch norm backward: contiguous gradients expected";
   check_stat(save_mean, x, "save_mean");
   check_stat(save_invstd, x, "save_invstd");
   const BnDescs& d = descs_for(x);
@@ -148,8 +154,9 @@ void batch_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight
   // the epsilon argument (PyTorch's default here) does not enter the result.
   TTQ_CUDNN_CHECK(cudnnBatchNormalizationBackward(
       cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, one.for_type(x.dtype()), zero.for_type(x.dtype()),
-      one.for_type(x.dtype()), zero.for_type(x.dtype()), d.x, x.raw_data(), d.x, gy.raw_data(), d.x, gx.raw_data(),
-      d.stats, w.raw_data(), gw.raw_data(), gb.raw_data(), 1e-5, save_mean.raw_data(), save_invstd.raw_data()));
+      one.for_type(x.dtype()), zero.for_type(x.dtype()), d.x, x.raw_data(), d.x, gy.raw_data(), d.x,
+      gx.raw_data(), d.stats, w.raw_data(), gw.raw_data(), gb.raw_data(), 1e-5, save_mean.raw_data(),
+      save_invstd.raw_data()));
 }
 
 }  // namespace ttq::cuda

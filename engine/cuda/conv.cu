@@ -24,9 +24,12 @@ namespace {
 
 cudnnDataType_t cudnn_dtype(DType t) {
   switch (t) {
-    case DType::F32: return CUDNN_DATA_FLOAT;
-    case DType::F64: return CUDNN_DATA_DOUBLE;
-    default: break;
+    case DType::F32:
+      return CUDNN_DATA_FLOAT;
+    case DType::F64:
+      return CUDNN_DATA_DOUBLE;
+    default:
+      break;
   }
   TTQ_THROW() << "cuDNN convolution: unsupported dtype " << dtype_name(t) << " (expected F32 or F64)";
 }
@@ -95,18 +98,18 @@ std::unique_ptr<ConvPlan> make_plan(const ConvKey& key, int64_t ho, int64_t wo) 
   TTQ_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->bias));
   TTQ_CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w));
   TTQ_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p->conv));
-  TTQ_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NCHW, dt, to_int(key.n, "N"), to_int(key.c, "C"),
-                                             to_int(key.h, "H"), to_int(key.w, "W")));
-  TTQ_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, dt, CUDNN_TENSOR_NCHW, to_int(key.k, "K"), to_int(key.c, "C"),
-                                             to_int(key.kh, "kh"), to_int(key.kw, "kw")));
+  TTQ_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NCHW, dt, to_int(key.n, "N"),
+                                             to_int(key.c, "C"), to_int(key.h, "H"), to_int(key.w, "W")));
+  TTQ_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, dt, CUDNN_TENSOR_NCHW, to_int(key.k, "K"),
+                                             to_int(key.c, "C"), to_int(key.kh, "kh"), to_int(key.kw, "kw")));
   TTQ_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv, key.ph, key.pw, key.sh, key.sw, 1, 1,
                                                   CUDNN_CROSS_CORRELATION, dt));
   TTQ_CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, base_math(key)));
   int on = 0, oc = 0, oh = 0, ow = 0;
   TTQ_CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->w, &on, &oc, &oh, &ow));
   TTQ_CHECK(on == key.n && oc == key.k && oh == ho && ow == wo)
-      << "cuDNN convolution: output [" << on << ", " << oc << ", " << oh << ", " << ow << "] but the caller expects ["
-      << key.n << ", " << key.k << ", " << ho << ", " << wo << "]";
+      << "cuDNN convolution: output [" << on << ", " << oc << ", " << oh << ", " << ow
+      << "] but the caller expects [" << key.n << ", " << key.k << ", " << ho << ", " << wo << "]";
   TTQ_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NCHW, dt, on, oc, oh, ow));
   TTQ_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->bias, CUDNN_TENSOR_NCHW, dt, 1, oc, 1, 1));
   return p;
@@ -120,8 +123,8 @@ std::mutex& plans_mutex() {
 ConvPlan& plan_for(const Tensor& x, const Tensor& w, const Conv2dParams& prm, int64_t ho, int64_t wo) {
   TTQ_CHECK(x.dim() == 4 && w.dim() == 4 && x.size(1) == w.size(1))
       << "cuDNN convolution: x " << shape_str(x.shape()) << ", w " << shape_str(w.shape());
-  ConvKey key{x.device().index, x.dtype(), x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2),
-              w.size(3), prm.stride_h, prm.stride_w, prm.pad_h, prm.pad_w, allow_tf32()};
+  ConvKey key{x.device().index, x.dtype(), x.size(0),    x.size(1),    x.size(2), x.size(3), w.size(0),
+              w.size(2),        w.size(3), prm.stride_h, prm.stride_w, prm.pad_h, prm.pad_w, allow_tf32()};
   static auto* plans = new std::map<ConvKey, std::unique_ptr<ConvPlan>>();  // never destroyed
   std::lock_guard<std::mutex> lock(plans_mutex());
   auto it = plans->find(key);
@@ -154,7 +157,8 @@ template <class Perf>
 AlgoChoice finish_choice(const ConvKey& key, const Perf* perf, int count, size_t limit, const char* what) {
   int i = pick(perf, count, limit, want_deterministic());
   if (i < 0) i = pick(perf, count, limit, false);  // no deterministic algorithm for this shape
-  TTQ_CHECK(i >= 0) << "cuDNN found no " << what << " algorithm within a workspace of " << (limit >> 20) << " MiB";
+  TTQ_CHECK(i >= 0) << "cuDNN found no " << what << " algorithm within a workspace of " << (limit >> 20)
+                    << " MiB";
   AlgoChoice c;
   c.ready = true;
   c.algo = static_cast<int>(perf[i].algo);
@@ -164,8 +168,8 @@ AlgoChoice finish_choice(const ConvKey& key, const Perf* perf, int count, size_t
 }
 
 ConvKey key_of(const Tensor& x, const Tensor& w, const Conv2dParams& prm) {
-  return ConvKey{x.device().index, x.dtype(), x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2),
-                 w.size(3), prm.stride_h, prm.stride_w, prm.pad_h, prm.pad_w, allow_tf32()};
+  return ConvKey{x.device().index, x.dtype(), x.size(0),    x.size(1),    x.size(2), x.size(3), w.size(0),
+                 w.size(2),        w.size(3), prm.stride_h, prm.stride_w, prm.pad_h, prm.pad_w, allow_tf32()};
 }
 
 void check_conv_operands(const char* what, std::initializer_list<const Tensor*> ts) {
@@ -201,9 +205,9 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
     TTQ_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, base_math(key)));
     if (use_find()) {
       void* ws = workspace(limit);
-      TTQ_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, plan.x, x.raw_data(), plan.w, w.raw_data(), plan.conv,
-                                                             plan.y, y.raw_data(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
-                                                             &count, perf, ws, limit));
+      TTQ_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
+          h, plan.x, x.raw_data(), plan.w, w.raw_data(), plan.conv, plan.y, y.raw_data(),
+          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf, ws, limit));
     } else {
       TTQ_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, plan.x, plan.w, plan.conv, plan.y,
                                                              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf));
@@ -211,13 +215,13 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
     plan.fwd = finish_choice(key, perf, count, limit, "forward convolution");
   }
   TTQ_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, plan.fwd.math));
-  TTQ_CUDNN_CHECK(cudnnConvolutionForward(h, one.for_type(x.dtype()), plan.x, x.raw_data(), plan.w, w.raw_data(),
-                                          plan.conv, static_cast<cudnnConvolutionFwdAlgo_t>(plan.fwd.algo),
-                                          workspace(plan.fwd.workspace), plan.fwd.workspace,
-                                          zero.for_type(x.dtype()), plan.y, y.raw_data()));
+  TTQ_CUDNN_CHECK(cudnnConvolutionForward(
+      h, one.for_type(x.dtype()), plan.x, x.raw_data(), plan.w, w.raw_data(), plan.conv,
+      static_cast<cudnnConvolutionFwdAlgo_t>(plan.fwd.algo), workspace(plan.fwd.workspace),
+      plan.fwd.workspace, zero.for_type(x.dtype()), plan.y, y.raw_data()));
   if (bias.defined())
-    TTQ_CUDNN_CHECK(cudnnAddTensor(h, one.for_type(x.dtype()), plan.bias, bias.raw_data(), one.for_type(x.dtype()),
-                                   plan.y, y.raw_data()));
+    TTQ_CUDNN_CHECK(cudnnAddTensor(h, one.for_type(x.dtype()), plan.bias, bias.raw_data(),
+                                   one.for_type(x.dtype()), plan.y, y.raw_data()));
 }
 
 void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams& p, Tensor& gx) {
@@ -243,8 +247,8 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams&
           h, plan.w, w.raw_data(), plan.y, gy.raw_data(), plan.conv, plan.x, gx.raw_data(),
           CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf, ws, limit));
     } else {
-      TTQ_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, plan.w, plan.y, plan.conv, plan.x,
-                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf));
+      TTQ_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+          h, plan.w, plan.y, plan.conv, plan.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf));
     }
     plan.bwd_data = finish_choice(key, perf, count, limit, "backward-data convolution");
   }
@@ -255,7 +259,8 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams&
       plan.bwd_data.workspace, zero.for_type(gy.dtype()), plan.x, gx.raw_data()));
 }
 
-void conv2d_backward_filter(const Tensor& gy, const Tensor& x, const Conv2dParams& p, Tensor& gw, Tensor& gbias) {
+void conv2d_backward_filter(const Tensor& gy, const Tensor& x, const Conv2dParams& p, Tensor& gw,
+                            Tensor& gbias) {
   DeviceGuard g(gy);
   check_conv_operands("cuda::conv2d_backward_filter", {&gy, &x, &gw, &gbias});
   if (gy.numel() == 0 || x.numel() == 0) {  // an empty batch: no gradient
@@ -287,8 +292,9 @@ void conv2d_backward_filter(const Tensor& gy, const Tensor& x, const Conv2dParam
     TTQ_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, plan.bwd_filter.math));
     TTQ_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
         h, one.for_type(x.dtype()), plan.x, x.raw_data(), plan.y, gy.raw_data(), plan.conv,
-        static_cast<cudnnConvolutionBwdFilterAlgo_t>(plan.bwd_filter.algo), workspace(plan.bwd_filter.workspace),
-        plan.bwd_filter.workspace, zero.for_type(x.dtype()), plan.w, gw.raw_data()));
+        static_cast<cudnnConvolutionBwdFilterAlgo_t>(plan.bwd_filter.algo),
+        workspace(plan.bwd_filter.workspace), plan.bwd_filter.workspace, zero.for_type(x.dtype()), plan.w,
+        gw.raw_data()));
   }
   if (gbias.defined() && gbias.numel() > 0) {
     // The bias gradient needs only gy's descriptor and a [1,K,1,1] one.
@@ -302,8 +308,8 @@ void conv2d_backward_filter(const Tensor& gy, const Tensor& x, const Conv2dParam
     if (st == CUDNN_STATUS_SUCCESS)
       st = cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NCHW, dt, 1, static_cast<int>(gy.size(1)), 1, 1);
     if (st == CUDNN_STATUS_SUCCESS)
-      st = cudnnConvolutionBackwardBias(h, one.for_type(gy.dtype()), yd, gy.raw_data(), zero.for_type(gy.dtype()), bd,
-                                        gbias.raw_data());
+      st = cudnnConvolutionBackwardBias(h, one.for_type(gy.dtype()), yd, gy.raw_data(),
+                                        zero.for_type(gy.dtype()), bd, gbias.raw_data());
     cudnnDestroyTensorDescriptor(yd);
     cudnnDestroyTensorDescriptor(bd);
     TTQ_CUDNN_CHECK(st);

@@ -28,9 +28,12 @@ __device__ __forceinline__ T relu_elem(T x) {
 template <class T>
 __device__ __forceinline__ T binary_elem(BinaryOp op, T a, T b) {
   switch (op) {
-    case BinaryOp::Add: return a + b;
-    case BinaryOp::Sub: return a - b;
-    case BinaryOp::Mul: return a * b;
+    case BinaryOp::Add:
+      return a + b;
+    case BinaryOp::Sub:
+      return a - b;
+    case BinaryOp::Mul:
+      return a * b;
   }
   return a;
 }
@@ -116,7 +119,9 @@ struct DropoutBackward {
   T* gx;
   T scale;
   IX gyi, mi, gxi;
-  __device__ void operator()(int64_t i) const { gx[gxi(i)] = mask[mi(i)] != M(0) ? gy[gyi(i)] * scale : T(0); }
+  __device__ void operator()(int64_t i) const {
+    gx[gxi(i)] = mask[mi(i)] != M(0) ? gy[gyi(i)] * scale : T(0);
+  }
 };
 
 // ---- helpers -------------------------------------------------------------------
@@ -132,12 +137,23 @@ StridedIndex index_of(const Tensor& t) { return t.defined() ? make_strided_index
 template <class F>
 void dispatch_any(DType t, const char* what, F&& f) {
   switch (t) {
-    case DType::F32: f(float{}); break;
-    case DType::F64: f(double{}); break;
-    case DType::U8: f(uint8_t{}); break;
-    case DType::I32: f(int32_t{}); break;
-    case DType::I64: f(int64_t{}); break;
-    default: TTQ_THROW() << what << ": unsupported dtype " << dtype_name(t);
+    case DType::F32:
+      f(float{});
+      break;
+    case DType::F64:
+      f(double{});
+      break;
+    case DType::U8:
+      f(uint8_t{});
+      break;
+    case DType::I32:
+      f(int32_t{});
+      break;
+    case DType::I64:
+      f(int64_t{});
+      break;
+    default:
+      TTQ_THROW() << what << ": unsupported dtype " << dtype_name(t);
   }
 }
 
@@ -187,8 +203,9 @@ void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx) {
   dispatch_float(gy.dtype(), "cuda::relu_backward", [&](auto tag) {
     using T = decltype(tag);
     if (all_contiguous({&gy, &y, &gx})) {
-      launch_elementwise(gx.numel(), stream(),
-                         ReluBackward<T, ContiguousIndex>{gy.data<T>(), y.data<T>(), gx.data<T>(), {}, {}, {}});
+      launch_elementwise(
+          gx.numel(), stream(),
+          ReluBackward<T, ContiguousIndex>{gy.data<T>(), y.data<T>(), gx.data<T>(), {}, {}, {}});
     } else {
       launch_elementwise(gx.numel(), stream(),
                          ReluBackward<T, StridedIndex>{gy.data<T>(), y.data<T>(), gx.data<T>(), index_of(gy),
@@ -242,20 +259,21 @@ void fill(Tensor& t, double value) {
 }
 
 void copy(const Tensor& src, Tensor& dst) {
-  TTQ_CHECK(src.shape() == dst.shape()) << "cuda::copy: shapes " << shape_str(src.shape()) << " and "
-                                        << shape_str(dst.shape()) << " differ";
+  TTQ_CHECK(src.shape() == dst.shape())
+      << "cuda::copy: shapes " << shape_str(src.shape()) << " and " << shape_str(dst.shape()) << " differ";
   if (dst.numel() == 0) return;
   DeviceGuard g(dst);
   if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
     if (src.raw_data() != dst.raw_data())
-      TTQ_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), src.nbytes(), cudaMemcpyDeviceToDevice,
-                                     stream()));
+      TTQ_CUDA_CHECK(
+          cudaMemcpyAsync(dst.raw_data(), src.raw_data(), src.nbytes(), cudaMemcpyDeviceToDevice, stream()));
     return;
   }
   if ((src.dtype() == DType::F16 || src.dtype() == DType::BF16) && src.dtype() == dst.dtype()) {
     auto* d = static_cast<uint16_t*>(dst.storage()->data()) + dst.offset();
-    launch_elementwise(dst.numel(), stream(),
-                       Convert<uint16_t, uint16_t, StridedIndex>{ptr16(src), d, index_of(src), index_of(dst)});
+    launch_elementwise(
+        dst.numel(), stream(),
+        Convert<uint16_t, uint16_t, StridedIndex>{ptr16(src), d, index_of(src), index_of(dst)});
     return;
   }
   dispatch_any(src.dtype(), "cuda::copy", [&](auto s0) {
@@ -266,8 +284,9 @@ void copy(const Tensor& src, Tensor& dst) {
         launch_elementwise(dst.numel(), stream(),
                            Convert<S, D, ContiguousIndex>{src.data<S>(), dst.data<D>(), {}, {}});
       } else {
-        launch_elementwise(dst.numel(), stream(),
-                           Convert<S, D, StridedIndex>{src.data<S>(), dst.data<D>(), index_of(src), index_of(dst)});
+        launch_elementwise(
+            dst.numel(), stream(),
+            Convert<S, D, StridedIndex>{src.data<S>(), dst.data<D>(), index_of(src), index_of(dst)});
       }
     });
   });
@@ -285,14 +304,15 @@ void dropout_forward(const Tensor& x, double p, uint64_t seed, uint64_t offset, 
     auto run = [&](auto mtag) {
       using M = decltype(mtag);
       if (all_contiguous({&x, &y, &mask})) {
-        launch_elementwise(y.numel(), stream(),
-                           DropoutForward<T, M, ContiguousIndex>{x.data<T>(), y.data<T>(), mask.data<M>(), pf, scale,
-                                                                 seed, offset, {}, {}, {}});
+        launch_elementwise(
+            y.numel(), stream(),
+            DropoutForward<T, M, ContiguousIndex>{
+                x.data<T>(), y.data<T>(), mask.data<M>(), pf, scale, seed, offset, {}, {}, {}});
       } else {
-        launch_elementwise(y.numel(), stream(),
-                           DropoutForward<T, M, StridedIndex>{x.data<T>(), y.data<T>(), mask.data<M>(), pf, scale,
-                                                              seed, offset, index_of(x), index_of(y),
-                                                              index_of(mask)});
+        launch_elementwise(
+            y.numel(), stream(),
+            DropoutForward<T, M, StridedIndex>{x.data<T>(), y.data<T>(), mask.data<M>(), pf, scale, seed,
+                                               offset, index_of(x), index_of(y), index_of(mask)});
       }
     };
     if (mask.dtype() == DType::U8) {
@@ -314,12 +334,13 @@ void dropout_backward(const Tensor& gy, const Tensor& mask, double p, Tensor& gx
       using M = decltype(mtag);
       if (all_contiguous({&gy, &mask, &gx})) {
         launch_elementwise(gx.numel(), stream(),
-                           DropoutBackward<T, M, ContiguousIndex>{gy.data<T>(), mask.data<M>(), gx.data<T>(), scale,
-                                                                  {}, {}, {}});
+                           DropoutBackward<T, M, ContiguousIndex>{
+                               gy.data<T>(), mask.data<M>(), gx.data<T>(), scale, {}, {}, {}});
       } else {
-        launch_elementwise(gx.numel(), stream(),
-                           DropoutBackward<T, M, StridedIndex>{gy.data<T>(), mask.data<M>(), gx.data<T>(), scale,
-                                                               index_of(gy), index_of(mask), index_of(gx)});
+        launch_elementwise(
+            gx.numel(), stream(),
+            DropoutBackward<T, M, StridedIndex>{gy.data<T>(), mask.data<M>(), gx.data<T>(), scale,
+                                                index_of(gy), index_of(mask), index_of(gx)});
       }
     };
     if (mask.dtype() == DType::U8) {
@@ -341,7 +362,8 @@ constexpr int kSumMaxBlocks = 512;
 // the bits of the result) do not depend on the GPU.
 int sum_blocks(int64_t n) {
   const int64_t per_block = static_cast<int64_t>(kSumThreads) * 8;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kSumMaxBlocks, (n + per_block - 1) / per_block)));
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(kSumMaxBlocks, (n + per_block - 1) / per_block)));
 }
 
 template <class T, class IX>

@@ -91,8 +91,8 @@ void log_softmax_forward(const Tensor& x_in, Tensor& y) {
   if (rows == 0 || cols == 0) return;
   dispatch_float(x.dtype(), "cuda::log_softmax_forward", [&](auto tag) {
     using T = decltype(tag);
-    log_softmax_kernel<T><<<grid_for(rows * 32, kRowThreads), kRowThreads, 0, stream()>>>(x.data<T>(), y.data<T>(),
-                                                                                           rows, cols);
+    log_softmax_kernel<T><<<grid_for(rows * 32, kRowThreads), kRowThreads, 0, stream()>>>(
+        x.data<T>(), y.data<T>(), rows, cols);
     TTQ_CUDA_CHECK_LAUNCH();
   });
 }
@@ -128,8 +128,8 @@ void cross_entropy_backward(const Tensor& g, const Tensor& logp_in, const Tensor
   dispatch_float(logp.dtype(), "cuda::cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);
     launch_elementwise(rows * cols, stream(),
-                       CrossEntropyBackward<T>{g.data<T>(), logp.data<T>(), labels.data<int64_t>(), gx.data<T>(), rows,
-                                               cols});
+                       CrossEntropyBackward<T>{g.data<T>(), logp.data<T>(), labels.data<int64_t>(),
+                                               gx.data<T>(), rows, cols});
   });
 }
 

@@ -87,8 +87,8 @@ AdamHyper<T> adam_hyper(double lr, double beta1, double beta2, double eps, doubl
   TTQ_CHECK(step >= 1) << "adam_step: step " << step << " (1-based)";
   const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
   const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
-  return AdamHyper<T>{static_cast<T>(beta1), static_cast<T>(1 - beta1), static_cast<T>(beta2),
-                      static_cast<T>(1 - beta2), static_cast<T>(eps),    static_cast<T>(wd),
+  return AdamHyper<T>{static_cast<T>(beta1),       static_cast<T>(1 - beta1),     static_cast<T>(beta2),
+                      static_cast<T>(1 - beta2),   static_cast<T>(eps),           static_cast<T>(wd),
                       static_cast<T>(-(lr / bc1)), static_cast<T>(std::sqrt(bc2))};
 }
 
@@ -101,7 +101,7 @@ void check_state(const Tensor& t, const Tensor& param, const char* what) {
 
 // ---- multi-tensor kernels: a table of tensors, each cut into fixed chunks ------
 
-constexpr int kMultiMax = 40;                  // tensors per launch (the table stays < 4 KiB)
+constexpr int kMultiMax = 40;                    // tensors per launch (the table stays < 4 KiB)
 constexpr int64_t kChunk = int64_t(kBlock) * 8;  // elements per block
 
 struct MultiTable {
@@ -173,8 +173,8 @@ void for_each_table(const std::vector<Tensor>& params, const std::vector<Tensor>
 }
 
 void check_group(const std::vector<Tensor>& params, const std::vector<Tensor>& other, const char* what) {
-  TTQ_CHECK(other.size() == params.size()) << what << ": " << other.size() << " tensors for " << params.size()
-                                           << " parameters";
+  TTQ_CHECK(other.size() == params.size())
+      << what << ": " << other.size() << " tensors for " << params.size() << " parameters";
   for (size_t i = 0; i < params.size(); ++i) {
     TTQ_CHECK(params[i].dtype() == DType::F32 && params[i].is_contiguous() && params[i].device().is_cuda())
         << what << ": contiguous F32 CUDA parameters expected, got " << params[i].str();
@@ -196,13 +196,14 @@ void sgd_step(Tensor& param, const Tensor& grad, Tensor& momentum_buf, double lr
   dispatch_float(param.dtype(), "cuda::sgd_step", [&](auto tag) {
     using T = decltype(tag);
     const SgdHyper<T> h = sgd_hyper<T>(lr, momentum, weight_decay, nesterov, first_step);
-    launch_elementwise(param.numel(), stream(),
-                       SgdStep<T>{param.data<T>(), grad.data<T>(), use_buf ? momentum_buf.data<T>() : nullptr, h});
+    launch_elementwise(
+        param.numel(), stream(),
+        SgdStep<T>{param.data<T>(), grad.data<T>(), use_buf ? momentum_buf.data<T>() : nullptr, h});
   });
 }
 
-void adam_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, double lr, double beta1,
-               double beta2, double eps, double weight_decay, int64_t step) {
+void adam_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, double lr,
+               double beta1, double beta2, double eps, double weight_decay, int64_t step) {
   DeviceGuard dg(param);
   check_state(grad, param, "cuda::adam_step grad");
   check_state(exp_avg, param, "cuda::adam_step exp_avg");
@@ -227,10 +228,11 @@ void sgd_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>
   const bool use_buf = momentum != 0;
   if (use_buf) check_group(params, momentum_bufs, "cuda::sgd_step_multi momentum_bufs");
   const SgdHyper<float> h = sgd_hyper<float>(lr, momentum, weight_decay, nesterov, first_step);
-  for_each_table(params, grads, use_buf ? &momentum_bufs : nullptr, nullptr, [&](const MultiTable& t, int blocks) {
-    sgd_multi_kernel<<<blocks, kBlock, 0, stream()>>>(t, h);
-    TTQ_CUDA_CHECK_LAUNCH();
-  });
+  for_each_table(params, grads, use_buf ? &momentum_bufs : nullptr, nullptr,
+                 [&](const MultiTable& t, int blocks) {
+                   sgd_multi_kernel<<<blocks, kBlock, 0, stream()>>>(t, h);
+                   TTQ_CUDA_CHECK_LAUNCH();
+                 });
 }
 
 void adam_step_multi(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,

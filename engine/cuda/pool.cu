@@ -33,12 +33,24 @@ PoolGeom geom_of(const Tensor& x, const Tensor& y, const Pool2dParams& p) {
       << "cuda pooling: dense NCHW samples expected, got strides of " << x.str();
   TTQ_CHECK(y.is_contiguous()) << "cuda pooling: contiguous output expected";
   const int64_t chw = x.size(1) * x.size(2) * x.size(3);
-  return PoolGeom{x.size(0) * x.size(1), x.size(1), x.size(2), x.size(3), y.size(2), y.size(3),
-                  x.size(0) > 1 ? x.stride(0) : chw, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w};
+  return PoolGeom{x.size(0) * x.size(1),
+                  x.size(1),
+                  x.size(2),
+                  x.size(3),
+                  y.size(2),
+                  y.size(3),
+                  x.size(0) > 1 ? x.stride(0) : chw,
+                  p.kernel_h,
+                  p.kernel_w,
+                  p.stride_h,
+                  p.stride_w,
+                  p.pad_h,
+                  p.pad_w};
 }
 
 // Range [lo, hi) of output rows whose window [o*s - p, o*s - p + k) holds input row i.
-__device__ __forceinline__ void covering(int64_t i, int k, int s, int p, int64_t out, int64_t& lo, int64_t& hi) {
+__device__ __forceinline__ void covering(int64_t i, int k, int s, int p, int64_t out, int64_t& lo,
+                                         int64_t& hi) {
   const int64_t a = i + p - k + 1;  // o*s >= a
   lo = a <= 0 ? 0 : (a + s - 1) / s;
   hi = (i + p) / s + 1;
@@ -146,8 +158,8 @@ struct AvgPoolBackward {
 constexpr int kPoolBackThreads = 256;
 
 template <class T>
-__global__ void max_pool_backward_kernel(const T* gy, const int32_t* idx, T* gx, int64_t planes, int64_t in_plane,
-                                         int64_t out_plane) {
+__global__ void max_pool_backward_kernel(const T* gy, const int32_t* idx, T* gx, int64_t planes,
+                                         int64_t in_plane, int64_t out_plane) {
   __shared__ T vals[kPoolBackThreads];
   const int lane = threadIdx.x & 31;
   T* my_vals = vals + (threadIdx.x & ~31);
@@ -186,7 +198,8 @@ void max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y, Tenso
   TTQ_CHECK(g.h * g.w <= INT32_MAX) << "cuda::max_pool2d_forward: plane too large for I32 indices";
   dispatch_float(x.dtype(), "cuda::max_pool2d_forward", [&](auto tag) {
     using T = decltype(tag);
-    launch_elementwise(y.numel(), stream(), MaxPoolForward<T>{x.data<T>(), y.data<T>(), indices.data<int32_t>(), g});
+    launch_elementwise(y.numel(), stream(),
+                       MaxPoolForward<T>{x.data<T>(), y.data<T>(), indices.data<int32_t>(), g});
   });
 }
 
@@ -214,7 +227,8 @@ void avg_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y) {
   const PoolGeom g = geom_of(x, y, p);
   dispatch_float(x.dtype(), "cuda::avg_pool2d_forward", [&](auto tag) {
     using T = decltype(tag);
-    launch_elementwise(y.numel(), stream(), AvgPoolForward<T>{x.data<T>(), y.data<T>(), g, p.count_include_pad});
+    launch_elementwise(y.numel(), stream(),
+                       AvgPoolForward<T>{x.data<T>(), y.data<T>(), g, p.count_include_pad});
   });
 }
 
@@ -223,7 +237,8 @@ void avg_pool2d_backward(const Tensor& gy, const Pool2dParams& p, Tensor& gx) {
   const PoolGeom g = geom_of(gx, gy, p);
   dispatch_float(gy.dtype(), "cuda::avg_pool2d_backward", [&](auto tag) {
     using T = decltype(tag);
-    launch_elementwise(gx.numel(), stream(), AvgPoolBackward<T>{gy.data<T>(), gx.data<T>(), g, p.count_include_pad});
+    launch_elementwise(gx.numel(), stream(),
+                       AvgPoolBackward<T>{gy.data<T>(), gx.data<T>(), g, p.count_include_pad});
   });
 }
 

@@ -27,16 +27,26 @@ namespace ttq::cuda {
 namespace detail {
 const char* cublas_status_string(cublasStatus_t s) {
   switch (s) {
-    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
-    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
-    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
-    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
-    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
-    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
-    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
-    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
-    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR:
+      return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR:
+      return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR:
+      return "CUBLAS_STATUS_LICENSE_ERROR";
   }
   return "unknown cuBLAS status";
 }
@@ -241,13 +251,54 @@ void memcpy(void* dst, const void* src, size_t nbytes, CopyKind kind) {
 
 void memcpy_h2d_async(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
-  TTQ_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice,
-                                 static_cast<cudaStream_t>(current_stream())));
+  TTQ_CUDA_CHECK(
+      cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(current_stream())));
 }
 
 void memset_zero(void* dst, size_t nbytes) {
   if (nbytes == 0) return;
   TTQ_CUDA_CHECK(cudaMemsetAsync(dst, 0, nbytes, static_cast<cudaStream_t>(current_stream())));
+}
+
+// ---- stream events -------------------------------------------------------------
+
+StreamEvent::~StreamEvent() {
+  if (m_event != nullptr) TTQ_CUDA_CHECK_NOTHROW(cudaEventDestroy(static_cast<cudaEvent_t>(m_event)));
+}
+
+StreamEvent::StreamEvent(StreamEvent&& o) noexcept : m_event(std::exchange(o.m_event, nullptr)) {}
+
+StreamEvent& StreamEvent::operator=(StreamEvent&& o) noexcept {
+  if (this != &o) {
+    if (m_event != nullptr) TTQ_CUDA_CHECK_NOTHROW(cudaEventDestroy(static_cast<cudaEvent_t>(m_event)));
+    m_event = std::exchange(o.m_event, nullptr);
+  }
+  return *this;
+}
+
+void StreamEvent::record() {
+  if (m_event == nullptr) {
+    cudaEvent_t e = nullptr;
+    TTQ_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    m_event = e;
+  }
+  TTQ_CUDA_CHECK(
+      cudaEventRecord(static_cast<cudaEvent_t>(m_event), static_cast<cudaStream_t>(current_stream())));
+}
+
+void StreamEvent::synchronize() {
+  if (m_event != nullptr) TTQ_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(m_event)));
+}
+
+bool StreamEvent::ready() const {
+  if (m_event == nullptr) return true;
+  const cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(m_event));
+  if (e == cudaErrorNotReady) {
+    cudaGetLastError();
+    return false;
+  }
+  TTQ_CUDA_CHECK(e);
+  return true;
 }
 
 // ---- pinned buffers ------------------------------------------------------------

@@ -60,6 +60,29 @@ void memcpy(void* dst, const void* src, size_t nbytes, CopyKind kind);
 void memcpy_h2d_async(void* dst, const void* src, size_t nbytes);
 void memset_zero(void* dst, size_t nbytes);
 
+// A marker in the compute stream: record() notes the work queued so far on
+// the current device; synchronize() blocks until it is done. With
+// memcpy_h2d_async it lets a loader reuse a pinned (or cudaHostRegister'ed)
+// host buffer once its upload has been read. Without CUDA every call is a
+// no-op (nothing is ever queued). Move-only.
+class StreamEvent {
+ public:
+  StreamEvent() = default;
+  ~StreamEvent();
+  StreamEvent(StreamEvent&& o) noexcept;
+  StreamEvent& operator=(StreamEvent&& o) noexcept;
+  StreamEvent(const StreamEvent&) = delete;
+  StreamEvent& operator=(const StreamEvent&) = delete;
+
+  void record();
+  // ensures all work queued before the last record() has finished (no-op if never recorded).
+  void synchronize();
+  bool ready() const;  // does not block
+
+ private:
+  void* m_event = nullptr;  // cudaEvent_t
+};
+
 // A page-locked host buffer for staging input batches: the data loader fills
 // it on a worker thread, upload_async() queues the host-to-device copy on the
 // compute stream and returns at once, and wait() blocks until that copy has

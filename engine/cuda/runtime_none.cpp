@@ -32,6 +32,16 @@ void memcpy(void*, const void*, size_t, CopyKind) { TTQ_THROW() << "this build h
 void memcpy_h2d_async(void*, const void*, size_t) { TTQ_THROW() << "this build has no CUDA backend"; }
 void memset_zero(void*, size_t) { TTQ_THROW() << "this build has no CUDA backend"; }
 
+StreamEvent::~StreamEvent() = default;
+StreamEvent::StreamEvent(StreamEvent&& o) noexcept : m_event(std::exchange(o.m_event, nullptr)) {}
+StreamEvent& StreamEvent::operator=(StreamEvent&& o) noexcept {
+  m_event = std::exchange(o.m_event, nullptr);
+  return *this;
+}
+void StreamEvent::record() {}
+void StreamEvent::synchronize() {}
+bool StreamEvent::ready() const { return true; }
+
 PinnedBuffer::PinnedBuffer(size_t nbytes) : m_size(nbytes) {
   m_data = std::malloc(nbytes == 0 ? 1 : nbytes);
   if (m_data == nullptr) throw std::bad_alloc();
