@@ -5,6 +5,7 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/cpu/batchnorm_relu.h"
 #include "engine/ops/ops.h"
 #include "models/trace.h"
 
@@ -53,6 +54,70 @@ Tensor concat_raw(const std::vector<Tensor>& xs, int64_t channels) {
   return out;
 }
 
+// The CPU form of efficient_bottleneck (below): BN+ReLU read the feature maps in
+// place through the fused kernels of engine/cpu/batchnorm_relu.h, so neither the
+// forward nor the backward copies a concatenation; the backward recomputes the
+// ReLU output from the saved mean and scale (no statistics pass) and writes each
+// feature's gradient directly. Same arithmetic as the generic path, bit for bit.
+Tensor efficient_bottleneck_cpu(const std::vector<Tensor>& features, nn::BatchNorm2d& norm, nn::Conv2d& conv,
+                                const Tensor& weight, const Tensor& bwc, const Tensor& bbc) {
+  const Device dev = features[0].device();
+  const DType dt = features[0].dtype();
+  const int64_t channels = norm.channels();
+  const Tensor wc = weight.contiguous();
+  const Conv2dParams p{};
+  const Shape zs{features[0].size(0), channels, features[0].size(2), features[0].size(3)};
+  std::vector<Tensor> parts;
+  for (const Tensor& f : features) {
+    const bool sample_dense = f.stride(3) == 1 && f.stride(2) == f.size(3) && f.stride(1) == f.size(2) * f.size(3);
+    parts.push_back(sample_dense ? f.detach() : f.contiguous().detach());
+  }
+
+  Tensor mean = Tensor::empty({channels}, dt, dev), invstd = Tensor::empty({channels}, dt, dev);
+  Tensor scale = Tensor::empty({channels}, dt, dev);
+  Tensor out = Tensor::empty({zs[0], conv.out_channels(), zs[2], zs[3]}, dt, dev);
+  {
+    Tensor z = Tensor::empty(zs, dt, dev);
+    cpu::batch_norm_relu_forward_train(parts, bwc, bbc, norm.running_mean(), norm.running_var(), norm.momentum(),
+                                       norm.eps(), z, mean, invstd, scale);
+    cpu::conv2d_forward(z, wc, Tensor(), p, out);
+  }
+
+  std::vector<const Tensor*> inputs;
+  for (const Tensor& f : features) inputs.push_back(&f);
+  inputs.push_back(&norm.weight());
+  inputs.push_back(&norm.bias());
+  inputs.push_back(&weight);
+  bool needs_grad = false;
+  for (const Tensor* t : inputs) needs_grad = needs_grad || autograd::any_requires_grad({t});
+  if (!needs_grad) return out;
+
+  auto backward = [parts, w = bwc.detach(), b = bbc.detach(), cw = wc.detach(), mean, invstd, scale, zs,
+                   p](const std::vector<Tensor>& grads) {
+    const Device dev = parts[0].device();
+    const DType dt = parts[0].dtype();
+    const int64_t channels = zs[1];
+    const Tensor g = grads[0].contiguous();
+    Tensor z = Tensor::empty(zs, dt, dev);
+    cpu::batch_norm_relu_recompute(parts, mean, scale, b, z);
+    Tensor gw = Tensor::empty(cw.shape(), dt, dev);
+    Tensor no_bias;
+    cpu::conv2d_backward_filter(g, z, p, gw, no_bias);
+    Tensor gz = Tensor::empty(zs, dt, dev);
+    cpu::conv2d_backward_data(g, cw, p, gz);
+    std::vector<Tensor> result;
+    for (const Tensor& f : parts) result.push_back(Tensor::empty(f.shape(), dt, dev));
+    Tensor gbw = Tensor::empty({channels}, dt, dev), gbb = Tensor::empty({channels}, dt, dev);
+    cpu::batch_norm_relu_backward(gz, z, parts, w, mean, invstd, result, gbw, gbb);
+    result.push_back(gbw);
+    result.push_back(gbb);
+    result.push_back(gw);
+    return result;
+  };
+  autograd::record("dense_bottleneck", inputs, {&out}, std::move(backward));
+  return out;
+}
+
 // h = conv1(relu(norm1(concat(features)))) in training mode, where only the
 // feature maps (which the block keeps anyway), the BN batch statistics and the
 // parameters are saved: backward recomputes the concatenation, the BN output and
@@ -87,6 +152,8 @@ Tensor efficient_bottleneck(const std::vector<Tensor>& features, nn::BatchNorm2d
   const Tensor wc = weight.contiguous(), bwc = bn_w.contiguous(), bbc = bn_b.contiguous();
   const double eps = norm.eps(), momentum = norm.momentum();
   const Conv2dParams p{};
+
+  if (dev.is_cpu()) return efficient_bottleneck_cpu(features, norm, conv, weight, bwc, bbc);
 
   Tensor mean = Tensor::empty({channels}, dt, dev);
   Tensor invstd = Tensor::empty({channels}, dt, dev);
