@@ -1,0 +1,919 @@
+// CPU side of the packed 2-bit convolution (kernels/packed_conv.h): the load-time
+// re-layouts, the naive reference, the fast CPU twin and the tensor entries.
+// CUDA twin: kernels/packed_conv.cu. Tests: tests/test_packed_conv.cpp; timing:
+// bench/bench_packed_conv.cpp.
+//
+// The fast CPU twin is a GEMM over "columns" q of a prepared input X' (the
+// prologue applied once, zero-padded, one sample laid out [ci][hp][wp]). With stride 1
+// an output (oh, ow) is column q = oh*wp + ow of a "wide" output that also covers the
+// padding columns, and tap k = (c, i, j) reads X'[q + koff[k]] with
+// koff[k] = c*hp*wp + i*wp + j: no im2col, every load a contiguous vector; the wide
+// columns that fall on padding are computed and dropped (7% at 28x28, 3x3). Other
+// strides build an explicit im2col whose columns are exactly the outputs. A conv with
+// no prologue, pooling or padding reads x in place (X' = x).
+// Register block: 4 output channels x 24 columns (12 AVX2 accumulators, 3 column
+// vectors, 1 broadcast = 16 ymm). Per surviving k the kernel reads one code byte,
+// broadcasts four values from a 4 KB table (lut[byte] = the four weights), loads
+// three column vectors and issues 12 FMAs, so it runs at the FMA rate; columns
+// where all four codes are zero are skipped through the block's bit mask (41-72% of
+// the SqueezeNet expand3x3 columns, ~2% of the DenseNet ones). The epilogue runs on
+// the accumulators and stores straight into y where a tile maps to consecutive outputs.
+// Threads: whole samples each when the batch has at least two per thread (a
+// sample's X' stays in its thread's L2; a batch-wide X' does not and made batch 32
+// latency-bound on L3), else the channels and register blocks of one sample at a time.
+#include "kernels/packed_conv.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "engine/cuda/runtime.h"
+#include "kernels/pack.h"
+#include "kernels/packed_format.h"
+
+namespace ttq::kernels {
+
+namespace {
+inline uint8_t canonical_code(const uint8_t* canonical, int64_t i) {
+  return packed::code_at(canonical[packed::byte_of(i)], i);
+}
+inline void set_canonical_code(uint8_t* canonical, int64_t i, uint8_t code) {
+  canonical[packed::byte_of(i)] =
+      static_cast<uint8_t>(canonical[packed::byte_of(i)] | (code << packed::shift_of(i)));
+}
+}  // namespace
+
+// ---- re-layouts -------------------------------------------------------------------
+
+CpuCodeLayout relayout_cpu(const uint8_t* canonical, int64_t co, int64_t k) {
+  TTQ_CHECK(co >= 0 && k >= 0) << "relayout_cpu: bad shape [" << co << ", " << k << "]";
+  CpuCodeLayout l;
+  l.co = co;
+  l.k = k;
+  l.blocks = (co + 3) / 4;
+  l.mask_words = (k + 63) / 64;
+  l.mask.assign(static_cast<size_t>(l.blocks * l.mask_words), 0);
+  l.start.assign(static_cast<size_t>(l.blocks + 1), 0);
+  l.codes.reserve(static_cast<size_t>(l.blocks * k));
+  for (int64_t b = 0; b < l.blocks; ++b) {
+    l.start[b] = static_cast<int64_t>(l.codes.size());
+    for (int64_t kk = 0; kk < k; ++kk) {
+      uint8_t byte = 0;
+      for (int r = 0; r < 4; ++r) {
+        const int64_t row = 4 * b + r;
+        if (row < co)
+          byte = static_cast<uint8_t>(byte | (canonical_code(canonical, row * k + kk) << (2 * r)));
+      }
+      if (byte == 0) continue;
+      l.mask[b * l.mask_words + kk / 64] |= uint64_t(1) << (kk % 64);
+      l.codes.push_back(byte);
+    }
+  }
+  l.start[l.blocks] = static_cast<int64_t>(l.codes.size());
+  return l;
+}
+
+void relayout_cpu_to_canonical(const CpuCodeLayout& l, uint8_t* canonical) {
+  std::memset(canonical, 0, static_cast<size_t>(packed::packed_bytes(l.co * l.k)));
+  for (int64_t b = 0; b < l.blocks; ++b) {
+    int64_t idx = l.start[b];
+    for (int64_t kk = 0; kk < l.k; ++kk) {
+      if (!((l.mask[b * l.mask_words + kk / 64] >> (kk % 64)) & 1)) continue;
+      const uint8_t byte = l.codes[idx++];
+      for (int r = 0; r < 4; ++r) {
+        const int64_t row = 4 * b + r;
+        if (row < l.co) set_canonical_code(canonical, row * l.k + kk, (byte >> (2 * r)) & 3u);
+      }
+    }
+    TTQ_CHECK(idx == l.start[b + 1]) << "relayout_cpu_to_canonical: mask and codes disagree in block " << b;
+  }
+}
+
+MmaCodeLayout relayout_mma(const uint8_t* canonical, int64_t co, int64_t k) {
+  TTQ_CHECK(co >= 0 && k >= 0) << "relayout_mma: bad shape [" << co << ", " << k << "]";
+  MmaCodeLayout l;
+  l.co = co;
+  l.k = k;
+  l.mtiles = (co + 15) / 16;
+  l.ksteps = (k + 15) / 16;
+  l.words.assign(static_cast<size_t>(l.mtiles * l.ksteps * 32), 0);
+  auto code = [&](int64_t row, int64_t col) -> unsigned {
+    return row < co && col < k ? canonical_code(canonical, row * k + col) : 0u;
+  };
+  for (int64_t mt = 0; mt < l.mtiles; ++mt) {
+    for (int64_t ks = 0; ks < l.ksteps; ++ks) {
+      for (int lane = 0; lane < 32; ++lane) {
+        const int64_t g = lane / 4, t = lane % 4;
+        const int64_t r0 = mt * 16 + g, r1 = r0 + 8, c0 = ks * 16 + 2 * t, c1 = c0 + 8;
+        const unsigned w = code(r0, c0) | code(r0, c0 + 1) << 2 | code(r1, c0) << 4 | code(r1, c0 + 1) << 6 |
+                           code(r0, c1) << 8 | code(r0, c1 + 1) << 10 | code(r1, c1) << 12 |
+                           code(r1, c1 + 1) << 14;
+        l.words[(mt * l.ksteps + ks) * 32 + lane] = static_cast<uint16_t>(w);
+      }
+    }
+  }
+  return l;
+}
+
+void relayout_mma_to_canonical(const MmaCodeLayout& l, uint8_t* canonical) {
+  std::memset(canonical, 0, static_cast<size_t>(packed::packed_bytes(l.co * l.k)));
+  for (int64_t mt = 0; mt < l.mtiles; ++mt) {
+    for (int64_t ks = 0; ks < l.ksteps; ++ks) {
+      for (int lane = 0; lane < 32; ++lane) {
+        const unsigned w = l.words[(mt * l.ksteps + ks) * 32 + lane];
+        const int64_t g = lane / 4, t = lane % 4;
+        const int64_t rows[2] = {mt * 16 + g, mt * 16 + g + 8};
+        const int64_t cols[2] = {ks * 16 + 2 * t, ks * 16 + 2 * t + 8};
+        for (int half = 0; half < 2; ++half) {  // k 2t.. then 2t+8..
+          for (int rr = 0; rr < 2; ++rr) {      // row g then g+8
+            for (int e = 0; e < 2; ++e) {       // the two adjacent k
+              const unsigned c = (w >> (8 * half + 4 * rr + 2 * e)) & 3u;
+              const int64_t row = rows[rr], col = cols[half] + e;
+              if (row < l.co && col < l.k) {
+                set_canonical_code(canonical, row * l.k + col, static_cast<uint8_t>(c));
+              } else {
+                TTQ_CHECK(c == 0) << "relayout_mma_to_canonical: non-zero padding code";
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+std::vector<float> cpu_code_lut(float wp, float wn) {
+  std::vector<float> lut(256 * 4);
+  for (int b = 0; b < 256; ++b)
+    for (int r = 0; r < 4; ++r)
+      lut[b * 4 + r] = packed::value_of(static_cast<uint8_t>((b >> (2 * r)) & 3), wp, wn);
+  return lut;
+}
+
+const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::Auto:
+      return "auto";
+    case CpuIsa::Scalar:
+      return "scalar";
+    case CpuIsa::Avx2:
+      return "avx2";
+  }
+  return "?";
+}
+
+const char* cuda_path_name(CudaPath p) {
+  switch (p) {
+    case CudaPath::Auto:
+      return "auto";
+    case CudaPath::TensorCore:
+      return "tensor_core";
+    case CudaPath::Simt:
+      return "simt";
+  }
+  return "?";
+}
+
+CpuIsa cpu_isa_auto() {
+  static const CpuIsa isa = [] {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuIsa::Avx2;
+#endif
+    return CpuIsa::Scalar;
+  }();
+  return isa;
+}
+
+// ---- shared pieces of the reference and the CPU twin ------------------------------------
+
+namespace {
+
+inline float affine(float v, const ChannelAffine& a, int64_t c) {
+  if (a.scale) v = v * a.scale[c];
+  if (a.shift) v = v + a.shift[c];
+  if (a.relu) v = v > 0.0f ? v : 0.0f;
+  return v;
+}
+
+// The conv's input value at (n, c, ih, iw) of the (pooled) plane, inside the plane.
+inline float input_value(const PackedConvArgs& a, int64_t n, int64_t c, int64_t ih, int64_t iw) {
+  const float* plane = a.x + n * a.x_sn + c * a.x_sc;
+  const int64_t w = a.shape.w;
+  if (!a.shape.pool2) return affine(plane[ih * w + iw], a.pre, c);
+  const float* p = plane + 2 * ih * w + 2 * iw;
+  // PyTorch's avg_pool2d order: rows, then columns, then the division (by 4, exact).
+  const float s = ((affine(p[0], a.pre, c) + affine(p[1], a.pre, c)) + affine(p[w], a.pre, c)) +
+                  affine(p[w + 1], a.pre, c);
+  return s * 0.25f;
+}
+
+inline float epilogue(const PackedConvArgs& a, float v, int64_t n, int64_t co, int64_t p) {
+  v = affine(v, a.post, co);
+  if (a.residual) v += a.residual[n * a.r_sn + co * a.r_sc + p];
+  return v;
+}
+
+void check_args(const PackedConvArgs& a) {
+  const PackedConvShape& s = a.shape;
+  TTQ_CHECK(s.n >= 0 && s.ci >= 1 && s.h >= 1 && s.w >= 1 && s.co >= 1 && s.kh >= 1 && s.kw >= 1 &&
+            s.stride >= 1 && s.pad >= 0)
+      << "packed conv: bad shape";
+  TTQ_CHECK(!s.pool2 || (s.h >= 2 && s.w >= 2)) << "packed conv: pool2 needs at least 2x2 input";
+  TTQ_CHECK(s.ho() >= 1 && s.wo() >= 1) << "packed conv: empty output (kernel larger than the padded input)";
+  TTQ_CHECK(a.x && a.y) << "packed conv: null x or y";
+}
+
+}  // namespace
+
+void packed_conv_ref(const PackedConvArgs& a, const uint8_t* canonical) {
+  check_args(a);
+  const PackedConvShape& s = a.shape;
+  const int64_t ho = s.ho(), wo = s.wo(), hs = s.hs(), ws = s.ws(), k = s.k();
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t co = 0; co < s.co; ++co) {
+      for (int64_t oh = 0; oh < ho; ++oh) {
+        for (int64_t ow = 0; ow < wo; ++ow) {
+          double acc = 0;
+          for (int64_t c = 0; c < s.ci; ++c) {
+            for (int64_t i = 0; i < s.kh; ++i) {
+              for (int64_t j = 0; j < s.kw; ++j) {
+                const int64_t ih = oh * s.stride - s.pad + i, iw = ow * s.stride - s.pad + j;
+                if (ih < 0 || ih >= hs || iw < 0 || iw >= ws) continue;
+                const uint8_t code = canonical_code(canonical, co * k + (c * s.kh + i) * s.kw + j);
+                const double wv = code == packed::kPos ? a.wp : (code == packed::kNeg ? -double(a.wn) : 0.0);
+                acc += wv * input_value(a, n, c, ih, iw);
+              }
+            }
+          }
+          a.y[n * a.y_sn + co * a.y_sc + oh * wo + ow] =
+              epilogue(a, static_cast<float>(acc), n, co, oh * wo + ow);
+        }
+      }
+    }
+  }
+}
+
+// ---- the fast CPU twin ---------------------------------------------------------------
+
+namespace {
+
+constexpr int kRows = 4;   // output channels per register block
+constexpr int kVec = 8;    // floats per column vector
+constexpr int kTileV = 3;  // column vectors per register block
+constexpr int kTile = kVec * kTileV;
+constexpr int64_t kSlack = 2 * kVec;  // readable floats past the last column the kernel may touch
+constexpr int64_t kParallelMacs = int64_t(1) << 23;  // ~200 us on one core
+
+// Where a register block goes: row r's 8 * NV values to out[r] (+ res[r] when res is
+// non-null). Straight tiles point these at y and the residual; other tiles at a buffer
+// that the caller scatters.
+struct BlockOut {
+  float* out[4];
+  const float* res[4];
+  bool has_res;
+};
+
+// The micro-kernel contract: out[r][col] = relu?(sum * esc[r] + esh[r]) (+ res[r][col])
+// where sum runs over the block's surviving k of lut[code byte * 4 + r] * xq[koff[k] + col],
+// for col < 8 * NV (the epilogue's affine is applied in registers; 1 and 0 when absent).
+template <int NV>
+void block_kernel_scalar(const float* xq, const int64_t* koff, const uint64_t* mask, int64_t mask_words,
+                         const uint8_t* codes, const float* lut, const float* esc, const float* esh,
+                         bool relu, const BlockOut& o) {
+  float a[kRows][kVec * NV] = {};
+  for (int64_t wi = 0; wi < mask_words; ++wi) {
+    uint64_t m = mask[wi];
+    const int64_t* ko = koff + wi * 64;
+    while (m) {
+      const int bit = __builtin_ctzll(m);
+      m &= m - 1;
+      const float* xp = xq + ko[bit];
+      const float* l = lut + 4 * *codes++;
+      for (int r = 0; r < kRows; ++r) {
+        const float wv = l[r];
+        for (int c = 0; c < kVec * NV; ++c) a[r][c] += wv * xp[c];
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < kVec * NV; ++c) {
+      float v = a[r][c] * esc[r];
+      v = v + esh[r];
+      v = relu && !(v > 0.0f) ? 0.0f : v;
+      o.out[r][c] = o.has_res ? v + o.res[r][c] : v;
+    }
+}
+
+#if defined(__x86_64__)
+template <int NV>
+__attribute__((target("avx2,fma"))) void block_kernel_avx2(const float* xq, const int64_t* koff,
+                                                           const uint64_t* mask, int64_t mask_words,
+                                                           const uint8_t* codes, const float* lut,
+                                                           const float* esc, const float* esh, bool relu,
+                                                           const BlockOut& o) {
+  __m256 a[kRows][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) a[r][v] = _mm256_setzero_ps();
+  for (int64_t wi = 0; wi < mask_words; ++wi) {
+    uint64_t m = mask[wi];
+    const int64_t* ko = koff + wi * 64;
+    while (m) {
+      const int bit = __builtin_ctzll(m);
+      m &= m - 1;
+      const float* xp = xq + ko[bit];
+      const float* l = lut + 4 * *codes++;
+      __m256 xv[NV];
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) xv[v] = _mm256_loadu_ps(xp + kVec * v);
+#pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r) {
+        const __m256 wv = _mm256_broadcast_ss(l + r);
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) a[r][v] = _mm256_fmadd_ps(wv, xv[v], a[r][v]);
+      }
+    }
+  }
+  const __m256 zero = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r) {
+    // Multiply, then add (two roundings, as the reference).
+    const __m256 sc = _mm256_broadcast_ss(esc + r), sh = _mm256_broadcast_ss(esh + r);
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) {
+      __m256 t = _mm256_add_ps(_mm256_mul_ps(a[r][v], sc), sh);
+      if (relu) t = _mm256_max_ps(t, zero);
+      if (o.has_res) t = _mm256_add_ps(t, _mm256_loadu_ps(o.res[r] + kVec * v));
+      _mm256_storeu_ps(o.out[r] + kVec * v, t);
+    }
+  }
+}
+#endif
+
+using BlockKernel = void (*)(const float*, const int64_t*, const uint64_t*, int64_t, const uint8_t*,
+                             const float*, const float*, const float*, bool, const BlockOut&);
+
+BlockKernel pick_kernel(CpuIsa isa, int nv) {
+#if defined(__x86_64__)
+  if (isa == CpuIsa::Avx2) {
+    switch (nv) {
+      case 1:
+        return block_kernel_avx2<1>;
+      case 2:
+        return block_kernel_avx2<2>;
+      default:
+        return block_kernel_avx2<3>;
+    }
+  }
+#endif
+  switch (nv) {
+    case 1:
+      return block_kernel_scalar<1>;
+    case 2:
+      return block_kernel_scalar<2>;
+    default:
+      return block_kernel_scalar<3>;
+  }
+}
+
+// Per-call scratch of the calling thread (the pool threads only read it).
+// Per-call tables (built by the calling thread, read by all) and per-thread buffers.
+struct Scratch {
+  std::vector<float> esc, esh;
+  std::vector<int64_t> koff, koff_tail;
+  std::vector<int32_t> col_p;      // column -> output position in the sample's plane (-1: dropped)
+  std::vector<uint8_t> straight;   // per 8 columns: consecutive positions
+  std::vector<uint8_t> tile_live;  // per tile: some column kept
+  std::vector<float> xprep, cols, pool_rows, panel;  // the thread's X' (and im2col) of one sample
+};
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+// out[i] = relu?(in[i] * sc + sh), specialised so that each variant is a plain
+// vectorisable loop.
+template <bool kScale, bool kShift, bool kRelu>
+void act_row(const float* __restrict in, float* __restrict out, int64_t len, float sc, float sh) {
+  for (int64_t i = 0; i < len; ++i) {
+    float v = in[i];
+    if constexpr (kScale) v = v * sc;
+    if constexpr (kShift) v = v + sh;
+    if constexpr (kRelu) v = v > 0.0f ? v : 0.0f;
+    out[i] = v;
+  }
+}
+using ActRow = void (*)(const float*, float*, int64_t, float, float);
+ActRow pick_act_row(const ChannelAffine& a) {
+  static constexpr ActRow table[8] = {act_row<false, false, false>, act_row<false, false, true>,
+                                      act_row<false, true, false>,  act_row<false, true, true>,
+                                      act_row<true, false, false>,  act_row<true, false, true>,
+                                      act_row<true, true, false>,   act_row<true, true, true>};
+  return table[(a.scale ? 4 : 0) | (a.shift ? 2 : 0) | (a.relu ? 1 : 0)];
+}
+
+// X'[c][n][hp][wp] = prologue(x) (pooled when asked), zero border of `pad`. `tmp`
+// holds two activated rows (pool2 only).
+void prepare_input_plane(const PackedConvArgs& a, int64_t c, int64_t n, float* dst, float* tmp) {
+  const PackedConvShape& s = a.shape;
+  const int64_t hs = s.hs(), ws = s.ws(), wp = ws + 2 * s.pad, hp = hs + 2 * s.pad;
+  std::fill(dst, dst + s.pad * wp, 0.0f);
+  std::fill(dst + (s.pad + hs) * wp, dst + hp * wp, 0.0f);
+  const float* plane = a.x + n * a.x_sn + c * a.x_sc;
+  const float sc = a.pre.scale ? a.pre.scale[c] : 1.0f, sh = a.pre.shift ? a.pre.shift[c] : 0.0f;
+  const ActRow act = pick_act_row(a.pre);
+  for (int64_t ih = 0; ih < hs; ++ih) {
+    float* row = dst + (ih + s.pad) * wp;
+    std::fill(row, row + s.pad, 0.0f);
+    std::fill(row + s.pad + ws, row + wp, 0.0f);
+    float* out = row + s.pad;
+    if (!s.pool2) {
+      act(plane + ih * s.w, out, ws, sc, sh);
+    } else {
+      float* r0 = tmp;
+      float* r1 = tmp + s.w;
+      act(plane + 2 * ih * s.w, r0, 2 * ws, sc, sh);
+      act(plane + (2 * ih + 1) * s.w, r1, 2 * ws, sc, sh);
+      // PyTorch's avg_pool2d order: rows, then columns, then the division (by 4, exact).
+      for (int64_t iw = 0; iw < ws; ++iw)
+        out[iw] = (((r0[2 * iw] + r0[2 * iw + 1]) + r1[2 * iw]) + r1[2 * iw + 1]) * 0.25f;
+    }
+  }
+}
+
+// The per-call geometry and tables shared by every sample.
+struct ConvPlan {
+  const PackedConvArgs* a;
+  const CpuCodeLayout* layout;
+  const float* lut;
+  BlockKernel kernels[3];
+  int64_t hs, ws, hp, wp, ho, wo, k, plane;
+  bool wide;                 // stride 1: read X' in place; else im2col
+  bool direct;               // no prologue, pooling or padding: read x itself (X' = x)
+  const int64_t* koff_tail;  // direct: offsets into the last tile's panel
+  int64_t q_count;           // columns of one sample
+  int64_t col_stride;        // im2col row length
+  int64_t tiles;
+  const int64_t* koff;
+  const int32_t* col_p;
+  const uint8_t* straight;
+  const uint8_t* tile_live;
+  const float *esc, *esh;
+};
+
+// X' of sample n, channels [c0, c1): dst is [ci][hp][wp] (+ slack).
+void prepare_channels(const ConvPlan& P, int64_t n, int64_t c0, int64_t c1, float* xprep, float* pool_rows) {
+  for (int64_t c = c0; c < c1; ++c) prepare_input_plane(*P.a, c, n, xprep + c * P.plane, pool_rows);
+}
+
+// im2col rows [k0, k1) of one sample from its X'.
+void im2col_rows(const ConvPlan& P, int64_t k0, int64_t k1, const float* xprep, float* cols) {
+  const PackedConvShape& s = P.a->shape;
+  for (int64_t kk = k0; kk < k1; ++kk) {
+    const int64_t c = kk / (s.kh * s.kw), i = (kk / s.kw) % s.kh, j = kk % s.kw;
+    float* row = cols + kk * P.col_stride;
+    const float* src = xprep + c * P.plane + i * P.wp + j;
+    int64_t q = 0;
+    for (int64_t oh = 0; oh < P.ho; ++oh)
+      for (int64_t ow = 0; ow < P.wo; ++ow) row[q++] = src[oh * s.stride * P.wp + ow * s.stride];
+    std::fill(row + P.q_count, row + P.col_stride, 0.0f);
+  }
+}
+
+// Direct mode: the last tile's rows of sample n copied to [k][kTile] (zero-padded),
+// because reading x in place would run past its end.
+void fill_tail_panel(const ConvPlan& P, const float* base, std::vector<float>& panel) {
+  const int64_t q0 = (P.tiles - 1) * kTile, len = P.q_count - q0;
+  if (panel.size() < static_cast<size_t>(P.k * kTile)) panel.resize(static_cast<size_t>(P.k * kTile));
+  for (int64_t kk = 0; kk < P.k; ++kk) {
+    float* row = panel.data() + kk * kTile;
+    std::copy(base + q0 + P.koff[kk], base + q0 + P.koff[kk] + len, row);
+    std::fill(row + len, row + kTile, 0.0f);
+  }
+}
+
+// Register block `item` (tile t, row block b) of sample n, epilogue included. base:
+// X' (or the im2col, or x itself in direct mode with tail_panel from fill_tail_panel).
+void run_item(const ConvPlan& P, int64_t n, int64_t item, const float* base, const float* tail_panel) {
+  const PackedConvArgs& a = *P.a;
+  const PackedConvShape& s = a.shape;
+  const CpuCodeLayout& layout = *P.layout;
+  const int64_t t = item / layout.blocks, b = item % layout.blocks;
+  if (!P.tile_live[t]) return;
+  const int64_t q0 = t * kTile, len = std::min<int64_t>(kTile, P.q_count - q0);
+  const int nv = static_cast<int>((len + kVec - 1) / kVec);
+  // A straight tile maps each of its vectors to consecutive outputs: stored in place.
+  bool in_place = true;
+  for (int v = 0; v < nv && in_place; ++v) {
+    const int64_t qv = q0 + kVec * v;
+    in_place = P.straight[qv / kVec] && P.col_p[qv] == P.col_p[q0] + kVec * v;
+  }
+  alignas(32) float acc[kRows * kTile];
+  BlockOut bo;
+  bo.has_res = in_place && a.residual != nullptr;
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t co = 4 * b + r;
+    if (in_place && co < s.co) {
+      const int64_t p = P.col_p[q0];
+      bo.out[r] = a.y + n * a.y_sn + co * a.y_sc + p;
+      bo.res[r] = a.residual ? a.residual + n * a.r_sn + co * a.r_sc + p : nullptr;
+    } else {  // a scattered tile, or a padding row of the block
+      bo.out[r] = acc + r * kTile;
+      bo.res[r] = bo.has_res ? acc + r * kTile : nullptr;
+    }
+  }
+  if (bo.has_res && 4 * b + kRows > s.co) std::fill(acc, acc + kRows * kTile, 0.0f);
+  const float* xq = base + q0;
+  const int64_t* koff = P.koff;
+  if (tail_panel && q0 + kVec * nv > P.q_count) {  // x read in place has no slack: use the panel
+    xq = tail_panel;
+    koff = P.koff_tail;
+  }
+  P.kernels[nv - 1](xq, koff, layout.mask.data() + b * layout.mask_words, layout.mask_words,
+                    layout.codes.data() + layout.start[b], P.lut, P.esc + 4 * b, P.esh + 4 * b, a.post.relu,
+                    bo);
+  if (in_place) return;
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t co = 4 * b + r;
+    if (co >= s.co) break;
+    const float* ar = acc + r * kTile;
+    for (int64_t e = 0; e < nv * kVec && q0 + e < P.q_count; ++e) {
+      const int64_t p = P.col_p[q0 + e];
+      if (p < 0) continue;
+      float val = ar[e];
+      if (a.residual) val += a.residual[n * a.r_sn + co * a.r_sc + p];
+      a.y[n * a.y_sn + co * a.y_sc + p] = val;
+    }
+  }
+}
+
+void grow(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+}  // namespace
+
+void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const float* lut, CpuIsa isa) {
+  check_args(a);
+  const PackedConvShape& s = a.shape;
+  TTQ_CHECK(layout.co == s.co && layout.k == s.k())
+      << "packed_conv_cpu: layout [" << layout.co << ", " << layout.k << "] for a conv [" << s.co << ", "
+      << s.k() << "]";
+  if (s.n == 0) return;
+  if (isa == CpuIsa::Auto) isa = cpu_isa_auto();
+  TTQ_CHECK(isa != CpuIsa::Avx2 || cpu_isa_auto() == CpuIsa::Avx2)
+      << "packed_conv_cpu: this CPU has no AVX2/FMA";
+
+  ConvPlan P;
+  P.a = &a;
+  P.layout = &layout;
+  P.lut = lut;
+  for (int nv = 1; nv <= 3; ++nv) P.kernels[nv - 1] = pick_kernel(isa, nv);
+  P.hs = s.hs();
+  P.ws = s.ws();
+  P.hp = P.hs + 2 * s.pad;
+  P.wp = P.ws + 2 * s.pad;
+  P.ho = s.ho();
+  P.wo = s.wo();
+  P.k = s.k();
+  P.plane = P.hp * P.wp;
+  P.wide = s.stride == 1;
+  P.direct = P.wide && s.pad == 0 && !s.pool2 && a.pre.identity();
+  P.q_count = P.wide ? (P.ho - 1) * P.wp + P.wo : P.ho * P.wo;
+  P.col_stride = P.q_count + kSlack;
+  P.tiles = (P.q_count + kTile - 1) / kTile;
+
+  // Tables, by nested loops (no divisions: this runs on every call).
+  Scratch& sc = scratch();
+  sc.koff.resize(static_cast<size_t>(layout.mask_words * 64));
+  for (int64_t c = 0, kk = 0; c < s.ci; ++c)
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j, ++kk)
+        sc.koff[kk] =
+            P.direct ? c * a.x_sc + i * s.w + j : (P.wide ? c * P.plane + i * P.wp + j : kk * P.col_stride);
+  if (P.direct) {
+    sc.koff_tail.resize(static_cast<size_t>(layout.mask_words * 64));
+    for (int64_t kk = 0; kk < P.k; ++kk) sc.koff_tail[kk] = kk * kTile;
+    P.koff_tail = sc.koff_tail.data();
+  }
+  sc.col_p.resize(static_cast<size_t>(P.q_count));
+  {
+    const int64_t row_len = P.wide ? P.wp : P.wo;
+    int64_t q = 0;
+    for (int64_t oh = 0; oh < P.ho && q < P.q_count; ++oh)
+      for (int64_t ow = 0; ow < row_len && q < P.q_count; ++ow, ++q)
+        sc.col_p[q] = ow < P.wo ? static_cast<int32_t>(oh * P.wo + ow) : -1;
+  }
+  const int64_t groups = (P.q_count + kVec - 1) / kVec;
+  sc.straight.assign(static_cast<size_t>(groups), 0);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t q0 = g * kVec;
+    bool ok = q0 + kVec <= P.q_count;
+    for (int64_t e = 0; ok && e < kVec; ++e)
+      ok = sc.col_p[q0 + e] >= 0 && sc.col_p[q0 + e] == sc.col_p[q0] + e;
+    sc.straight[g] = ok;
+  }
+  sc.tile_live.assign(static_cast<size_t>(P.tiles), 0);
+  for (int64_t q = 0; q < P.q_count; ++q)
+    if (sc.col_p[q] >= 0) sc.tile_live[q / kTile] = 1;
+  // The epilogue's per-channel scale and shift, padded to whole register blocks.
+  sc.esc.assign(static_cast<size_t>(4 * layout.blocks), 1.0f);
+  sc.esh.assign(static_cast<size_t>(4 * layout.blocks), 0.0f);
+  for (int64_t co = 0; co < s.co; ++co) {
+    if (a.post.scale) sc.esc[co] = a.post.scale[co];
+    if (a.post.shift) sc.esh[co] = a.post.shift[co];
+  }
+  P.koff = sc.koff.data();
+  P.col_p = sc.col_p.data();
+  P.straight = sc.straight.data();
+  P.tile_live = sc.tile_live.data();
+  P.esc = sc.esc.data();
+  P.esh = sc.esh.data();
+
+  const size_t xprep_size = static_cast<size_t>(s.ci * P.plane + kSlack);
+  const size_t cols_size = P.wide ? 0 : static_cast<size_t>(P.k * P.col_stride);
+  const size_t pool_size = s.pool2 ? static_cast<size_t>(2 * s.w) : 0;
+  const int64_t items = P.tiles * layout.blocks;
+  const int threads = omp_get_max_threads();
+  // Threads pay off only above tens of microseconds of work: a fork / join costs
+  // microseconds on an idle machine and far more on a busy one.
+  const bool parallel = s.macs() >= kParallelMacs && threads > 1;
+
+  if (parallel && s.n >= 2 * threads) {
+    // Whole samples per thread: each X' (and im2col) stays in its thread's cache, no
+    // barrier until the end; dynamic so that a descheduled thread holds no one up.
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t n = 0; n < s.n; ++n) {
+      Scratch& ts = scratch();
+      if (P.direct) {
+        fill_tail_panel(P, a.x + n * a.x_sn, ts.panel);
+        for (int64_t item = 0; item < items; ++item) run_item(P, n, item, a.x + n * a.x_sn, ts.panel.data());
+        continue;
+      }
+      grow(ts.xprep, xprep_size);
+      grow(ts.cols, cols_size);
+      grow(ts.pool_rows, pool_size);
+      float* xprep = ts.xprep.data();
+      std::fill(xprep + s.ci * P.plane, xprep + xprep_size, 0.0f);
+      prepare_channels(P, n, 0, s.ci, xprep, ts.pool_rows.data());
+      if (!P.wide) im2col_rows(P, 0, P.k, xprep, ts.cols.data());
+      const float* base = P.wide ? xprep : ts.cols.data();
+      for (int64_t item = 0; item < items; ++item) run_item(P, n, item, base, nullptr);
+    }
+    return;
+  }
+  // Few samples: one at a time, its channels and register blocks split over threads.
+  grow(sc.xprep, xprep_size);
+  grow(sc.cols, cols_size);
+  float* xprep = sc.xprep.data();
+  float* cols = sc.cols.data();
+  std::fill(xprep + s.ci * P.plane, xprep + xprep_size, 0.0f);
+  const float* base = P.wide ? xprep : cols;
+  for (int64_t n = 0; n < s.n; ++n) {
+    if (P.direct) {
+      fill_tail_panel(P, a.x + n * a.x_sn, sc.panel);
+      const float* panel = sc.panel.data();
+#pragma omp parallel for schedule(dynamic, 2) if (parallel)
+      for (int64_t item = 0; item < items; ++item) run_item(P, n, item, a.x + n * a.x_sn, panel);
+      continue;
+    }
+#pragma omp parallel if (parallel)
+    {
+      std::vector<float> pool_rows(pool_size);
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t c = 0; c < s.ci; ++c) prepare_channels(P, n, c, c + 1, xprep, pool_rows.data());
+      if (!P.wide) {
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t kk = 0; kk < P.k; ++kk) im2col_rows(P, kk, kk + 1, xprep, cols);
+      }
+#pragma omp for schedule(dynamic, 2)
+      for (int64_t item = 0; item < items; ++item) run_item(P, n, item, base, nullptr);
+    }
+  }
+}
+
+// ---- PackedConvWeight ----------------------------------------------------------------
+
+PackedConvWeight PackedConvWeight::from_codes(const Tensor& codes, const Shape& weight_shape, float wp,
+                                              float wn, Device device, const std::string& what) {
+  TTQ_CHECK(weight_shape.size() == 4)
+      << what << ": weight shape " << shape_str(weight_shape) << " is not 4-d";
+  const int64_t n = shape_numel(weight_shape);
+  TTQ_CHECK(codes.defined() && codes.dtype() == DType::U8) << what << ": codes must be U8";
+  TTQ_INPUT_CHECK(codes.numel() == packed::packed_bytes(n))
+      << what << ": " << codes.numel() << " code bytes for a weight of " << shape_str(weight_shape)
+      << " (expected " << packed::packed_bytes(n) << ")";
+  TTQ_INPUT_CHECK(std::isfinite(wp) && std::isfinite(wn)) << what << ": scales must be finite";
+  const Tensor host = codes.to(Device::cpu()).contiguous();
+  const uint8_t* bytes = host.data<uint8_t>();
+  const CodeCounts counts = count_codes_cpu(bytes, n);
+  TTQ_INPUT_CHECK(counts.invalid == 0) << what << ": " << counts.invalid << " invalid 2-bit codes (3)";
+  if (n % 4 != 0) {
+    TTQ_INPUT_CHECK((bytes[n / 4] >> (2 * (n % 4))) == 0)
+        << what << ": non-zero padding bits in the last code byte";
+  }
+  PackedConvWeight w;
+  w.m_shape = weight_shape;
+  w.m_wp = wp;
+  w.m_wn = wn;
+  w.m_device = device;
+  w.m_codes = host.to(device);
+  const int64_t co = weight_shape[0], k = n / std::max<int64_t>(co, 1);
+  if (device.is_cpu()) {
+    w.m_cpu = relayout_cpu(bytes, co, k);
+    w.m_lut = cpu_code_lut(wp, wn);
+  } else {
+    const MmaCodeLayout mma = relayout_mma(bytes, co, k);
+    Tensor words = Tensor::empty({static_cast<int64_t>(mma.words.size() * 2)}, DType::U8);
+    std::memcpy(words.data<uint8_t>(), mma.words.data(), mma.words.size() * 2);
+    w.m_mma = words.to(device);
+  }
+  return w;
+}
+
+PackedConvWeight PackedConvWeight::from_dense(const Tensor& weight, Device device, const std::string& what) {
+  TTQ_CHECK(weight.dim() == 4 && weight.dtype() == DType::F32) << what << ": F32 [co, ci, kh, kw] expected";
+  const Tensor w = weight.to(Device::cpu()).contiguous();
+  const float* v = w.data<float>();
+  const int64_t n = w.numel();
+  float pos = 0, neg = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (v[i] > 0) {
+      TTQ_INPUT_CHECK(pos == 0 || v[i] == pos) << what << ": more than three distinct values";
+      pos = v[i];
+    } else if (v[i] < 0) {
+      TTQ_INPUT_CHECK(neg == 0 || v[i] == neg) << what << ": more than three distinct values";
+      neg = v[i];
+    } else {
+      TTQ_INPUT_CHECK(v[i] == 0) << what << ": non-finite value";
+    }
+  }
+  Tensor codes = Tensor::empty({n}, DType::U8);
+  uint8_t* c = codes.data<uint8_t>();
+  for (int64_t i = 0; i < n; ++i) c[i] = v[i] > 0 ? packed::kPos : (v[i] < 0 ? packed::kNeg : packed::kZero);
+  return from_codes(pack_codes(codes), w.shape(), pos == 0 ? 1.0f : pos, neg == 0 ? 1.0f : -neg, device,
+                    what);
+}
+
+Tensor PackedConvWeight::decode() const {
+  Tensor wp = Tensor::full({1}, m_wp, DType::F32, m_device),
+         wn = Tensor::full({1}, m_wn, DType::F32, m_device);
+  return decode_packed(m_codes, m_shape, wp, wn);
+}
+
+int64_t PackedConvWeight::bytes() const {
+  if (!defined()) return 0;
+  if (m_device.is_cpu()) {
+    return static_cast<int64_t>(m_cpu.codes.size() + m_cpu.mask.size() * 8 + m_cpu.start.size() * 8 +
+                                m_lut.size() * 4);
+  }
+  return m_codes.numel() + m_mma.numel();
+}
+
+// ---- tensor entries -------------------------------------------------------------------
+
+namespace {
+
+bool dense_planes(const Tensor& t) {
+  return t.dim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) && (t.size(2) <= 1 || t.stride(2) == t.size(3));
+}
+
+const float* opt_ptr(const Tensor& t, int64_t n, Device dev, const char* what) {
+  if (!t.defined()) return nullptr;
+  TTQ_CHECK(t.dtype() == DType::F32 && t.numel() == n && t.is_contiguous() && t.device() == dev)
+      << "packed_conv2d: " << what << " must be contiguous F32 [" << n << "] on " << dev.str() << ", got "
+      << t.str();
+  return t.data<float>();
+}
+
+PackedConvArgs make_args(const Tensor& x, const PackedConvWeight& w, const PackedConvOptions& o, Tensor& y) {
+  TTQ_CHECK(w.defined()) << "packed_conv2d: undefined weight";
+  TTQ_CHECK(x.dim() == 4 && x.dtype() == DType::F32)
+      << "packed_conv2d: x must be F32 [n, c, h, w], got " << x.str();
+  TTQ_CHECK(x.size(1) == w.ci()) << "packed_conv2d: x has " << x.size(1) << " channels, the weight "
+                                 << w.ci();
+  TTQ_CHECK(x.device() == w.device() && y.device() == w.device())
+      << "packed_conv2d: x, y and the weight must be on one device";
+  TTQ_CHECK(dense_planes(x)) << "packed_conv2d: x planes must be dense";
+  const Shape out = packed_conv_output_shape(x, w, o);
+  TTQ_CHECK(y.shape() == out && y.dtype() == DType::F32 && dense_planes(y))
+      << "packed_conv2d: y must be F32 " << shape_str(out) << " with dense planes, got " << y.str();
+  PackedConvArgs a;
+  a.shape.n = x.size(0);
+  a.shape.ci = x.size(1);
+  a.shape.h = x.size(2);
+  a.shape.w = x.size(3);
+  a.shape.co = w.co();
+  a.shape.kh = w.kh();
+  a.shape.kw = w.kw();
+  a.shape.stride = o.stride;
+  a.shape.pad = o.pad;
+  a.shape.pool2 = o.pool2;
+  a.x = x.data<float>();
+  a.x_sn = x.stride(0);
+  a.x_sc = x.stride(1);
+  a.y = y.data<float>();
+  a.y_sn = y.stride(0);
+  a.y_sc = y.stride(1);
+  if (o.residual.defined()) {
+    TTQ_CHECK(o.residual.shape() == out && o.residual.dtype() == DType::F32 && dense_planes(o.residual) &&
+              o.residual.device() == w.device())
+        << "packed_conv2d: residual must be F32 " << shape_str(out) << " with dense planes, got "
+        << o.residual.str();
+    a.residual = o.residual.data<float>();
+    a.r_sn = o.residual.stride(0);
+    a.r_sc = o.residual.stride(1);
+  }
+  a.pre = {opt_ptr(o.pre_scale, w.ci(), w.device(), "pre_scale"),
+           opt_ptr(o.pre_shift, w.ci(), w.device(), "pre_shift"), o.pre_relu};
+  a.post = {opt_ptr(o.post_scale, w.co(), w.device(), "post_scale"),
+            opt_ptr(o.post_shift, w.co(), w.device(), "post_shift"), o.post_relu};
+  a.wp = w.wp();
+  a.wn = w.wn();
+  return a;
+}
+
+}  // namespace
+
+Shape packed_conv_output_shape(const Tensor& x, const PackedConvWeight& w, const PackedConvOptions& o) {
+  TTQ_CHECK(x.dim() == 4) << "packed_conv2d: x must be 4-d, got " << x.str();
+  PackedConvShape s;
+  s.n = x.size(0);
+  s.h = x.size(2);
+  s.w = x.size(3);
+  s.kh = w.kh();
+  s.kw = w.kw();
+  s.stride = o.stride;
+  s.pad = o.pad;
+  s.pool2 = o.pool2;
+  TTQ_CHECK(o.stride >= 1 && o.pad >= 0)
+      << "packed_conv2d: bad stride " << o.stride << " / padding " << o.pad;
+  TTQ_CHECK(!o.pool2 || (s.h >= 2 && s.w >= 2)) << "packed_conv2d: pool2 needs at least 2x2 input";
+  TTQ_CHECK(s.hs() + 2 * o.pad >= s.kh && s.ws() + 2 * o.pad >= s.kw)
+      << "packed_conv2d: kernel " << s.kh << "x" << s.kw << " larger than the padded input";
+  return {s.n, w.co(), s.ho(), s.wo()};
+}
+
+void packed_conv2d_out(const Tensor& x_in, const PackedConvWeight& w, const PackedConvOptions& o, Tensor& y) {
+  const Tensor x = dense_planes(x_in) ? x_in : x_in.contiguous();
+  const PackedConvArgs a = make_args(x, w, o, y);
+  if (w.device().is_cpu()) {
+    packed_conv_cpu(a, w.cpu_layout(), w.cpu_lut().data(), o.cpu_isa);
+    return;
+  }
+#ifdef TTQ_HAS_CUDA
+  packed_conv_cuda(a, w.codes().data<uint8_t>(),
+                   reinterpret_cast<const uint16_t*>(w.mma_words().data<uint8_t>()), o.cuda_path,
+                   static_cast<cudaStream_t>(cuda::current_stream()));
+#else
+  TTQ_THROW() << "packed_conv2d: this build has no CUDA backend";
+#endif
+}
+
+Tensor packed_conv2d(const Tensor& x, const PackedConvWeight& w, const PackedConvOptions& o) {
+  Tensor y = Tensor::empty(packed_conv_output_shape(x, w, o), DType::F32, x.device());
+  packed_conv2d_out(x, w, o, y);
+  return y;
+}
+
+Tensor packed_conv2d_ref(const Tensor& x_in, const PackedConvWeight& w, const PackedConvOptions& o_in) {
+  const Device cpu = Device::cpu();
+  const Tensor x = x_in.to(cpu).contiguous();
+  PackedConvOptions o = o_in;
+  for (Tensor* t : {&o.pre_scale, &o.pre_shift, &o.post_scale, &o.post_shift, &o.residual})
+    if (t->defined()) *t = t->to(cpu).contiguous();
+  const Tensor codes = w.codes().to(cpu).contiguous();
+  Tensor y = Tensor::empty(packed_conv_output_shape(x, w, o), DType::F32, cpu);
+  // make_args checks devices against the weight's: describe a CPU-side twin of it.
+  PackedConvArgs a;
+  a.shape = {x.size(0), x.size(1), x.size(2), x.size(3), w.co(), w.kh(), w.kw(), o.stride, o.pad, o.pool2};
+  TTQ_CHECK(x.size(1) == w.ci()) << "packed_conv2d_ref: x has " << x.size(1) << " channels, the weight "
+                                 << w.ci();
+  a.x = x.data<float>();
+  a.x_sn = x.stride(0);
+  a.x_sc = x.stride(1);
+  a.y = y.data<float>();
+  a.y_sn = y.stride(0);
+  a.y_sc = y.stride(1);
+  if (o.residual.defined()) {
+    TTQ_CHECK(o.residual.shape() == y.shape()) << "packed_conv2d_ref: residual shape";
+    a.residual = o.residual.data<float>();
+    a.r_sn = o.residual.stride(0);
+    a.r_sc = o.residual.stride(1);
+  }
+  a.pre = {opt_ptr(o.pre_scale, w.ci(), cpu, "pre_scale"), opt_ptr(o.pre_shift, w.ci(), cpu, "pre_shift"),
+           o.pre_relu};
+  a.post = {opt_ptr(o.post_scale, w.co(), cpu, "post_scale"),
+            opt_ptr(o.post_shift, w.co(), cpu, "post_shift"), o.post_relu};
+  a.wp = w.wp();
+  a.wn = w.wn();
+  packed_conv_ref(a, codes.data<uint8_t>());
+  return y;
+}
+
+}  // namespace ttq::kernels

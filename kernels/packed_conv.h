@@ -1,0 +1,213 @@
+// Convolution on packed 2-bit ternary weights (DESIGN.md sections 6 and 8):
+//   y = epilogue(conv(prologue(x), Wq)),  Wq[co, k] in {+Wp, 0, -Wn} from 2-bit codes,
+// so each output is Wp * (sum of x over P) - Wn * (sum of x over N). The 1x1 case is
+// the linear layer. Layers: packed_conv_ref (naive, float64 sums) -> packed_conv_cpu
+// (kernels/packed_conv.cpp: AVX2+FMA or scalar micro-kernel picked at run time, OpenMP)
+// and packed_conv_cuda (kernels/packed_conv.cu: fp16 tensor-core implicit GEMM or an
+// fp32 CUDA-core fallback) -> the tensor entry packed_conv2d(). The weights stay 2-bit
+// in memory; each kernel re-lays the canonical codes out once, at load time, through
+// relayout_cpu / relayout_mma (round trips tested). Tests: tests/test_packed_conv.cpp;
+// benchmarks: bench/bench_packed_conv.cpp.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/tensor.h"
+
+#ifdef TTQ_HAS_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace ttq::kernels {
+
+// ---- weight layouts ---------------------------------------------------------------
+
+// CPU layout of a [co, k] code matrix (k = ci*kh*kw): rows in blocks of 4 (the
+// micro-kernel's register block), each block keeping, for every k where one of its
+// four codes is non-zero, one byte holding the four codes (row 4b+r in bits 2r..2r+1)
+// and a bit in `mask`. A block's all-zero columns are skipped by the kernel and take
+// no code byte: at most 2 bits per weight plus 1/4 bit of mask.
+struct CpuCodeLayout {
+  int64_t co = 0, k = 0;
+  int64_t blocks = 0;          // ceil(co / 4); rows past co hold code 0
+  int64_t mask_words = 0;      // ceil(k / 64)
+  std::vector<uint64_t> mask;  // [blocks][mask_words], bit k%64 of word k/64
+  std::vector<int64_t> start;  // [blocks + 1]: block b's bytes are codes[start[b], start[b+1])
+  std::vector<uint8_t> codes;  // in increasing k within each block
+};
+// requires canonical holds ceil(co*k/4) bytes in the layout of packed_format.h.
+CpuCodeLayout relayout_cpu(const uint8_t* canonical, int64_t co, int64_t k);
+// The inverse: writes ceil(co*k/4) canonical bytes (padding codes 0).
+void relayout_cpu_to_canonical(const CpuCodeLayout& layout, uint8_t* canonical);
+
+// Tensor-core layout: the A operand of mma.m16n8k16 in fragment order. Rows are
+// padded to 16 (m-tiles), k to 16 (k-steps); for m-tile mt and k-step ks, lane L
+// (g = L/4, t = L%4) owns one uint16 at index (mt * ksteps + ks) * 32 + L holding
+// the codes of (row g, k 2t..2t+1), (row g+8, k 2t..2t+1), (row g, k 2t+8..2t+9),
+// (row g+8, k 2t+8..2t+9), 2 bits each, in that order from bit 0: exactly the
+// registers a0..a3 of the instruction, so decoding is a few bit operations.
+struct MmaCodeLayout {
+  int64_t co = 0, k = 0;
+  int64_t mtiles = 0, ksteps = 0;
+  std::vector<uint16_t> words;  // [mtiles][ksteps][32]
+};
+MmaCodeLayout relayout_mma(const uint8_t* canonical, int64_t co, int64_t k);
+void relayout_mma_to_canonical(const MmaCodeLayout& layout, uint8_t* canonical);
+
+// ---- the operation ------------------------------------------------------------------
+
+// Per-channel affine map with optional ReLU: v -> relu?(v * scale[c] + shift[c]).
+// A null scale means 1, a null shift 0. BatchNorm in eval mode is scale =
+// weight / sqrt(running_var + eps), shift = bias - running_mean * scale.
+struct ChannelAffine {
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  bool relu = false;
+  bool identity() const { return scale == nullptr && shift == nullptr && !relu; }
+};
+
+// Shape and options of one packed convolution, shared by every twin.
+//   x  [n, ci, h, w]: each (sample, channel) plane dense (row stride w), sample and
+//      channel strides free (a channel slice of a wider buffer works);
+//   pre (prologue, per input channel) is applied to x, then, when pool2, a 2x2 stride-2
+//      average pool (floor); the conv (stride, zero padding of the *activated* input)
+//      runs on that; post (epilogue, per output channel) is applied to the conv result
+//      and finally `residual` (same layout rules as y) is added when non-null:
+//   y = post(conv(pool2?(pre(x)))) + residual.
+// DenseNet's BN-ReLU-conv is pre; conv followed by BN-ReLU is post; a transition's
+// conv1x1-avgpool equals pool2 before the 1x1 conv.
+struct PackedConvShape {
+  int64_t n = 1, ci = 1, h = 1, w = 1;
+  int64_t co = 1, kh = 1, kw = 1;
+  int stride = 1, pad = 0;
+  bool pool2 = false;
+  int64_t hs() const { return pool2 ? h / 2 : h; }  // spatial size the conv sees
+  int64_t ws() const { return pool2 ? w / 2 : w; }
+  int64_t ho() const { return (hs() + 2 * pad - kh) / stride + 1; }
+  int64_t wo() const { return (ws() + 2 * pad - kw) / stride + 1; }
+  int64_t k() const { return ci * kh * kw; }
+  int64_t macs() const { return n * co * k() * ho() * wo(); }
+};
+
+// Raw operands (host pointers for the CPU twins, device pointers for the CUDA twin).
+struct PackedConvArgs {
+  PackedConvShape shape;
+  const float* x = nullptr;
+  int64_t x_sn = 0, x_sc = 0;  // sample / channel strides of x (elements)
+  float* y = nullptr;
+  int64_t y_sn = 0, y_sc = 0;
+  const float* residual = nullptr;
+  int64_t r_sn = 0, r_sc = 0;
+  ChannelAffine pre, post;
+  float wp = 1, wn = 1;
+};
+
+enum class CpuIsa : uint8_t { Auto, Scalar, Avx2 };
+// The micro-kernel Auto picks on this machine (Avx2 when the CPU has AVX2 and FMA).
+CpuIsa cpu_isa_auto();
+const char* cpu_isa_name(CpuIsa isa);
+
+// The reference: straight loops, float64 sums, decoding the canonical codes as it
+// goes. requires args.y not overlapping x or residual. ensures every y element written.
+void packed_conv_ref(const PackedConvArgs& args, const uint8_t* canonical);
+
+// The CPU twin. requires layout = relayout_cpu(codes of [co, ci*kh*kw]), lut = the
+// 256 x 4 table cpu_code_lut(wp, wn). Any stride and padding; stride 1 reads the
+// prepared input in place, other strides go through an explicit im2col.
+// ensures y as packed_conv_ref up to float summation order (bit-identical when every
+// partial sum is exact). Multithreaded (OpenMP) above ~8 M multiply-adds.
+void packed_conv_cpu(const PackedConvArgs& args, const CpuCodeLayout& layout, const float* lut,
+                     CpuIsa isa = CpuIsa::Auto);
+// lut[byte * 4 + r] = value of code r of `byte`: +wp, -wn or 0 (code 3: 0).
+std::vector<float> cpu_code_lut(float wp, float wn);
+
+// Which CUDA kernel runs: Auto picks the tensor cores when supported.
+enum class CudaPath : uint8_t { Auto, TensorCore, Simt };
+const char* cuda_path_name(CudaPath p);
+
+#ifdef TTQ_HAS_CUDA
+// True when the current device runs the tensor-core kernel (compute capability >= 8.0).
+bool packed_conv_tensor_cores_supported();
+// The CUDA twin, one launch, no allocation (safe inside CUDA graph capture).
+// TensorCore: activations rounded to fp16 after the prologue, signs exact, fp32
+// accumulation, y = Wp * acc_P - Wn * acc_N (about 1e-3 relative to the fp32 result;
+// exact on small integers). Simt: fp32 FMA on CUDA cores, any shape. Auto picks the
+// tensor cores when supported. requires canonical: ceil(co*k/4) device bytes; mma:
+// relayout_mma's words on the device (TensorCore only, may be null for Simt);
+// ChannelAffine pointers on the device. Throws ttq::Error for an unsupported request.
+void packed_conv_cuda(const PackedConvArgs& args, const uint8_t* canonical, const uint16_t* mma,
+                      CudaPath path, cudaStream_t stream);
+#endif
+
+// ---- tensor entries -----------------------------------------------------------------
+
+// One quantized conv layer held packed on one device: the canonical codes plus the
+// layout the device's kernel reads (CPU: CpuCodeLayout + LUT; CUDA: canonical bytes
+// and the fragment-order words, both on the device).
+class PackedConvWeight {
+ public:
+  PackedConvWeight() = default;
+  // requires codes: U8 [ceil(co*ci*kh*kw / 4)] canonical bytes (any device), no code 3
+  // among the first co*ci*kh*kw (throws ttq::InputError naming `what` otherwise), wp and
+  // wn finite. ensures the layouts for `device` are built.
+  static PackedConvWeight from_codes(const Tensor& codes, const Shape& weight_shape, float wp, float wn,
+                                     Device device, const std::string& what = "packed weight");
+  // Packs dense ternary values ({+a, 0, -b} per tensor; F32 [co, ci, kh, kw]); used by
+  // tests and benchmarks. Throws ttq::InputError naming `what` on a fourth value.
+  static PackedConvWeight from_dense(const Tensor& weight, Device device, const std::string& what = "weight");
+
+  bool defined() const { return m_codes.defined(); }
+  const Shape& weight_shape() const { return m_shape; }
+  int64_t co() const { return m_shape[0]; }
+  int64_t ci() const { return m_shape[1]; }
+  int64_t kh() const { return m_shape[2]; }
+  int64_t kw() const { return m_shape[3]; }
+  float wp() const { return m_wp; }
+  float wn() const { return m_wn; }
+  Device device() const { return m_device; }
+  const Tensor& codes() const { return m_codes; }  // canonical, on device()
+  const CpuCodeLayout& cpu_layout() const { return m_cpu; }
+  const std::vector<float>& cpu_lut() const { return m_lut; }
+  const Tensor& mma_words() const { return m_mma; }  // U8 view of the uint16 words (CUDA)
+  // The dense F32 weight these codes stand for (on device()).
+  Tensor decode() const;
+  // Bytes the device holds for this layer (codes and kernel layout).
+  int64_t bytes() const;
+
+ private:
+  Shape m_shape;
+  float m_wp = 1, m_wn = 1;
+  Device m_device;
+  Tensor m_codes;
+  CpuCodeLayout m_cpu;
+  std::vector<float> m_lut;
+  Tensor m_mma;
+};
+
+// Tensor-level options. pre_* / post_* are F32 [ci] / [co] on the weight's device
+// (undefined = absent); residual has y's shape.
+struct PackedConvOptions {
+  int stride = 1, pad = 0;
+  bool pool2 = false;
+  Tensor pre_scale, pre_shift;
+  bool pre_relu = false;
+  Tensor post_scale, post_shift;
+  bool post_relu = false;
+  Tensor residual;
+  CpuIsa cpu_isa = CpuIsa::Auto;
+  CudaPath cuda_path = CudaPath::Auto;
+};
+
+// Output shape [n, co, ho, wo] of packed_conv2d on x.
+Shape packed_conv_output_shape(const Tensor& x, const PackedConvWeight& w, const PackedConvOptions& o);
+// requires x F32 [n, ci, h, w] on w.device() with dense planes (else it is copied),
+// y F32 of packed_conv_output_shape with dense planes (a channel slice of a wider buffer
+// is fine) not overlapping x or the residual. No autograd (inference only).
+void packed_conv2d_out(const Tensor& x, const PackedConvWeight& w, const PackedConvOptions& o, Tensor& y);
+Tensor packed_conv2d(const Tensor& x, const PackedConvWeight& w, const PackedConvOptions& o = {});
+// The same through packed_conv_ref on the CPU (any device in, CPU tensor out).
+Tensor packed_conv2d_ref(const Tensor& x, const PackedConvWeight& w, const PackedConvOptions& o = {});
+
+}  // namespace ttq::kernels

@@ -1,0 +1,142 @@
+// Packed 2-bit models (DESIGN.md sections 6 and 7): the library side of ttq_pack
+// (a TTQ checkpoint or ternary weights -> a "ttq-packed-2bit" safetensors file) and
+// PackedModel, which runs a whole forward pass on the packed weights (CPU or CUDA)
+// with BN and ReLU fused into the packed convolutions and, on CUDA, the pass
+// captured in a CUDA graph. Implementation: models/packed.cpp; kernels:
+// kernels/packed_conv.h, kernels/packed_ops.h. Tests: tests/test_packed_model.cpp;
+// timing: bench/bench_packed_model.cpp.
+//
+// Using a packed file from an inference tool:
+//   if (models::is_packed_file(path)) {
+//     auto model = models::PackedModel::load(path, arch_flag, device);
+//     model->check_input(x.shape(), "input");          // one-line InputError if wrong
+//     Tensor logits = model->forward(x);               // [N, classes], on the CPU
+//     std::string classes = model->metadata_value("classes");  // JSON list, may be ""
+//   }
+// or run_packed_tensor_inference() for tensor mode (same options as run_tensor_inference).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "engine/io/safetensors.h"
+#include "kernels/packed_conv.h"
+#include "models/infer.h"
+#include "models/model.h"
+
+namespace ttq::models {
+
+inline constexpr const char* kPackedFormat = "ttq-packed-2bit";
+
+// True when `path` is a safetensors file whose metadata says format ttq-packed-2bit
+// (reads the header only). Throws ttq::InputError when it is not a readable
+// safetensors file.
+bool is_packed_file(const std::string& path);
+
+// ---- packing ----------------------------------------------------------------------
+
+struct PackLayerReport {
+  std::string name;  // dotted module name of the conv
+  Shape shape;
+  int64_t numel = 0, zeros = 0, pos = 0, neg = 0;
+  float wp = 0, wn = 0;
+  int64_t float_bytes = 0;   // numel * 4
+  int64_t packed_bytes = 0;  // codes + wp + wn
+};
+struct PackReport {
+  std::string arch;
+  std::vector<PackLayerReport> layers;
+  int64_t quantized_weights = 0, zeros = 0;
+  int64_t float_bytes = 0, packed_bytes = 0;  // quantized layers only
+  int64_t input_file_bytes = 0, output_file_bytes = 0;
+  double zero_fraction() const { return quantized_weights ? double(zeros) / double(quantized_weights) : 0.0; }
+};
+
+// The packed tensors and metadata for a model's weights. `tensors` is a checkpoint's
+// or an import's content: the optimiser / scheduler state ("optimizer.*",
+// "optimizer_scalar.*", "scheduler.*") and the TTQ training state of quantized
+// layers ("<layer>.latent_weight", ".wp", ".wn") are ignored; torchvision's dense-layer
+// spelling is accepted. Every quantizable conv (Model::quantizable_convs()) must hold
+// at most three distinct values {+a, 0, -b} (a, b > 0): it becomes "<layer>.codes"
+// (U8), "<layer>.wp" = a, "<layer>.wn" = b (F32 scalars; 1 when the sign is absent);
+// every other tensor the architecture expects is written as F32. The metadata carries
+// format, model, model_config and the input's "classes", "preprocess", "data" and
+// "ttq.*" entries. Errors: ttq::InputError, one line naming `source` (and the layer).
+struct PackedContent {
+  io::NamedTensors tensors;
+  io::Metadata metadata;
+  PackReport report;
+};
+PackedContent pack_tensors(const io::NamedTensors& tensors, const io::Metadata& metadata,
+                           const std::string& arch, const std::string& source);
+// Reads `in` (architecture from its metadata or `arch_flag`), packs it and writes `out`
+// atomically. Refuses an already packed input.
+PackReport pack_model_file(const std::string& in, const std::string& out, const std::string& arch_flag);
+// The table ttq_pack prints: per layer sparsity, Wp, Wn, sizes; then totals.
+std::string format_pack_report(const PackReport& report);
+
+// ---- inference ----------------------------------------------------------------------
+
+struct PackedRunOptions {
+  kernels::CpuIsa cpu_isa = kernels::CpuIsa::Auto;
+  kernels::CudaPath cuda_path = kernels::CudaPath::Auto;
+  // CUDA: replay the forward pass as a CUDA graph for batches up to this size (the
+  // first call of a shape runs eagerly and the second captures); 0 disables graphs.
+  int64_t cuda_graph_max_batch = 32;
+};
+
+class PackedModel {
+ public:
+  // Reads and validates a packed file: format, architecture (metadata "model", else
+  // `arch_flag`; a mismatch is an error), every name the architecture expects present
+  // with the right dtype and shape and nothing else, codes never 3, scales finite and
+  // positive. Builds the kernels' layouts on `device`. Nothing is half-loaded: any
+  // defect is one ttq::InputError line naming the file.
+  static std::unique_ptr<PackedModel> load(const std::string& path, const std::string& arch_flag,
+                                           Device device, const PackedRunOptions& options = {});
+  static std::unique_ptr<PackedModel> from_tensors(const io::NamedTensors& tensors,
+                                                   const io::Metadata& metadata, const std::string& arch_flag,
+                                                   Device device, const std::string& source,
+                                                   const PackedRunOptions& options = {});
+  ~PackedModel();
+  PackedModel(const PackedModel&) = delete;
+  PackedModel& operator=(const PackedModel&) = delete;
+
+  const std::string& arch() const;
+  const ModelConfig& config() const;
+  Device device() const;
+  const io::Metadata& metadata() const;
+  std::string metadata_value(const std::string& key) const;  // "" when absent
+  // Throws ttq::InputError (one line, prefixed by `what`) unless x is
+  // [N >= 1, in_channels, H >= min size, W >= min size].
+  void check_input(const Shape& x, const std::string& what) const;
+  // Bytes the weights take on the device (packed layers in their kernel layouts plus
+  // the F32 tensors).
+  int64_t weight_bytes() const;
+  int quantized_layers() const;
+  // Forward passes so far that ran as a CUDA graph replay (0 on the CPU).
+  int64_t graph_replays() const;
+
+  // requires check_input(x.shape()) passes; x F32 (F64 converted) on any device.
+  // ensures logits [N, num_classes] F32 on the CPU, eval-mode semantics (BN running
+  // statistics, no dropout): the float model's logits up to summation order on the CPU
+  // (and on CUDA with CudaPath::Simt), within ~1e-3 on the tensor-core path.
+  Tensor forward(const Tensor& x);
+
+  struct Impl;
+
+ private:
+  explicit PackedModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> m_impl;
+};
+
+// Tensor mode for packed files (run_tensor_inference's contract: the input tensor
+// from a safetensors file, logits written atomically as tensor "logits"). Returns
+// the logits (CPU).
+Tensor run_packed_tensor_inference(const TensorInferOptions& options, std::ostream& log);
+
+}  // namespace ttq::models
