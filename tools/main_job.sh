@@ -15,12 +15,12 @@ bin=build/tools
 runs=runs/fashion-mnist-$mode
 data=fashion-mnist
 if [[ $mode == full ]]; then
-  fp_args=(--epochs 10 --batch 128 --lr 0.1 --schedule cosine)
-  ttq_args=(--epochs 5 --batch 128 --lr 1e-3 --schedule cosine)
+  fp_args=(--epochs 6 --batch 128 --lr 0.1 --schedule cosine)
+  ttq_args=(--epochs 3 --batch 128 --lr 1e-3 --t 0.2 --schedule cosine)
   eval_args=()
 else
   fp_args=(--epochs 3 --batch 64 --lr 0.1 --schedule cosine --limit-train 6000 --limit-val 2000)
-  ttq_args=(--epochs 2 --batch 64 --lr 1e-3 --schedule cosine --limit-train 6000 --limit-val 2000)
+  ttq_args=(--epochs 2 --batch 64 --lr 1e-3 --t 0.2 --schedule cosine --limit-train 6000 --limit-val 2000)
   eval_args=(--limit-val 2000)
 fi
 

@@ -116,7 +116,17 @@ std::string json_number(double v) {
   return os.str();
 }
 
-bool is_cpu_arch_default_squeezenet(const std::string& model) { return model == "squeezenet"; }
+// Options of a loader over a split: training batches are shuffled and augmented,
+// validation batches are neither.
+data::LoaderOptions loader_options(int64_t batch, int workers, uint64_t seed, bool training) {
+  data::LoaderOptions lo;
+  lo.batch_size = batch;
+  lo.workers = workers;
+  lo.shuffle = training;
+  lo.augment = training;
+  lo.seed = seed;
+  return lo;
+}
 
 // The seed's early stop: with more than patience + 4 epochs, stop when the last
 // top-1 does not beat the mean of the 5 epochs ending `patience` epochs ago by
@@ -179,7 +189,7 @@ TrainOptions resolve_defaults(TrainOptions o) {
   for (const auto& n : models::names()) known = known || n == o.model;
   TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model
                          << "' (expected small_densenet, squeezenet or densenet121)";
-  const bool sq = is_cpu_arch_default_squeezenet(o.model);
+  const bool sq = o.model == "squeezenet";
   const bool fp = o.phase == "fp";
   if (o.epochs < 0) o.epochs = fp ? 30 : 20;
   if (o.batch < 0) o.batch = fp ? 128 : 512;
@@ -262,18 +272,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   if (o.limit_train > 0) train_set = std::make_shared<SubsetDataset>(train_set, o.limit_train, o.seed);
   if (o.limit_val > 0) val_set = std::make_shared<SubsetDataset>(val_set, o.limit_val, o.seed + 1);
 
-  data::LoaderOptions lo;
-  lo.batch_size = o.batch;
-  lo.workers = o.workers;
-  lo.shuffle = true;
-  lo.augment = true;
-  lo.seed = o.seed;
-  data::Loader train_loader(train_set, pre, lo);
-  data::LoaderOptions vo = lo;
-  vo.batch_size = o.eval_batch;
-  vo.shuffle = false;
-  vo.augment = false;
-  data::Loader val_loader(val_set, pre, vo);
+  data::Loader train_loader(train_set, pre, loader_options(o.batch, o.workers, o.seed, true));
+  data::Loader val_loader(val_set, pre, loader_options(o.eval_batch, o.workers, o.seed, false));
 
   // ---- model
   models::ModelConfig mc;
@@ -576,13 +576,7 @@ EvalResult run_eval(const EvalOptions& o, std::ostream& log) {
   TTQ_INPUT_CHECK(model->config().num_classes == val_set->num_classes())
       << o.weights << ": the model has " << model->config().num_classes << " classes, " << o.data << " has "
       << val_set->num_classes();
-  data::LoaderOptions vo;
-  vo.batch_size = o.batch;
-  vo.workers = o.workers;
-  vo.shuffle = false;
-  vo.augment = false;
-  vo.seed = o.seed;
-  data::Loader loader(val_set, pre, vo);
+  data::Loader loader(val_set, pre, loader_options(o.batch, o.workers, o.seed, false));
   EvalResult r = evaluate(*model, loader, device);
   if (loader.skipped_in_epoch() > 0) log << loader.skipped_in_epoch() << " unreadable images skipped\n";
   return r;
