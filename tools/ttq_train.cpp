@@ -32,6 +32,8 @@ int main(int argc, char** argv) {
                  "the classifier weight)");
   app.add_option("--momentum", o.momentum, "fp: Nesterov momentum")->capture_default_str();
   app.add_option("--t", o.t, "ttq: threshold factor, delta = t * max|W| (default 0.05, SqueezeNet 0.15)");
+  app.add_option("--dropout", o.dropout,
+                 "Drop probability of every dropout (default: the architecture's, 0.25 / SqueezeNet 0.6)");
   app.add_option("--scales-init", o.scales_init, "ttq: initial Wp, Wn: ones (the seed) or mean")
       ->capture_default_str();
   app.add_option("--wn-grad", o.wn_grad, "ttq: dL/dWn sign: exact (-sum_N G) or seed (+sum_N G)")

@@ -200,6 +200,7 @@ TrainOptions resolve_defaults(TrainOptions o) {
   TTQ_INPUT_CHECK(o.batch >= 1) << "--batch must be at least 1";
   TTQ_INPUT_CHECK(o.lr > 0 && std::isfinite(o.lr)) << "--lr must be positive";
   TTQ_INPUT_CHECK(o.t >= 0 && o.t < 1) << "--t must be in [0, 1)";
+  TTQ_INPUT_CHECK(o.dropout < 1) << "--dropout must be below 1";
   TTQ_INPUT_CHECK(o.workers >= 1 && o.workers <= 64) << "--workers must be in 1..64";
   TTQ_INPUT_CHECK(o.limit_train >= 0 && o.limit_val >= 0) << "--limit-train / --limit-val must be >= 0";
   TTQ_INPUT_CHECK(!o.out.empty()) << "--out: a run folder is required";
@@ -280,6 +281,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   mc.in_channels = pre.channels;
   mc.input_size = pre.crop;
   mc.num_classes = train_set->num_classes();
+  mc.dropout = o.dropout;
   nn::manual_seed(o.seed);
   models::ModelPtr model = models::create(o.model, mc, nn::global_generator());
   models::TtqModel ttq;
@@ -367,6 +369,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     cj["batch"] = o.batch;
     cj["lr"] = o.lr;
     cj["weight_decay"] = o.weight_decay;
+    cj["dropout"] = model->config().dropout;
     if (!ttq_phase) cj["momentum"] = o.momentum;
     if (ttq_phase) {
       cj["t"] = ttq.options.t;

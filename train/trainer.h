@@ -32,6 +32,7 @@ struct TrainOptions {
   double weight_decay = -1;  // fp: conv + classifier weights; ttq: classifier weight
   double momentum = 0.95;    // fp (SGD, Nesterov)
   double t = -1;             // ttq threshold factor
+  double dropout = -1;       // every dropout of the model (< 0: the architecture's default)
   std::string scales_init = "ones";
   std::string wn_grad = "exact";
   uint64_t seed = 0;
