@@ -15,7 +15,7 @@ bin=build/tools
 runs=runs/fashion-mnist-$mode
 data=fashion-mnist
 if [[ $mode == full ]]; then
-  fp_args=(--epochs 6 --batch 128 --lr 0.1 --schedule cosine)
+  fp_args=(--epochs 12 --batch 128 --lr 0.1 --dropout 0.1 --schedule cosine)
   ttq_args=(--epochs 3 --batch 128 --lr 1e-3 --t 0.2 --schedule cosine)
   eval_args=()
 else
