@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -15,6 +16,7 @@
 
 #include "data/idx.h"
 #include "engine/io/safetensors.h"
+#include "models/packed.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -191,6 +193,19 @@ TEST_F(TrainLoop, TtqPhaseFromFpCheckpoint) {
   train::EvalResult ev = train::run_eval(eo, log);
   EXPECT_EQ(ev.count, 48);
   EXPECT_NEAR(ev.top1, r.last.val_top1, 1e-12);
+  // The packed file evaluates on the 2-bit kernels to the same numbers (up to
+  // summation order), and a mismatched --model is refused.
+  const std::string packed = q.out + "/packed.safetensors";
+  models::pack_model_file(eo.weights, packed, "");
+  train::EvalOptions po = eo;
+  po.weights = packed;
+  train::EvalResult pv = train::run_eval(po, log);
+  EXPECT_EQ(pv.count, ev.count);
+  EXPECT_NEAR(pv.loss, ev.loss, 1e-4 * std::max(1.0, ev.loss));
+  EXPECT_NEAR(pv.top1, ev.top1, 1.0 / 48 + 1e-12);  // a near-tie may flip one image at most
+  EXPECT_NEAR(pv.top5, ev.top5, 1.0 / 48 + 1e-12);
+  po.model = "squeezenet";
+  EXPECT_THROW(train::run_eval(po, log), InputError);
 }
 
 TEST_F(TrainLoop, DivergedLossIsAnInputError) {

@@ -11,11 +11,12 @@
 
 int main(int argc, char** argv) {
   ttq::prefer_passive_openmp(argv);
-  CLI::App app{"Evaluate a ttq checkpoint (full precision or TTQ) or a PyTorch import."};
+  CLI::App app{"Evaluate a ttq checkpoint (full precision or TTQ), a packed 2-bit model or a PyTorch import."};
   ttq::train::EvalOptions o;
   std::string json_out;
   app.add_option("--model", o.model, "Architecture (optional when the file's metadata names it)");
-  app.add_option("--weights", o.weights, "Checkpoint (.safetensors)")->required();
+  app.add_option("--weights", o.weights, "Checkpoint, packed 2-bit model or PyTorch import (.safetensors)")
+      ->required();
   app.add_option("--data", o.data, "fashion-mnist[:DIR] | tiny-imagenet:DIR | folder:DIR | mnist:DIR")
       ->capture_default_str();
   app.add_option("--device", o.device, "cpu, cuda or cuda:N (default: cuda when available, else cpu)");

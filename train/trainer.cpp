@@ -20,6 +20,7 @@
 #include "engine/optim/optimizer.h"
 #include "engine/optim/plateau.h"
 #include "models/infer.h"
+#include "models/packed.h"
 #include "models/ttq.h"
 #include "train/checkpoint.h"
 
@@ -214,17 +215,20 @@ TrainOptions resolve_defaults(TrainOptions o) {
   return o;
 }
 
-EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device) {
+namespace {
+
+// One pass of `loader` through `forward` (images moved to `device` first; logits
+// may come back on any device, labels follow them).
+template <typename Forward>
+EvalResult evaluate_pass(Forward&& forward, data::Loader& loader, Device device) {
   autograd::NoGradGuard no_grad;
-  const bool was_training = model.is_training();
-  model.eval();
   auto t0 = Clock::now();
   EvalResult r;
   double loss_sum = 0, c1 = 0, c5 = 0;
   loader.start_epoch(0, 0);
   while (auto b = loader.next()) {
-    Tensor x = b->images.to(device), y = b->labels.to(device);
-    Tensor logits = model(x);
+    Tensor logits = forward(b->images.to(device));
+    Tensor y = b->labels.to(logits.device());
     const int64_t n = b->size();
     loss_sum += ops::cross_entropy(logits, y).item() * static_cast<double>(n);
     c1 += static_cast<double>(ops::topk_correct(logits, y, 1));
@@ -237,6 +241,15 @@ EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device) {
     r.top5 = c5 / r.count;
   }
   r.seconds = seconds_since(t0);
+  return r;
+}
+
+}  // namespace
+
+EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device) {
+  const bool was_training = model.is_training();
+  model.eval();
+  EvalResult r = evaluate_pass([&](const Tensor& x) { return model(x); }, loader, device);
   model.train(was_training);
   return r;
 }
@@ -558,29 +571,41 @@ EvalResult run_eval(const EvalOptions& o, std::ostream& log) {
   TTQ_INPUT_CHECK(val_set && val_set->size() > 0) << o.data << ": no validation images";
   if (o.limit_val > 0) val_set = std::make_shared<SubsetDataset>(val_set, o.limit_val, o.seed + 1);
 
-  models::ModelPtr model;
-  io::Header h = io::read_safetensors_header(o.weights);
-  auto fmt = h.metadata.find("format");
-  if (fmt != h.metadata.end() && fmt->second == "ttq-checkpoint") {
-    CheckpointContent c = read_checkpoint(o.weights);
-    TTQ_INPUT_CHECK(o.model.empty() || o.model == c.arch)
-        << o.weights << ": holds a " << c.arch << ", not a " << o.model << " (--model)";
-    model = models::create(c.arch, c.config);
-    models::LoadOptions lo;
-    lo.ignore_ttq_state = true;
-    models::load_weights(*model, c.model_tensors, o.weights, lo);
-    model->to(device);
-  } else {
-    model = models::load_model_file(o.weights, o.model, device);
-  }
-  TTQ_INPUT_CHECK(model->config().in_channels == pre.channels)
-      << o.weights << ": the model takes " << model->config().in_channels << " input channels, " << o.data
-      << " has " << pre.channels;
-  TTQ_INPUT_CHECK(model->config().num_classes == val_set->num_classes())
-      << o.weights << ": the model has " << model->config().num_classes << " classes, " << o.data << " has "
-      << val_set->num_classes();
+  auto check_fits = [&](const models::ModelConfig& config) {
+    TTQ_INPUT_CHECK(config.in_channels == pre.channels)
+        << o.weights << ": the model takes " << config.in_channels << " input channels, " << o.data << " has "
+        << pre.channels;
+    TTQ_INPUT_CHECK(config.num_classes == val_set->num_classes())
+        << o.weights << ": the model has " << config.num_classes << " classes, " << o.data << " has "
+        << val_set->num_classes();
+  };
   data::Loader loader(val_set, pre, loader_options(o.batch, o.workers, o.seed, false));
-  EvalResult r = evaluate(*model, loader, device);
+  EvalResult r;
+  if (models::is_packed_file(o.weights)) {
+    // The deployed artefact itself: the packed 2-bit kernels, not the float layers.
+    auto packed = models::PackedModel::load(o.weights, o.model, device);
+    check_fits(packed->config());
+    packed->check_input(Shape{1, pre.channels, pre.crop, pre.crop}, o.data);
+    r = evaluate_pass([&](const Tensor& x) { return packed->forward(x); }, loader, device);
+  } else {
+    models::ModelPtr model;
+    io::Header h = io::read_safetensors_header(o.weights);
+    auto fmt = h.metadata.find("format");
+    if (fmt != h.metadata.end() && fmt->second == "ttq-checkpoint") {
+      CheckpointContent c = read_checkpoint(o.weights);
+      TTQ_INPUT_CHECK(o.model.empty() || o.model == c.arch)
+          << o.weights << ": holds a " << c.arch << ", not a " << o.model << " (--model)";
+      model = models::create(c.arch, c.config);
+      models::LoadOptions lo;
+      lo.ignore_ttq_state = true;
+      models::load_weights(*model, c.model_tensors, o.weights, lo);
+      model->to(device);
+    } else {
+      model = models::load_model_file(o.weights, o.model, device);
+    }
+    check_fits(model->config());
+    r = evaluate(*model, loader, device);
+  }
   if (loader.skipped_in_epoch() > 0) log << loader.skipped_in_epoch() << " unreadable images skipped\n";
   return r;
 }

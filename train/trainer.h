@@ -114,7 +114,8 @@ struct EvalOptions {
 };
 // Loads the weights (a training checkpoint's optimiser state is ignored; a TTQ
 // checkpoint runs with its ternary weights) and evaluates them on the data's
-// validation split (the test set for Fashion-MNIST).
+// validation split (the test set for Fashion-MNIST). A packed 2-bit file
+// (ttq_pack) runs on the packed kernels, so the deployed artefact is what is measured.
 EvalResult run_eval(const EvalOptions& options, std::ostream& log);
 
 }  // namespace ttq::train
