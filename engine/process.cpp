@@ -6,9 +6,11 @@
 
 namespace ttq {
 
-void prefer_passive_openmp(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+void configure_openmp_wait(char** argv, OpenMpWait mode) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
+  const int rc = mode == OpenMpWait::Passive ? setenv("OMP_WAIT_POLICY", "passive", 1)
+                                             : setenv("GOMP_SPINCOUNT", "1000", 1);
+  if (rc != 0) return;
   execv("/proc/self/exe", argv);  // on failure: carry on with the default policy
 }
 

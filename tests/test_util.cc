@@ -75,7 +75,7 @@ std::string device_name(const testing::TestParamInfo<Device>& info) {
 }  // namespace ttq::test
 
 int main(int argc, char** argv) {
-  ttq::prefer_passive_openmp(argv);
+  ttq::configure_openmp_wait(argv, ttq::OpenMpWait::Passive);
   testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

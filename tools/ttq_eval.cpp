@@ -10,7 +10,7 @@
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
-  ttq::prefer_passive_openmp(argv);
+  ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
   CLI::App app{"Evaluate a ttq checkpoint (full precision or TTQ), a packed 2-bit model or a PyTorch import."};
   ttq::train::EvalOptions o;
   std::string json_out;

@@ -11,7 +11,7 @@
 #include "models/summary.h"
 
 int main(int argc, char** argv) {
-  ttq::prefer_passive_openmp(argv);
+  ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
   CLI::App app{
       "Run a ttq model: a checkpoint, a PyTorch import or a packed 2-bit model (safetensors).\n"
       "  image mode:  ttq_infer --model FILE IMAGE...   (top-5 classes of each image)\n"

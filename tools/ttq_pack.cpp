@@ -10,7 +10,7 @@
 #include "models/packed.h"
 
 int main(int argc, char** argv) {
-  ttq::prefer_passive_openmp(argv);
+  ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
   CLI::App app{"Pack a TTQ model's ternary weights into 2-bit codes (format ttq-packed-2bit)."};
   std::string in, out, arch;
   bool quiet = false;

@@ -9,7 +9,7 @@
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
-  ttq::prefer_passive_openmp(argv);
+  ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
   CLI::App app{
       "Train a ttq model: full precision (--phase fp) or Trained Ternary Quantization from a\n"
       "full-precision checkpoint (--phase ttq). Writes RUN_DIR/config.json, metrics.jsonl,\n"
