@@ -144,8 +144,8 @@ Tensor dense_cpu(const ConvShape& s, const Tensor& x, const Tensor& w) {
 }
 
 void bm_packed_cpu(benchmark::State& state, ConvShape s, int64_t n, kernels::CpuIsa isa) {
-  if (isa == kernels::CpuIsa::Avx2 && kernels::cpu_isa_auto() != kernels::CpuIsa::Avx2) {
-    state.SkipWithError("no AVX2/FMA on this CPU");
+  if (!kernels::cpu_isa_supported(isa)) {
+    state.SkipWithError("this CPU cannot run the micro-kernel");
     return;
   }
   const kernels::PackedConvWeight w = random_weight(s, Device::cpu());
@@ -367,6 +367,11 @@ void register_all() {
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
       benchmark::RegisterBenchmark(("dense_cpu" + base).c_str(), bm_dense_cpu, s, n)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+      // Each micro-kernel by name (packed_cpu is the one Auto picks).
+      benchmark::RegisterBenchmark(("packed_avx2_cpu" + base).c_str(), bm_packed_cpu, s, n,
+                                   kernels::CpuIsa::Avx2)
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
       if (n == 1) {

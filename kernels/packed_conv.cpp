@@ -11,10 +11,11 @@
 // columns that fall on padding are computed and dropped (7% at 28x28, 3x3). Other
 // strides build an explicit im2col whose columns are exactly the outputs. A conv with
 // no prologue, pooling or padding reads x in place (X' = x).
-// Register block: 4 output channels x 24 columns (12 AVX2 accumulators, 3 column
-// vectors, 1 broadcast = 16 ymm). Per surviving k the kernel reads one code byte,
+// Register block: 4 output channels x 3 column vectors, 24 columns with AVX2 (12
+// accumulators, 3 column vectors, 1 broadcast = 16 ymm), 48 with AVX-512 (the same
+// in zmm: half the code reads and broadcasts per multiply-add). Per surviving k the kernel reads one code byte,
 // broadcasts four values from a 4 KB table (lut[byte] = the four weights), loads
-// three column vectors and issues 12 FMAs, so it runs at the FMA rate; columns
+// three column vectors and issues 12 FMAs, so it runs near the FMA rate; columns
 // where all four codes are zero are skipped through the block's bit mask (41-72% of
 // the SqueezeNet expand3x3 columns, ~2% of the DenseNet ones). The epilogue runs on
 // the accumulators and stores straight into y where a tile maps to consecutive outputs.
@@ -161,6 +162,8 @@ const char* cpu_isa_name(CpuIsa isa) {
       return "scalar";
     case CpuIsa::Avx2:
       return "avx2";
+    case CpuIsa::Avx512:
+      return "avx512";
   }
   return "?";
 }
@@ -177,12 +180,26 @@ const char* cuda_path_name(CudaPath p) {
   return "?";
 }
 
+bool cpu_isa_supported(CpuIsa isa) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();  // libgcc also checks that the OS saves the wider registers
+  switch (isa) {
+    case CpuIsa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case CpuIsa::Avx512:
+      return __builtin_cpu_supports("avx512f") != 0;
+    default:
+      return true;
+  }
+#else
+  return isa == CpuIsa::Auto || isa == CpuIsa::Scalar;
+#endif
+}
+
 CpuIsa cpu_isa_auto() {
   static const CpuIsa isa = [] {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuIsa::Avx2;
-#endif
+    for (CpuIsa c : {CpuIsa::Avx512, CpuIsa::Avx2})
+      if (cpu_isa_supported(c)) return c;
     return CpuIsa::Scalar;
   }();
   return isa;
@@ -261,11 +278,10 @@ void packed_conv_ref(const PackedConvArgs& a, const uint8_t* canonical) {
 
 namespace {
 
-constexpr int kRows = 4;   // output channels per register block
-constexpr int kVec = 8;    // floats per column vector
-constexpr int kTileV = 3;  // column vectors per register block
-constexpr int kTile = kVec * kTileV;
-constexpr int64_t kSlack = 2 * kVec;  // readable floats past the last column the kernel may touch
+constexpr int kRows = 4;       // output channels per register block
+constexpr int kVec = 8;        // floats per column group (AVX2 vector; the unit of `straight`)
+constexpr int kMaxTile = 48;   // widest register block (3 AVX-512 vectors)
+constexpr int64_t kSlack = 32; // readable floats past the last column the kernel may touch
 constexpr int64_t kParallelMacs = int64_t(1) << 23;  // ~200 us on one core
 
 // Where a register block goes: row r's 8 * NV values to out[r] (+ res[r] when res is
@@ -353,13 +369,76 @@ __attribute__((target("avx2,fma"))) void block_kernel_avx2(const float* xq, cons
     }
   }
 }
+
+// The AVX2 kernel's loop with 16-float vectors: 12 accumulators for a 4 x 48 block.
+// Same FMAs per output in the same order, so the same bits as the AVX2 kernel; twice
+// the columns per code byte and per broadcast.
+template <int NV>
+__attribute__((target("avx512f"))) void block_kernel_avx512(const float* xq, const int64_t* koff,
+                                                            const uint64_t* mask, int64_t mask_words,
+                                                            const uint8_t* codes, const float* lut,
+                                                            const float* esc, const float* esh, bool relu,
+                                                            const BlockOut& o) {
+  constexpr int kW = 16;
+  __m512 a[kRows][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) a[r][v] = _mm512_setzero_ps();
+  for (int64_t wi = 0; wi < mask_words; ++wi) {
+    uint64_t m = mask[wi];
+    const int64_t* ko = koff + wi * 64;
+    while (m) {
+      const int bit = __builtin_ctzll(m);
+      m &= m - 1;
+      const float* xp = xq + ko[bit];
+      const float* l = lut + 4 * *codes++;
+      __m512 xv[NV];
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(xp + kW * v);
+#pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 wv = _mm512_set1_ps(l[r]);
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) a[r][v] = _mm512_fmadd_ps(wv, xv[v], a[r][v]);
+      }
+    }
+  }
+  const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r) {
+    const __m512 sc = _mm512_set1_ps(esc[r]), sh = _mm512_set1_ps(esh[r]);
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) {
+      __m512 t = _mm512_add_ps(_mm512_mul_ps(a[r][v], sc), sh);
+      // max(t, 0) as _mm512_max_ps computes it, spelled with a full mask: GCC 12's
+      // _mm512_max_ps trips -Wmaybe-uninitialized.
+      if (relu) t = _mm512_mask_max_ps(t, static_cast<__mmask16>(0xffff), t, zero);
+      if (o.has_res) t = _mm512_add_ps(t, _mm512_loadu_ps(o.res[r] + kW * v));
+      _mm512_storeu_ps(o.out[r] + kW * v, t);
+    }
+  }
+}
 #endif
 
 using BlockKernel = void (*)(const float*, const int64_t*, const uint64_t*, int64_t, const uint8_t*,
                              const float*, const float*, const float*, bool, const BlockOut&);
 
+// Columns per vector of each micro-kernel (a register block is up to 3 vectors wide).
+int isa_vec(CpuIsa isa) { return isa == CpuIsa::Avx512 ? 16 : kVec; }
+
 BlockKernel pick_kernel(CpuIsa isa, int nv) {
 #if defined(__x86_64__)
+  if (isa == CpuIsa::Avx512) {
+    switch (nv) {
+      case 1:
+        return block_kernel_avx512<1>;
+      case 2:
+        return block_kernel_avx512<2>;
+      default:
+        return block_kernel_avx512<3>;
+    }
+  }
   if (isa == CpuIsa::Avx2) {
     switch (nv) {
       case 1:
@@ -458,6 +537,8 @@ struct ConvPlan {
   const int64_t* koff_tail;  // direct: offsets into the last tile's panel
   int64_t q_count;           // columns of one sample
   int64_t col_stride;        // im2col row length
+  int vec;      // columns per micro-kernel vector (8 AVX2 / scalar, 16 AVX-512)
+  int64_t tile; // columns per register block: 3 vectors
   int64_t tiles;
   const int64_t* koff;
   const int32_t* col_p;
@@ -485,15 +566,15 @@ void im2col_rows(const ConvPlan& P, int64_t k0, int64_t k1, const float* xprep, 
   }
 }
 
-// Direct mode: the last tile's rows of sample n copied to [k][kTile] (zero-padded),
+// Direct mode: the last tile's rows of sample n copied to [k][tile] (zero-padded),
 // because reading x in place would run past its end.
 void fill_tail_panel(const ConvPlan& P, const float* base, std::vector<float>& panel) {
-  const int64_t q0 = (P.tiles - 1) * kTile, len = P.q_count - q0;
-  if (panel.size() < static_cast<size_t>(P.k * kTile)) panel.resize(static_cast<size_t>(P.k * kTile));
+  const int64_t q0 = (P.tiles - 1) * P.tile, len = P.q_count - q0;
+  if (panel.size() < static_cast<size_t>(P.k * P.tile)) panel.resize(static_cast<size_t>(P.k * P.tile));
   for (int64_t kk = 0; kk < P.k; ++kk) {
-    float* row = panel.data() + kk * kTile;
+    float* row = panel.data() + kk * P.tile;
     std::copy(base + q0 + P.koff[kk], base + q0 + P.koff[kk] + len, row);
-    std::fill(row + len, row + kTile, 0.0f);
+    std::fill(row + len, row + P.tile, 0.0f);
   }
 }
 
@@ -505,15 +586,16 @@ void run_item(const ConvPlan& P, int64_t n, int64_t item, const float* base, con
   const CpuCodeLayout& layout = *P.layout;
   const int64_t t = item / layout.blocks, b = item % layout.blocks;
   if (!P.tile_live[t]) return;
-  const int64_t q0 = t * kTile, len = std::min<int64_t>(kTile, P.q_count - q0);
-  const int nv = static_cast<int>((len + kVec - 1) / kVec);
-  // A straight tile maps each of its vectors to consecutive outputs: stored in place.
+  const int64_t q0 = t * P.tile, len = std::min<int64_t>(P.tile, P.q_count - q0);
+  const int nv = static_cast<int>((len + P.vec - 1) / P.vec);
+  const int64_t width = int64_t{nv} * P.vec;  // columns the kernel computes and stores
+  // A straight tile maps each of its 8-column groups to consecutive outputs: stored in place.
   bool in_place = true;
-  for (int v = 0; v < nv && in_place; ++v) {
-    const int64_t qv = q0 + kVec * v;
-    in_place = P.straight[qv / kVec] && P.col_p[qv] == P.col_p[q0] + kVec * v;
+  for (int64_t e = 0; e < width && in_place; e += kVec) {
+    const int64_t qv = q0 + e;
+    in_place = qv < P.q_count && P.straight[qv / kVec] && P.col_p[qv] == P.col_p[q0] + e;
   }
-  alignas(32) float acc[kRows * kTile];
+  alignas(64) float acc[kRows * kMaxTile];
   BlockOut bo;
   bo.has_res = in_place && a.residual != nullptr;
   for (int r = 0; r < kRows; ++r) {
@@ -523,14 +605,14 @@ void run_item(const ConvPlan& P, int64_t n, int64_t item, const float* base, con
       bo.out[r] = a.y + n * a.y_sn + co * a.y_sc + p;
       bo.res[r] = a.residual ? a.residual + n * a.r_sn + co * a.r_sc + p : nullptr;
     } else {  // a scattered tile, or a padding row of the block
-      bo.out[r] = acc + r * kTile;
-      bo.res[r] = bo.has_res ? acc + r * kTile : nullptr;
+      bo.out[r] = acc + r * kMaxTile;
+      bo.res[r] = bo.has_res ? acc + r * kMaxTile : nullptr;
     }
   }
-  if (bo.has_res && 4 * b + kRows > s.co) std::fill(acc, acc + kRows * kTile, 0.0f);
+  if (bo.has_res && 4 * b + kRows > s.co) std::fill(acc, acc + kRows * kMaxTile, 0.0f);
   const float* xq = base + q0;
   const int64_t* koff = P.koff;
-  if (tail_panel && q0 + kVec * nv > P.q_count) {  // x read in place has no slack: use the panel
+  if (tail_panel && q0 + width > P.q_count) {  // x read in place has no slack: use the panel
     xq = tail_panel;
     koff = P.koff_tail;
   }
@@ -541,8 +623,8 @@ void run_item(const ConvPlan& P, int64_t n, int64_t item, const float* base, con
   for (int r = 0; r < kRows; ++r) {
     const int64_t co = 4 * b + r;
     if (co >= s.co) break;
-    const float* ar = acc + r * kTile;
-    for (int64_t e = 0; e < nv * kVec && q0 + e < P.q_count; ++e) {
+    const float* ar = acc + r * kMaxTile;
+    for (int64_t e = 0; e < width && q0 + e < P.q_count; ++e) {
       const int64_t p = P.col_p[q0 + e];
       if (p < 0) continue;
       float val = ar[e];
@@ -566,14 +648,16 @@ void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const
       << s.k() << "]";
   if (s.n == 0) return;
   if (isa == CpuIsa::Auto) isa = cpu_isa_auto();
-  TTQ_CHECK(isa != CpuIsa::Avx2 || cpu_isa_auto() == CpuIsa::Avx2)
-      << "packed_conv_cpu: this CPU has no AVX2/FMA";
+  TTQ_CHECK(cpu_isa_supported(isa)) << "packed_conv_cpu: this CPU cannot run the " << cpu_isa_name(isa)
+                                     << " micro-kernel";
 
   ConvPlan P;
   P.a = &a;
   P.layout = &layout;
   P.lut = lut;
   for (int nv = 1; nv <= 3; ++nv) P.kernels[nv - 1] = pick_kernel(isa, nv);
+  P.vec = isa_vec(isa);
+  P.tile = 3 * P.vec;
   P.hs = s.hs();
   P.ws = s.ws();
   P.hp = P.hs + 2 * s.pad;
@@ -586,7 +670,7 @@ void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const
   P.direct = P.wide && s.pad == 0 && !s.pool2 && a.pre.identity();
   P.q_count = P.wide ? (P.ho - 1) * P.wp + P.wo : P.ho * P.wo;
   P.col_stride = P.q_count + kSlack;
-  P.tiles = (P.q_count + kTile - 1) / kTile;
+  P.tiles = (P.q_count + P.tile - 1) / P.tile;
 
   // Tables, by nested loops (no divisions: this runs on every call).
   Scratch& sc = scratch();
@@ -598,7 +682,7 @@ void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const
             P.direct ? c * a.x_sc + i * s.w + j : (P.wide ? c * P.plane + i * P.wp + j : kk * P.col_stride);
   if (P.direct) {
     sc.koff_tail.resize(static_cast<size_t>(layout.mask_words * 64));
-    for (int64_t kk = 0; kk < P.k; ++kk) sc.koff_tail[kk] = kk * kTile;
+    for (int64_t kk = 0; kk < P.k; ++kk) sc.koff_tail[kk] = kk * P.tile;
     P.koff_tail = sc.koff_tail.data();
   }
   sc.col_p.resize(static_cast<size_t>(P.q_count));
@@ -620,7 +704,7 @@ void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const
   }
   sc.tile_live.assign(static_cast<size_t>(P.tiles), 0);
   for (int64_t q = 0; q < P.q_count; ++q)
-    if (sc.col_p[q] >= 0) sc.tile_live[q / kTile] = 1;
+    if (sc.col_p[q] >= 0) sc.tile_live[q / P.tile] = 1;
   // The epilogue's per-channel scale and shift, padded to whole register blocks.
   sc.esc.assign(static_cast<size_t>(4 * layout.blocks), 1.0f);
   sc.esh.assign(static_cast<size_t>(4 * layout.blocks), 0.0f);

@@ -2,7 +2,7 @@
 //   y = epilogue(conv(prologue(x), Wq)),  Wq[co, k] in {+Wp, 0, -Wn} from 2-bit codes,
 // so each output is Wp * (sum of x over P) - Wn * (sum of x over N). The 1x1 case is
 // the linear layer. Layers: packed_conv_ref (naive, float64 sums) -> packed_conv_cpu
-// (kernels/packed_conv.cpp: AVX2+FMA or scalar micro-kernel picked at run time, OpenMP)
+// (kernels/packed_conv.cpp: AVX-512, AVX2+FMA or scalar micro-kernel picked at run time, OpenMP)
 // and packed_conv_cuda (kernels/packed_conv.cu: fp16 tensor-core implicit GEMM or an
 // fp32 CUDA-core fallback) -> the tensor entry packed_conv2d(). The weights stay 2-bit
 // in memory; each kernel re-lays the canonical codes out once, at load time, through
@@ -104,9 +104,14 @@ struct PackedConvArgs {
   float wp = 1, wn = 1;
 };
 
-enum class CpuIsa : uint8_t { Auto, Scalar, Avx2 };
-// The micro-kernel Auto picks on this machine (Avx2 when the CPU has AVX2 and FMA).
+// CPU micro-kernels: Scalar (any x86-64 / other CPU), Avx2 (AVX2 + FMA, 4 x 24
+// register blocks), Avx512 (AVX-512F, 4 x 48 register blocks). Avx2 and Avx512 do
+// the same FMAs in the same order per output, so they give the same bits.
+enum class CpuIsa : uint8_t { Auto, Scalar, Avx2, Avx512 };
+// The micro-kernel Auto picks on this machine (the widest one the CPU and OS support).
 CpuIsa cpu_isa_auto();
+// Whether this machine can run `isa` (Auto and Scalar: always).
+bool cpu_isa_supported(CpuIsa isa);
 const char* cpu_isa_name(CpuIsa isa);
 
 // The reference: straight loops, float64 sums, decoding the canonical codes as it

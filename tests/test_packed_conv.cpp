@@ -8,6 +8,7 @@
 // CUDA paths (tensor cores, CUDA cores) match the CPU twin (skipped without a GPU).
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -46,9 +47,11 @@ PackedConvWeight random_weight(const Shape& shape, double zero_frac, float wp, f
   return PackedConvWeight::from_codes(t, shape, wp, wn, dev);
 }
 
+// Every micro-kernel this machine can run.
 std::vector<CpuIsa> cpu_isas() {
-  std::vector<CpuIsa> v{CpuIsa::Scalar};
-  if (kernels::cpu_isa_auto() == CpuIsa::Avx2) v.push_back(CpuIsa::Avx2);
+  std::vector<CpuIsa> v;
+  for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512})
+    if (kernels::cpu_isa_supported(isa)) v.push_back(isa);
   return v;
 }
 
@@ -162,6 +165,9 @@ const std::vector<ConvCase> kCases = {
     {3, 5, 8, 8, 4, 3, 2, 1},     {2, 16, 6, 7, 9, 3, 1, 0},  {1, 48, 28, 28, 12, 3, 1, 1},
     {2, 67, 14, 14, 48, 1, 1, 0}, {1, 9, 10, 10, 7, 5, 3, 2}, {2, 33, 7, 7, 31, 3, 1, 2},
     {1, 130, 5, 9, 3, 1, 2, 0},   {4, 3, 13, 3, 6, 3, 1, 1},  {1, 64, 7, 7, 200, 1, 1, 0},
+    // 48, 49 and 50 columns, and 61 wide columns: the edges of both tile widths
+    {2, 17, 8, 6, 5, 1, 1, 0},    {1, 20, 7, 7, 9, 1, 1, 0},  {1, 20, 5, 10, 9, 1, 1, 0},
+    {1, 12, 7, 7, 6, 3, 1, 1},
 };
 
 TEST(PackedConvCpu, MatchesDenseConvAndReferenceOnRandomShapes) {
@@ -175,6 +181,7 @@ TEST(PackedConvCpu, MatchesDenseConvAndReferenceOnRandomShapes) {
     const Tensor dense = ops::conv2d(x, w.decode(), Tensor(), c.stride, c.pad);
     const Tensor ref = kernels::packed_conv2d_ref(x, w, o);
     EXPECT_LT(test::max_rel_error(ref, dense), 1e-6) << case_str(c) << " reference vs ops::conv2d";
+    std::map<CpuIsa, Tensor> out;
     for (CpuIsa isa : cpu_isas()) {
       o.cpu_isa = isa;
       Tensor y = Tensor::empty(dense.shape());
@@ -184,6 +191,11 @@ TEST(PackedConvCpu, MatchesDenseConvAndReferenceOnRandomShapes) {
           << case_str(c) << " " << kernels::cpu_isa_name(isa) << ": unwritten outputs";
       EXPECT_LT(test::max_rel_error(y, dense), 1e-5) << case_str(c) << " " << kernels::cpu_isa_name(isa);
       EXPECT_LT(test::max_rel_error(y, ref), 1e-5) << case_str(c) << " " << kernels::cpu_isa_name(isa);
+      out[isa] = y;
+    }
+    // AVX2 and AVX-512 issue the same FMAs per output in the same order.
+    if (out.count(CpuIsa::Avx2) && out.count(CpuIsa::Avx512)) {
+      EXPECT_EQ(test::max_abs_diff(out[CpuIsa::Avx2], out[CpuIsa::Avx512]), 0.0) << case_str(c);
     }
   }
 }

@@ -198,9 +198,8 @@ TEST(PackedInference, ReproducesTheFloatTtqModelAndPyTorchOnTheCpu) {
   const Tensor& x = reference().at("input");
   for (const SeedFile& s : kSeeds) {
     const Tensor expect = float_logits(s, x);
-    std::vector<kernels::CpuIsa> isas{kernels::CpuIsa::Scalar};
-    if (kernels::cpu_isa_auto() == kernels::CpuIsa::Avx2) isas.push_back(kernels::CpuIsa::Avx2);
-    for (kernels::CpuIsa isa : isas) {
+    for (kernels::CpuIsa isa : {kernels::CpuIsa::Scalar, kernels::CpuIsa::Avx2, kernels::CpuIsa::Avx512}) {
+      if (!kernels::cpu_isa_supported(isa)) continue;
       models::PackedRunOptions o;
       o.cpu_isa = isa;
       auto m = packed_model(s, Device::cpu(), o);
