@@ -282,7 +282,7 @@ constexpr int kRows = 4;       // output channels per register block
 constexpr int kVec = 8;        // floats per column group (AVX2 vector; the unit of `straight`)
 constexpr int kMaxTile = 48;   // widest register block (3 AVX-512 vectors)
 constexpr int64_t kSlack = 32; // readable floats past the last column the kernel may touch
-constexpr int64_t kParallelMacs = int64_t(1) << 23;  // ~200 us on one core
+constexpr int64_t kParallelMacs = int64_t(1) << 21;  // ~30 us on one core (bench/RESULTS.md)
 
 // Where a register block goes: row r's 8 * NV values to out[r] (+ res[r] when res is
 // non-null). Straight tiles point these at y and the residual; other tiles at a buffer

@@ -122,7 +122,7 @@ void packed_conv_ref(const PackedConvArgs& args, const uint8_t* canonical);
 // 256 x 4 table cpu_code_lut(wp, wn). Any stride and padding; stride 1 reads the
 // prepared input in place, other strides go through an explicit im2col.
 // ensures y as packed_conv_ref up to float summation order (bit-identical when every
-// partial sum is exact). Multithreaded (OpenMP) above ~8 M multiply-adds.
+// partial sum is exact). Multithreaded (OpenMP) above ~2 M multiply-adds.
 void packed_conv_cpu(const PackedConvArgs& args, const CpuCodeLayout& layout, const float* lut,
                      CpuIsa isa = CpuIsa::Auto);
 // lut[byte * 4 + r] = value of code r of `byte`: +wp, -wn or 0 (code 3: 0).
