@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   int64_t classes = 200;
   std::string known;
   for (const auto& n : ttq::models::names()) known += (known.empty() ? "" : ", ") + n;
-  app.add_option("--model", o.model_path, "Weights file (.safetensors): a checkpoint or an import");
+  app.add_option("--model", o.model_path, "Weights file (.safetensors): a checkpoint, a PyTorch import or a packed 2-bit model");
   app.add_option("--arch", o.arch, "Architecture when the file's metadata has no \"model\" (" + known + ")");
   app.add_option("--device", o.device, "cpu, cuda or cuda:N (default: cuda when available, else cpu)");
   app.add_option("--input-tensors", o.input_path, "Tensor mode: safetensors file holding the input batch");
