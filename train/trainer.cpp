@@ -579,6 +579,11 @@ EvalResult run_eval(const EvalOptions& o, std::ostream& log) {
         << o.weights << ": the model has " << config.num_classes << " classes, " << o.data << " has "
         << val_set->num_classes();
   };
+  // Checked here so that the message names ttq_eval's flag (the loaders' name --arch).
+  const io::Header h = io::read_safetensors_header(o.weights);
+  auto named = h.metadata.find("model");
+  TTQ_INPUT_CHECK(o.model.empty() || named == h.metadata.end() || named->second == o.model)
+      << o.weights << ": holds a " << named->second << ", not a " << o.model << " (--model)";
   data::Loader loader(val_set, pre, loader_options(o.batch, o.workers, o.seed, false));
   EvalResult r;
   if (models::is_packed_file(o.weights)) {
@@ -589,12 +594,9 @@ EvalResult run_eval(const EvalOptions& o, std::ostream& log) {
     r = evaluate_pass([&](const Tensor& x) { return packed->forward(x); }, loader, device);
   } else {
     models::ModelPtr model;
-    io::Header h = io::read_safetensors_header(o.weights);
     auto fmt = h.metadata.find("format");
     if (fmt != h.metadata.end() && fmt->second == "ttq-checkpoint") {
       CheckpointContent c = read_checkpoint(o.weights);
-      TTQ_INPUT_CHECK(o.model.empty() || o.model == c.arch)
-          << o.weights << ": holds a " << c.arch << ", not a " << o.model << " (--model)";
       model = models::create(c.arch, c.config);
       models::LoadOptions lo;
       lo.ignore_ttq_state = true;
