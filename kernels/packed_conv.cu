@@ -380,6 +380,7 @@ void packed_conv_cuda(const PackedConvArgs& a, const uint8_t* canonical, const u
   g.k = checked_int(s.k(), "k");
   g.pixels = checked_int(s.n * s.ho() * s.wo(), "pixels");
   checked_int(s.co * s.k(), "co*k");
+  checked_int(s.h * s.w, "h*w");  // load_input indexes a plane in int
   g.pool2 = s.pool2;
   g.pre_relu = a.pre.relu;
   g.post_relu = a.post.relu;

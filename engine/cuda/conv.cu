@@ -185,7 +185,9 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   DeviceGuard g(x);
   check_conv_operands("cuda::conv2d_forward", {&x, &w, &bias, &y});
   if (y.numel() == 0) return;
-  if (x.size(1) == 0 || w.size(2) * w.size(3) == 0) {  // an empty sum: y = bias
+  // An empty sum (no input channels, or an empty plane seen only through the
+  // padding): y = bias, as on the CPU.
+  if (x.numel() == 0 || w.size(2) * w.size(3) == 0) {
     if (bias.defined()) {
       Tensor b = bias.view({1, bias.numel(), 1, 1}).as_strided(y.shape(), {0, 1, 0, 0}, bias.offset());
       copy(b, y);
@@ -263,14 +265,16 @@ void conv2d_backward_filter(const Tensor& gy, const Tensor& x, const Conv2dParam
                             Tensor& gbias) {
   DeviceGuard g(gy);
   check_conv_operands("cuda::conv2d_backward_filter", {&gy, &x, &gw, &gbias});
-  if (gy.numel() == 0 || x.numel() == 0) {  // an empty batch: no gradient
+  if (gy.numel() == 0) {  // an empty batch: no gradient
     if (gw.numel() > 0) fill(gw, 0);
     if (gbias.defined() && gbias.numel() > 0) fill(gbias, 0);
     return;
   }
   cudnnHandle_t h = cudnn_handle();
   const Scale one(1), zero(0);
-  if (gw.numel() > 0) {
+  if (x.numel() == 0) {  // an empty sum: gw = 0, while gbias still sums gy (as on the CPU)
+    if (gw.numel() > 0) fill(gw, 0);
+  } else if (gw.numel() > 0) {
     ConvPlan& plan = plan_for(x, gw, p, gy.size(2), gy.size(3));
     const ConvKey key = key_of(x, gw, p);
     if (!plan.bwd_filter.ready) {
