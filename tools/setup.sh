@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build pkg-config
-          libopenblas-dev zlib1g-dev libstb-dev nlohmann-json3-dev libcli11-dev
+          libopenblas-dev libdnnl-dev zlib1g-dev libstb-dev nlohmann-json3-dev libcli11-dev
           libgtest-dev libgmock-dev libbenchmark-dev
           dataset-fashion-mnist)
 missing=()

@@ -20,12 +20,19 @@ void blas_init_threading();
 
 // C[m,n] = alpha * op(A) @ op(B) + beta * C, row-major with leading dimensions.
 // beta == 0 overwrites C (BLAS never reads C then, so poisoned outputs are fine).
+#ifdef TTQ_HAS_ONEDNN
+// float GEMMs go to oneDNN's sgemm (JIT kernels for the CPU's widest vectors,
+// AVX-512 included), always on the calling thread: bench/RESULTS.md, "oneDNN sgemm".
+void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+             const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+#else
 inline void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                     int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
               static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda),
               b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
 }
+#endif
 inline void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
                     int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,

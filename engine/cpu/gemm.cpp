@@ -1,14 +1,33 @@
-// CPU GEMM: OpenBLAS, single-threaded per call, with OpenMP splitting C into
+// CPU GEMM: oneDNN's sgemm where the build found it (else OpenBLAS) for float,
+// OpenBLAS for double; single-threaded per call, with OpenMP splitting C into
 // row or column blocks (see the threading policy in engine/cpu/blas.h).
 // Reference and tests: the GEMM / LINEAR / MATMUL cases of tests/test_backend_ops.cpp.
 #include <algorithm>
 #include <mutex>
+
+#ifdef TTQ_HAS_ONEDNN
+#include <dnnl.h>
+#endif
 
 #include "engine/backend.h"
 #include "engine/cpu/blas.h"
 #include "engine/cpu/parallel.h"
 
 namespace ttq::cpu {
+
+#ifdef TTQ_HAS_ONEDNN
+void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  // oneDNN threads a GEMM over omp_get_max_threads() unless it runs inside a parallel
+  // region; the engine's callers split the work themselves, so it gets one thread.
+  const int saved = omp_get_max_threads();
+  if (saved != 1) omp_set_num_threads(1);
+  const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  if (saved != 1) omp_set_num_threads(saved);
+  TTQ_CHECK(st == dnnl_success) << "dnnl_sgemm failed (status " << static_cast<int>(st) << ") for m " << m
+                                << ", n " << n << ", k " << k;
+}
+#endif
 
 void blas_init_threading() {
   static std::once_flag once;
