@@ -74,6 +74,7 @@ CpuCodeLayout relayout_cpu(const uint8_t* canonical, int64_t co, int64_t k) {
     }
   }
   l.start[l.blocks] = static_cast<int64_t>(l.codes.size());
+  l.codes.push_back(0);  // so that every block's one-past-the-end byte is readable
   return l;
 }
 
@@ -288,8 +289,8 @@ constexpr int64_t kParallelMacs = int64_t(1) << 21;  // ~30 us on one core (benc
 // non-null). Straight tiles point these at y and the residual; other tiles at a buffer
 // that the caller scatters.
 struct BlockOut {
-  float* out[4];
-  const float* res[4];
+  float* out[8];  // 4 rows, or 8 for a pair of blocks
+  const float* res[8];
   bool has_res;
 };
 
@@ -419,10 +420,90 @@ __attribute__((target("avx512f"))) void block_kernel_avx512(const float* xq, con
     }
   }
 }
+
+// Two register blocks at once (8 rows x 16 * NV columns, 24 accumulators for NV = 3):
+// each loaded column vector feeds 8 FMAs instead of 4. The k loop runs over the union
+// of the two blocks' masks; a block without k reads code byte 0, whose weights are
+// zero, so each row sees the AVX2 kernel's FMAs plus exact additions of +-0 (finite
+// inputs): the same bits. mask1 / codes1: the second block's.
+template <int NV>
+__attribute__((target("avx512f"))) void pair_kernel_avx512(const float* xq, const int64_t* koff,
+                                                           const uint64_t* mask0, const uint64_t* mask1,
+                                                           int64_t mask_words, const uint8_t* codes0,
+                                                           const uint8_t* codes1, const float* lut,
+                                                           const float* esc, const float* esh, bool relu,
+                                                           const BlockOut& o) {
+  constexpr int kW = 16, kR = 2 * kRows;
+  __m512 a[kR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < kR; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) a[r][v] = _mm512_setzero_ps();
+  for (int64_t wi = 0; wi < mask_words; ++wi) {
+    const uint64_t m0 = mask0[wi], m1 = mask1[wi];
+    uint64_t m = m0 | m1;
+    const int64_t* ko = koff + wi * 64;
+    while (m) {
+      const int bit = __builtin_ctzll(m);
+      m &= m - 1;
+      // Branch-free: the next byte of each stream counts only when its block has this k
+      // (a stream's one-past-the-end byte is readable: relayout_cpu pads the codes).
+      const unsigned in0 = static_cast<unsigned>(m0 >> bit) & 1u, in1 = static_cast<unsigned>(m1 >> bit) & 1u;
+      const float* l0 = lut + 4 * (*codes0 & (0u - in0));
+      const float* l1 = lut + 4 * (*codes1 & (0u - in1));
+      codes0 += in0;
+      codes1 += in1;
+      const float* xp = xq + ko[bit];
+      __m512 xv[NV];
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(xp + kW * v);
+#pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 w0 = _mm512_set1_ps(l0[r]), w1 = _mm512_set1_ps(l1[r]);
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) {
+          a[r][v] = _mm512_fmadd_ps(w0, xv[v], a[r][v]);
+          a[kRows + r][v] = _mm512_fmadd_ps(w1, xv[v], a[kRows + r][v]);
+        }
+      }
+    }
+  }
+  const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int r = 0; r < kR; ++r) {
+    const __m512 sc = _mm512_set1_ps(esc[r]), sh = _mm512_set1_ps(esh[r]);
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) {
+      __m512 t = _mm512_add_ps(_mm512_mul_ps(a[r][v], sc), sh);
+      if (relu) t = _mm512_mask_max_ps(t, static_cast<__mmask16>(0xffff), t, zero);
+      if (o.has_res) t = _mm512_add_ps(t, _mm512_loadu_ps(o.res[r] + kW * v));
+      _mm512_storeu_ps(o.out[r] + kW * v, t);
+    }
+  }
+}
 #endif
 
 using BlockKernel = void (*)(const float*, const int64_t*, const uint64_t*, int64_t, const uint8_t*,
                              const float*, const float*, const float*, bool, const BlockOut&);
+using PairKernel = void (*)(const float*, const int64_t*, const uint64_t*, const uint64_t*, int64_t,
+                            const uint8_t*, const uint8_t*, const float*, const float*, const float*, bool,
+                            const BlockOut&);
+
+PairKernel pick_pair_kernel(CpuIsa isa, int nv) {
+#if defined(__x86_64__)
+  if (isa == CpuIsa::Avx512) {
+    switch (nv) {
+      case 1:
+        return pair_kernel_avx512<1>;
+      case 2:
+        return pair_kernel_avx512<2>;
+      default:
+        return pair_kernel_avx512<3>;
+    }
+  }
+#endif
+  return nullptr;  // other ISAs run one block at a time
+}
 
 // Columns per vector of each micro-kernel (a register block is up to 3 vectors wide).
 int isa_vec(CpuIsa isa) { return isa == CpuIsa::Avx512 ? 16 : kVec; }
@@ -531,6 +612,8 @@ struct ConvPlan {
   const CpuCodeLayout* layout;
   const float* lut;
   BlockKernel kernels[3];
+  PairKernel pair_kernels[3];  // null: one block per item
+  int64_t groups;              // register-block groups per tile: pairs of blocks (AVX-512) or blocks
   int64_t hs, ws, hp, wp, ho, wo, k, plane;
   bool wide;                 // stride 1: read X' in place; else im2col
   bool direct;               // no prologue, pooling or padding: read x itself (X' = x)
@@ -584,8 +667,11 @@ void run_item(const ConvPlan& P, int64_t n, int64_t item, const float* base, con
   const PackedConvArgs& a = *P.a;
   const PackedConvShape& s = a.shape;
   const CpuCodeLayout& layout = *P.layout;
-  const int64_t t = item / layout.blocks, b = item % layout.blocks;
+  const int64_t t = item / P.groups, g = item % P.groups;
   if (!P.tile_live[t]) return;
+  const bool pair = P.pair_kernels[0] != nullptr && 2 * g + 1 < layout.blocks;
+  const int64_t b = P.pair_kernels[0] != nullptr ? 2 * g : g;  // first block of the group
+  const int rows = pair ? 2 * kRows : kRows;
   const int64_t q0 = t * P.tile, len = std::min<int64_t>(P.tile, P.q_count - q0);
   const int nv = static_cast<int>((len + P.vec - 1) / P.vec);
   const int64_t width = int64_t{nv} * P.vec;  // columns the kernel computes and stores
@@ -595,10 +681,10 @@ void run_item(const ConvPlan& P, int64_t n, int64_t item, const float* base, con
     const int64_t qv = q0 + e;
     in_place = qv < P.q_count && P.straight[qv / kVec] && P.col_p[qv] == P.col_p[q0] + e;
   }
-  alignas(64) float acc[kRows * kMaxTile];
+  alignas(64) float acc[2 * kRows * kMaxTile];
   BlockOut bo;
   bo.has_res = in_place && a.residual != nullptr;
-  for (int r = 0; r < kRows; ++r) {
+  for (int r = 0; r < rows; ++r) {
     const int64_t co = 4 * b + r;
     if (in_place && co < s.co) {
       const int64_t p = P.col_p[q0];
@@ -609,18 +695,25 @@ void run_item(const ConvPlan& P, int64_t n, int64_t item, const float* base, con
       bo.res[r] = bo.has_res ? acc + r * kMaxTile : nullptr;
     }
   }
-  if (bo.has_res && 4 * b + kRows > s.co) std::fill(acc, acc + kRows * kMaxTile, 0.0f);
+  if (bo.has_res && 4 * b + rows > s.co) std::fill(acc, acc + rows * kMaxTile, 0.0f);
   const float* xq = base + q0;
   const int64_t* koff = P.koff;
   if (tail_panel && q0 + width > P.q_count) {  // x read in place has no slack: use the panel
     xq = tail_panel;
     koff = P.koff_tail;
   }
-  P.kernels[nv - 1](xq, koff, layout.mask.data() + b * layout.mask_words, layout.mask_words,
-                    layout.codes.data() + layout.start[b], P.lut, P.esc + 4 * b, P.esh + 4 * b, a.post.relu,
-                    bo);
+  const uint64_t* mask = layout.mask.data() + b * layout.mask_words;
+  const uint8_t* codes = layout.codes.data() + layout.start[b];
+  if (pair) {
+    P.pair_kernels[nv - 1](xq, koff, mask, mask + layout.mask_words, layout.mask_words, codes,
+                           layout.codes.data() + layout.start[b + 1], P.lut, P.esc + 4 * b, P.esh + 4 * b,
+                           a.post.relu, bo);
+  } else {
+    P.kernels[nv - 1](xq, koff, mask, layout.mask_words, codes, P.lut, P.esc + 4 * b, P.esh + 4 * b,
+                      a.post.relu, bo);
+  }
   if (in_place) return;
-  for (int r = 0; r < kRows; ++r) {
+  for (int r = 0; r < rows; ++r) {
     const int64_t co = 4 * b + r;
     if (co >= s.co) break;
     const float* ar = acc + r * kMaxTile;
@@ -655,7 +748,11 @@ void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const
   P.a = &a;
   P.layout = &layout;
   P.lut = lut;
-  for (int nv = 1; nv <= 3; ++nv) P.kernels[nv - 1] = pick_kernel(isa, nv);
+  for (int nv = 1; nv <= 3; ++nv) {
+    P.kernels[nv - 1] = pick_kernel(isa, nv);
+    P.pair_kernels[nv - 1] = pick_pair_kernel(isa, nv);
+  }
+  P.groups = P.pair_kernels[0] != nullptr ? (layout.blocks + 1) / 2 : layout.blocks;
   P.vec = isa_vec(isa);
   P.tile = 3 * P.vec;
   P.hs = s.hs();
@@ -722,7 +819,7 @@ void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const
   const size_t xprep_size = static_cast<size_t>(s.ci * P.plane + kSlack);
   const size_t cols_size = P.wide ? 0 : static_cast<size_t>(P.k * P.col_stride);
   const size_t pool_size = s.pool2 ? static_cast<size_t>(2 * s.w) : 0;
-  const int64_t items = P.tiles * layout.blocks;
+  const int64_t items = P.tiles * P.groups;
   const int threads = omp_get_max_threads();
   // Threads pay off only above tens of microseconds of work: a fork / join costs
   // microseconds on an idle machine and far more on a busy one.

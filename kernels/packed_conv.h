@@ -35,7 +35,7 @@ struct CpuCodeLayout {
   int64_t mask_words = 0;      // ceil(k / 64)
   std::vector<uint64_t> mask;  // [blocks][mask_words], bit k%64 of word k/64
   std::vector<int64_t> start;  // [blocks + 1]: block b's bytes are codes[start[b], start[b+1])
-  std::vector<uint8_t> codes;  // in increasing k within each block
+  std::vector<uint8_t> codes;  // in increasing k within each block, then one padding byte 0
 };
 // requires canonical holds ceil(co*k/4) bytes in the layout of packed_format.h.
 CpuCodeLayout relayout_cpu(const uint8_t* canonical, int64_t co, int64_t k);

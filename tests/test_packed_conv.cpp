@@ -76,7 +76,8 @@ TEST(PackedRelayout, CpuLayoutRoundTripsAndSkipsOnlyZeroColumns) {
             ASSERT_EQ(any, ((l.mask[b * l.mask_words + kk / 64] >> (kk % 64)) & 1) != 0)
                 << "block " << b << " k " << kk;
           }
-        EXPECT_EQ(static_cast<int64_t>(l.codes.size()), expect_bytes);
+        EXPECT_EQ(l.start[l.blocks], expect_bytes);
+        EXPECT_EQ(static_cast<int64_t>(l.codes.size()), expect_bytes + 1);  // + the padding byte
         std::vector<uint8_t> back(canon.size(), 0xAB);
         kernels::relayout_cpu_to_canonical(l, back.data());
         EXPECT_EQ(back, canon);
