@@ -13,7 +13,8 @@
 // no prologue, pooling or padding reads x in place (X' = x).
 // Register block: 4 output channels x 3 column vectors, 24 columns with AVX2 (12
 // accumulators, 3 column vectors, 1 broadcast = 16 ymm), 48 with AVX-512 (the same
-// in zmm: half the code reads and broadcasts per multiply-add). Per surviving k the kernel reads one code byte,
+// in zmm: half the code reads and broadcasts per multiply-add; AVX-512 also runs two
+// blocks at once, 8 x 48 with 24 accumulators, over the union of their masks). Per surviving k the kernel reads one code byte,
 // broadcasts four values from a 4 KB table (lut[byte] = the four weights), loads
 // three column vectors and issues 12 FMAs, so it runs near the FMA rate; columns
 // where all four codes are zero are skipped through the block's bit mask (41-72% of
