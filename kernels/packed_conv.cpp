@@ -372,43 +372,62 @@ __attribute__((target("avx2,fma"))) void block_kernel_avx2(const float* xq, cons
   }
 }
 
-// The AVX2 kernel's loop with 16-float vectors: 12 accumulators for a 4 x 48 block.
-// Same FMAs per output in the same order, so the same bits as the AVX2 kernel; twice
-// the columns per code byte and per broadcast.
-template <int NV>
-__attribute__((target("avx512f"))) void block_kernel_avx512(const float* xq, const int64_t* koff,
-                                                            const uint64_t* mask, int64_t mask_words,
-                                                            const uint8_t* codes, const float* lut,
-                                                            const float* esc, const float* esh, bool relu,
-                                                            const BlockOut& o) {
-  constexpr int kW = 16;
-  __m512 a[kRows][NV];
-#pragma GCC unroll 4
-  for (int r = 0; r < kRows; ++r)
+// The AVX2 kernel's loop with 16-float vectors, over NB register blocks at once:
+// 4 x 48 with 12 accumulators (NB = 1), or 8 x 48 with 24 (NB = 2), where each
+// loaded column vector feeds 8 FMAs instead of 4. With two blocks the k loop runs
+// over the union of their masks; a block without that k reads code byte 0, whose
+// weights are zero, so each row sees the AVX2 kernel's FMAs plus exact additions of
+// +-0 (finite inputs): the same bits as the AVX2 kernel. mask1 / codes1: the second
+// block's (ignored when NB = 1).
+template <int NB, int NV>
+__attribute__((target("avx512f"))) void blocks_kernel_avx512(const float* xq, const int64_t* koff,
+                                                             const uint64_t* mask0, const uint64_t* mask1,
+                                                             int64_t mask_words, const uint8_t* codes0,
+                                                             const uint8_t* codes1, const float* lut,
+                                                             const float* esc, const float* esh, bool relu,
+                                                             const BlockOut& o) {
+  constexpr int kW = 16, kR = NB * kRows;
+  __m512 a[kR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < kR; ++r)
 #pragma GCC unroll 3
     for (int v = 0; v < NV; ++v) a[r][v] = _mm512_setzero_ps();
   for (int64_t wi = 0; wi < mask_words; ++wi) {
-    uint64_t m = mask[wi];
+    const uint64_t m0 = mask0[wi], m1 = NB == 2 ? mask1[wi] : 0;
+    uint64_t m = m0 | m1;
     const int64_t* ko = koff + wi * 64;
     while (m) {
       const int bit = __builtin_ctzll(m);
       m &= m - 1;
+      const float* l[NB];
+      if constexpr (NB == 1) {
+        l[0] = lut + 4 * *codes0++;
+      } else {
+        // Branch-free: the next byte of each stream counts only when its block has
+        // this k (one-past-the-end bytes are readable: relayout_cpu pads the codes).
+        const unsigned in0 = static_cast<unsigned>(m0 >> bit) & 1u, in1 = static_cast<unsigned>(m1 >> bit) & 1u;
+        l[0] = lut + 4 * (*codes0 & (0u - in0));
+        l[1] = lut + 4 * (*codes1 & (0u - in1));
+        codes0 += in0;
+        codes1 += in1;
+      }
       const float* xp = xq + ko[bit];
-      const float* l = lut + 4 * *codes++;
       __m512 xv[NV];
 #pragma GCC unroll 3
       for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(xp + kW * v);
+#pragma GCC unroll 2
+      for (int j = 0; j < NB; ++j)
 #pragma GCC unroll 4
-      for (int r = 0; r < kRows; ++r) {
-        const __m512 wv = _mm512_set1_ps(l[r]);
+        for (int r = 0; r < kRows; ++r) {
+          const __m512 wv = _mm512_set1_ps(l[j][r]);
 #pragma GCC unroll 3
-        for (int v = 0; v < NV; ++v) a[r][v] = _mm512_fmadd_ps(wv, xv[v], a[r][v]);
-      }
+          for (int v = 0; v < NV; ++v) a[j * kRows + r][v] = _mm512_fmadd_ps(wv, xv[v], a[j * kRows + r][v]);
+        }
     }
   }
   const __m512 zero = _mm512_setzero_ps();
-#pragma GCC unroll 4
-  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
+  for (int r = 0; r < kR; ++r) {
     const __m512 sc = _mm512_set1_ps(esc[r]), sh = _mm512_set1_ps(esh[r]);
 #pragma GCC unroll 3
     for (int v = 0; v < NV; ++v) {
@@ -422,65 +441,13 @@ __attribute__((target("avx512f"))) void block_kernel_avx512(const float* xq, con
   }
 }
 
-// Two register blocks at once (8 rows x 16 * NV columns, 24 accumulators for NV = 3):
-// each loaded column vector feeds 8 FMAs instead of 4. The k loop runs over the union
-// of the two blocks' masks; a block without k reads code byte 0, whose weights are
-// zero, so each row sees the AVX2 kernel's FMAs plus exact additions of +-0 (finite
-// inputs): the same bits. mask1 / codes1: the second block's.
 template <int NV>
-__attribute__((target("avx512f"))) void pair_kernel_avx512(const float* xq, const int64_t* koff,
-                                                           const uint64_t* mask0, const uint64_t* mask1,
-                                                           int64_t mask_words, const uint8_t* codes0,
-                                                           const uint8_t* codes1, const float* lut,
-                                                           const float* esc, const float* esh, bool relu,
-                                                           const BlockOut& o) {
-  constexpr int kW = 16, kR = 2 * kRows;
-  __m512 a[kR][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < kR; ++r)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) a[r][v] = _mm512_setzero_ps();
-  for (int64_t wi = 0; wi < mask_words; ++wi) {
-    const uint64_t m0 = mask0[wi], m1 = mask1[wi];
-    uint64_t m = m0 | m1;
-    const int64_t* ko = koff + wi * 64;
-    while (m) {
-      const int bit = __builtin_ctzll(m);
-      m &= m - 1;
-      // Branch-free: the next byte of each stream counts only when its block has this k
-      // (a stream's one-past-the-end byte is readable: relayout_cpu pads the codes).
-      const unsigned in0 = static_cast<unsigned>(m0 >> bit) & 1u, in1 = static_cast<unsigned>(m1 >> bit) & 1u;
-      const float* l0 = lut + 4 * (*codes0 & (0u - in0));
-      const float* l1 = lut + 4 * (*codes1 & (0u - in1));
-      codes0 += in0;
-      codes1 += in1;
-      const float* xp = xq + ko[bit];
-      __m512 xv[NV];
-#pragma GCC unroll 3
-      for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(xp + kW * v);
-#pragma GCC unroll 4
-      for (int r = 0; r < kRows; ++r) {
-        const __m512 w0 = _mm512_set1_ps(l0[r]), w1 = _mm512_set1_ps(l1[r]);
-#pragma GCC unroll 3
-        for (int v = 0; v < NV; ++v) {
-          a[r][v] = _mm512_fmadd_ps(w0, xv[v], a[r][v]);
-          a[kRows + r][v] = _mm512_fmadd_ps(w1, xv[v], a[kRows + r][v]);
-        }
-      }
-    }
-  }
-  const __m512 zero = _mm512_setzero_ps();
-#pragma GCC unroll 8
-  for (int r = 0; r < kR; ++r) {
-    const __m512 sc = _mm512_set1_ps(esc[r]), sh = _mm512_set1_ps(esh[r]);
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) {
-      __m512 t = _mm512_add_ps(_mm512_mul_ps(a[r][v], sc), sh);
-      if (relu) t = _mm512_mask_max_ps(t, static_cast<__mmask16>(0xffff), t, zero);
-      if (o.has_res) t = _mm512_add_ps(t, _mm512_loadu_ps(o.res[r] + kW * v));
-      _mm512_storeu_ps(o.out[r] + kW * v, t);
-    }
-  }
+__attribute__((target("avx512f"))) void block_kernel_avx512(const float* xq, const int64_t* koff,
+                                                            const uint64_t* mask, int64_t mask_words,
+                                                            const uint8_t* codes, const float* lut,
+                                                            const float* esc, const float* esh, bool relu,
+                                                            const BlockOut& o) {
+  blocks_kernel_avx512<1, NV>(xq, koff, mask, mask, mask_words, codes, codes, lut, esc, esh, relu, o);
 }
 #endif
 
@@ -495,11 +462,11 @@ PairKernel pick_pair_kernel(CpuIsa isa, int nv) {
   if (isa == CpuIsa::Avx512) {
     switch (nv) {
       case 1:
-        return pair_kernel_avx512<1>;
+        return blocks_kernel_avx512<2, 1>;
       case 2:
-        return pair_kernel_avx512<2>;
+        return blocks_kernel_avx512<2, 2>;
       default:
-        return pair_kernel_avx512<3>;
+        return blocks_kernel_avx512<2, 3>;
     }
   }
 #endif
