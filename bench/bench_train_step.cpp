@@ -1,7 +1,8 @@
 // Training-step throughput of the three models on the CPU (and CUDA when a GPU
 // is present): forward, cross-entropy, backward and a Nesterov SGD step on a
 // random batch, reported as images/s (items_per_second). The PyTorch peer is
-// bench/peers/small_densenet_torch.py; tools/compare_train_throughput.sh runs both.
+// bench/peers/small_densenet_torch.py (--model for each of the three);
+// tools/compare_train_throughput.sh runs both.
 #include <benchmark/benchmark.h>
 
 #include "engine/cuda/runtime.h"
@@ -51,6 +52,8 @@ BENCHMARK_CAPTURE(train_step, small_densenet_cpu, std::string("small_densenet"),
     ->Args({32, 56})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(train_step, squeezenet_cpu, std::string("squeezenet"), ttq::Device::cpu())
     ->Args({32, 56})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(train_step, densenet121_cpu, std::string("densenet121"), ttq::Device::cpu())
+    ->Args({16, 56})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(train_step, small_densenet_cuda, std::string("small_densenet"), ttq::Device::cuda(0))
     ->Args({32, 56})->Args({128, 56})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(train_step, squeezenet_cuda, std::string("squeezenet"), ttq::Device::cuda(0))

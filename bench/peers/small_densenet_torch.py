@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""PyTorch peer of ttq's small DenseNet (DESIGN.md section 4, the seed's
-DenseNet-BC: conv0 3x3 3->48, BN, ReLU, maxpool 3/2/1; blocks (8, 12, 10),
-growth 12, bn_size 4, dropout 0.25; transitions halve channels + avgpool 2;
-norm4; ReLU; global avgpool; dropout; Linear).
+"""PyTorch peer of ttq's training step for the three models of DESIGN.md
+section 4 (--model): the small DenseNet (the seed's DenseNet-BC: conv0 3x3
+3->48, BN, ReLU, maxpool 3/2/1; blocks (8, 12, 10), growth 12, bn_size 4,
+dropout 0.25; transitions halve channels + avgpool 2; norm4; ReLU; global
+avgpool; dropout; Linear), DenseNet-121 (the same structure with conv0 3->64,
+no pool0, blocks (6, 12, 24, 16), growth 32, no dropout in the dense layers)
+and the seed's SqueezeNet (defined in packed_infer_torch.py).
 
 Modes (one JSON line on stdout):
   train  images/s of training steps (forward, cross-entropy, backward, SGD
@@ -12,6 +15,8 @@ Run with Debian's python3-torch: /usr/bin/python3 bench/peers/small_densenet_tor
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 import torch
@@ -36,14 +41,15 @@ class DenseLayer(nn.Module):
 
 
 class SmallDenseNet(nn.Module):
-    def __init__(self, in_ch=3, classes=200, blocks=(8, 12, 10), growth=12):
+    def __init__(self, in_ch=3, classes=200, blocks=(8, 12, 10), growth=12, init=48, pool0=True, layer_drop=0.25):
         super().__init__()
-        layers = [nn.Conv2d(in_ch, 48, 3, padding=1, bias=False), nn.BatchNorm2d(48), nn.ReLU(),
-                  nn.MaxPool2d(3, 2, 1)]
-        c = 48
+        layers = [nn.Conv2d(in_ch, init, 3, padding=1, bias=False), nn.BatchNorm2d(init), nn.ReLU()]
+        if pool0:
+            layers.append(nn.MaxPool2d(3, 2, 1))
+        c = init
         for i, n in enumerate(blocks):
             for _ in range(n):
-                layers.append(DenseLayer(c, growth))
+                layers.append(DenseLayer(c, growth, drop=layer_drop))
                 c += growth
             if i + 1 < len(blocks):
                 layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2)]
@@ -61,6 +67,7 @@ class SmallDenseNet(nn.Module):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["train", "infer", "params"])
+    ap.add_argument("--model", choices=["small_densenet", "squeezenet", "densenet121"], default="small_densenet")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=56)
     ap.add_argument("--classes", type=int, default=200)
@@ -69,7 +76,14 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    m = SmallDenseNet(classes=a.classes)
+    if a.model == "small_densenet":
+        m = SmallDenseNet(classes=a.classes)
+    elif a.model == "densenet121":
+        m = SmallDenseNet(classes=a.classes, blocks=(6, 12, 24, 16), growth=32, init=64, pool0=False, layer_drop=0.0)
+    else:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from packed_infer_torch import SqueezeNet
+        m = SqueezeNet(classes=a.classes)
     if a.mode == "params":
         print(json.dumps({"parameters": sum(p.numel() for p in m.parameters())}))
         return
@@ -90,7 +104,7 @@ def main():
             step()
             n += 1
         dt = time.perf_counter() - t0
-        print(json.dumps({"peer": "pytorch", "torch": torch.__version__, "mode": "train", "batch": a.batch,
+        print(json.dumps({"peer": "pytorch", "torch": torch.__version__, "model": a.model, "mode": "train", "batch": a.batch,
                           "size": a.size, "threads": a.threads, "steps": n,
                           "images_per_second": n * a.batch / dt}))
     else:
@@ -103,7 +117,7 @@ def main():
                 m(x)
                 n += 1
             dt = time.perf_counter() - t0
-        print(json.dumps({"peer": "pytorch", "torch": torch.__version__, "mode": "infer", "batch": a.batch,
+        print(json.dumps({"peer": "pytorch", "torch": torch.__version__, "model": a.model, "mode": "infer", "batch": a.batch,
                           "size": a.size, "threads": a.threads, "iterations": n,
                           "ms_per_batch": 1000 * dt / n}))
 
