@@ -428,6 +428,9 @@ inline std::vector<OpCase> backend_op_cases() {
   max_pool({1, 3, 4, 4}, 2, 3, 1, true);
   max_pool({2, 3, 9, 9}, 3, 2, 1, true, 2);
   max_pool({1, 1, 5, 6}, 2, 1, 1, false, 1);
+  max_pool({1, 2, 5, 150}, 3, 2, 1, false);  // 75 outputs a row: a full chunk of 64 and a tail
+  max_pool({1, 1, 4, 2}, 3, 1, 1, false);    // no window fits inside a row
+  max_pool({2, 1, 3, 1}, 3, 1, 1, true);
   auto avg_pool = [&](Shape xs, int k, int s, int p, bool ceil_mode, bool cip, int view = 0) {
     const uint64_t s0 = sd();
     std::ostringstream args;

@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <limits>
 
 #include "engine/autograd.h"
 #include "engine/ops/ops.h"
@@ -307,6 +308,25 @@ TEST_P(OpsOnDevice, PoolingByHand) {
   const Tensor tie = Tensor::from_vector<float>({1, 5, 5, 2}, {1, 1, 2, 2}).to(dev);
   EXPECT_EQ(ops::max_pool2d(tie, 2, 2).to_vector<float>(), std::vector<float>{5});
   EXPECT_THROW(ops::max_pool2d(Tensor::ones({1, 1, 2, 2}, DType::F32, dev), 3, 1), Error);
+  // Where the gradient goes, on a row wide enough for the vectorised interior: the
+  // first maximum of a tie, the last NaN of a window with NaNs (PyTorch's rule).
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  Tensor xw = Tensor::from_vector<float>({1, 5, 3, 3, nan, 2, 0, 0,  //
+                                          5, 2, 3, 1, 4, nan, 0, 0},
+                                         {1, 1, 2, 8})
+                  .to(dev);
+  xw.set_requires_grad(true);
+  Tensor yw = ops::max_pool2d(xw, 2, 2);
+  const std::vector<float> yv = yw.to_vector<float>();
+  ASSERT_EQ(yv.size(), 4u);
+  EXPECT_EQ(yv[0], 5.0f);
+  EXPECT_EQ(yv[1], 3.0f);
+  EXPECT_TRUE(std::isnan(yv[2]));
+  EXPECT_EQ(yv[3], 0.0f);
+  ops::sum(yw).backward();
+  std::vector<float> expect_grad(16, 0.0f);
+  for (int i : {1, 2, 13, 6}) expect_grad[i] = 1.0f;
+  EXPECT_EQ(xw.grad().to_vector<float>(), expect_grad);
 }
 
 TEST_P(OpsOnDevice, TopkCorrectByHand) {

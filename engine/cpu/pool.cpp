@@ -51,12 +51,41 @@ inline int64_t plane_offset(const PoolGeom& g, int64_t pl) {
   return (pl / g.c) * g.x_batch_stride + (pl % g.c) * g.h * g.w;
 }
 
+// One output (oh, ow) of a max pool: rows [ih0, ih1), columns [max(w0, 0), w1).
+// Strictly greater keeps the first maximum; NaN propagates, as PyTorch.
+template <class T>
+inline void max_window(const T* xs, int64_t w, int64_t ih0, int64_t ih1, int64_t w0, int64_t w1, T& y,
+                       int32_t& idx) {
+  T best = -std::numeric_limits<T>::infinity();
+  int64_t best_i = ih0 * w + std::max<int64_t>(w0, 0);
+  for (int64_t ih = ih0; ih < ih1; ++ih) {
+    for (int64_t iw = std::max<int64_t>(w0, 0); iw < w1; ++iw) {
+      const T v = xs[ih * w + iw];
+      if (v > best || std::isnan(v)) {
+        best = v;
+        best_i = ih * w + iw;
+      }
+    }
+  }
+  y = best;
+  idx = static_cast<int32_t>(best_i);
+}
+
 template <class T>
 void max_forward_typed(const Tensor& x, const Pool2dParams& p, Tensor& y, Tensor& indices) {
   const PoolGeom g = geometry(x, y);
   const T* xp = x.data<T>();
   T* yp = y.data<T>();
   int32_t* ip = indices.data<int32_t>();
+  // Outputs whose window lies inside the row, [ow_lo, ow_hi), run kChunk at a time
+  // with the window taps outermost: the same comparisons in the same order per output
+  // as max_window, but as selects over a vector of outputs instead of unpredictable
+  // branches (they made this pool 6% of a small-DenseNet training step).
+  const int64_t ow_lo = std::min<int64_t>(g.wo, (p.pad_w + p.stride_w - 1) / p.stride_w);
+  const int64_t last_start = g.w - p.kernel_w + p.pad_w;  // ow * stride may not pass it; may be negative
+  const int64_t ow_hi =
+      last_start < 0 ? ow_lo : std::max<int64_t>(ow_lo, std::min<int64_t>(g.wo, last_start / p.stride_w + 1));
+  constexpr int64_t kChunk = 64;
 #pragma omp parallel for schedule(static) if (g.planes * g.ho * g.wo * p.kernel_h * p.kernel_w >= \
                                               kParallelElements)
   for (int64_t pl = 0; pl < g.planes; ++pl) {
@@ -65,25 +94,38 @@ void max_forward_typed(const Tensor& x, const Pool2dParams& p, Tensor& y, Tensor
     int32_t* is = ip + pl * g.ho * g.wo;
     for (int64_t oh = 0; oh < g.ho; ++oh) {
       const int64_t h0 = oh * p.stride_h - p.pad_h;
-      const int64_t h1 = std::min<int64_t>(h0 + p.kernel_h, g.h);
-      for (int64_t ow = 0; ow < g.wo; ++ow) {
+      const int64_t ih0 = std::max<int64_t>(h0, 0), ih1 = std::min<int64_t>(h0 + p.kernel_h, g.h);
+      auto edge = [&](int64_t ow) {
         const int64_t w0 = ow * p.stride_w - p.pad_w;
-        const int64_t w1 = std::min<int64_t>(w0 + p.kernel_w, g.w);
-        T best = -std::numeric_limits<T>::infinity();
-        int64_t best_i = std::max<int64_t>(h0, 0) * g.w + std::max<int64_t>(w0, 0);
-        for (int64_t ih = std::max<int64_t>(h0, 0); ih < h1; ++ih) {
-          for (int64_t iw = std::max<int64_t>(w0, 0); iw < w1; ++iw) {
-            const T v = xs[ih * g.w + iw];
-            // Strictly greater keeps the first maximum; NaN propagates, as PyTorch.
-            if (v > best || std::isnan(v)) {
-              best = v;
-              best_i = ih * g.w + iw;
+        max_window(xs, g.w, ih0, ih1, w0, std::min<int64_t>(w0 + p.kernel_w, g.w), ys[oh * g.wo + ow],
+                   is[oh * g.wo + ow]);
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
+      for (int64_t c0 = ow_lo; c0 < ow_hi; c0 += kChunk) {
+        const int64_t len = std::min<int64_t>(kChunk, ow_hi - c0);
+        T best[kChunk];
+        int32_t bi[kChunk];
+        for (int64_t j = 0; j < len; ++j) {
+          best[j] = -std::numeric_limits<T>::infinity();
+          bi[j] = static_cast<int32_t>(ih0 * g.w + (c0 + j) * p.stride_w - p.pad_w);
+        }
+        for (int64_t ih = ih0; ih < ih1; ++ih) {
+          for (int64_t kw = 0; kw < p.kernel_w; ++kw) {
+            const int64_t col0 = c0 * p.stride_w - p.pad_w + kw;
+            const T* row = xs + ih * g.w + col0;
+            const int32_t i0 = static_cast<int32_t>(ih * g.w + col0);
+            for (int64_t j = 0; j < len; ++j) {
+              const T v = row[j * p.stride_w];
+              const bool take = (v > best[j]) | (v != v);
+              best[j] = take ? v : best[j];
+              bi[j] = take ? i0 + static_cast<int32_t>(j * p.stride_w) : bi[j];
             }
           }
         }
-        ys[oh * g.wo + ow] = best;
-        is[oh * g.wo + ow] = static_cast<int32_t>(best_i);
+        std::copy(best, best + len, ys + oh * g.wo + c0);
+        std::copy(bi, bi + len, is + oh * g.wo + c0);
       }
+      for (int64_t ow = ow_hi; ow < g.wo; ++ow) edge(ow);
     }
   }
 }
