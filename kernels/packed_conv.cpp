@@ -35,6 +35,7 @@
 #include "engine/cuda/runtime.h"
 #include "kernels/pack.h"
 #include "kernels/packed_format.h"
+#include "kernels/tensor_args.h"
 
 namespace ttq::kernels {
 
@@ -928,17 +929,8 @@ int64_t PackedConvWeight::bytes() const {
 
 namespace {
 
-bool dense_planes(const Tensor& t) {
-  return t.dim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) && (t.size(2) <= 1 || t.stride(2) == t.size(3));
-}
-
-const float* opt_ptr(const Tensor& t, int64_t n, Device dev, const char* what) {
-  if (!t.defined()) return nullptr;
-  TTQ_CHECK(t.dtype() == DType::F32 && t.numel() == n && t.is_contiguous() && t.device() == dev)
-      << "packed_conv2d: " << what << " must be contiguous F32 [" << n << "] on " << dev.str() << ", got "
-      << t.str();
-  return t.data<float>();
-}
+using detail::dense_planes;
+using detail::opt_ptr;
 
 PackedConvArgs make_args(const Tensor& x, const PackedConvWeight& w, const PackedConvOptions& o, Tensor& y) {
   TTQ_CHECK(w.defined()) << "packed_conv2d: undefined weight";
@@ -978,10 +970,10 @@ PackedConvArgs make_args(const Tensor& x, const PackedConvWeight& w, const Packe
     a.r_sn = o.residual.stride(0);
     a.r_sc = o.residual.stride(1);
   }
-  a.pre = {opt_ptr(o.pre_scale, w.ci(), w.device(), "pre_scale"),
-           opt_ptr(o.pre_shift, w.ci(), w.device(), "pre_shift"), o.pre_relu};
-  a.post = {opt_ptr(o.post_scale, w.co(), w.device(), "post_scale"),
-            opt_ptr(o.post_shift, w.co(), w.device(), "post_shift"), o.post_relu};
+  a.pre = {opt_ptr(o.pre_scale, w.ci(), w.device(), "packed_conv2d: pre_scale"),
+           opt_ptr(o.pre_shift, w.ci(), w.device(), "packed_conv2d: pre_shift"), o.pre_relu};
+  a.post = {opt_ptr(o.post_scale, w.co(), w.device(), "packed_conv2d: post_scale"),
+            opt_ptr(o.post_shift, w.co(), w.device(), "packed_conv2d: post_shift"), o.post_relu};
   a.wp = w.wp();
   a.wn = w.wn();
   return a;
@@ -1055,10 +1047,10 @@ Tensor packed_conv2d_ref(const Tensor& x_in, const PackedConvWeight& w, const Pa
     a.r_sn = o.residual.stride(0);
     a.r_sc = o.residual.stride(1);
   }
-  a.pre = {opt_ptr(o.pre_scale, w.ci(), cpu, "pre_scale"), opt_ptr(o.pre_shift, w.ci(), cpu, "pre_shift"),
-           o.pre_relu};
-  a.post = {opt_ptr(o.post_scale, w.co(), cpu, "post_scale"),
-            opt_ptr(o.post_shift, w.co(), cpu, "post_shift"), o.post_relu};
+  a.pre = {opt_ptr(o.pre_scale, w.ci(), cpu, "packed_conv2d: pre_scale"),
+           opt_ptr(o.pre_shift, w.ci(), cpu, "packed_conv2d: pre_shift"), o.pre_relu};
+  a.post = {opt_ptr(o.post_scale, w.co(), cpu, "packed_conv2d: post_scale"),
+            opt_ptr(o.post_shift, w.co(), cpu, "packed_conv2d: post_shift"), o.post_relu};
   a.wp = w.wp();
   a.wn = w.wn();
   packed_conv_ref(a, codes.data<uint8_t>());

@@ -13,21 +13,14 @@
 #include "engine/backend.h"
 #include "engine/cpu/parallel.h"
 #include "engine/cuda/runtime.h"
+#include "kernels/tensor_args.h"
 
 namespace ttq::kernels {
 
 namespace {
 
-bool dense_planes(const Tensor& t) {
-  return t.dim() == 4 && (t.size(3) <= 1 || t.stride(3) == 1) && (t.size(2) <= 1 || t.stride(2) == t.size(3));
-}
-
-const float* opt_ptr(const Tensor& t, int64_t n, Device dev, const char* what) {
-  if (!t.defined()) return nullptr;
-  TTQ_CHECK(t.dtype() == DType::F32 && t.numel() == n && t.is_contiguous() && t.device() == dev)
-      << what << ": contiguous F32 [" << n << "] on " << dev.str() << " expected, got " << t.str();
-  return t.data<float>();
-}
+using detail::dense_planes;
+using detail::opt_ptr;
 
 #ifdef TTQ_HAS_CUDA
 cudaStream_t stream() { return static_cast<cudaStream_t>(cuda::current_stream()); }

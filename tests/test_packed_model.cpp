@@ -7,7 +7,6 @@
 // their class names kept; every defect of a packed file is one InputError line; the
 // fused inference ops match the engine's ops; the built ttq_pack exits 2 with one
 // line on bad input. CUDA cases (tensor cores, CUDA cores, graph replay) skip without a GPU.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -440,18 +439,6 @@ TEST(PackedFile, EveryDefectIsOneInputErrorLineNamingTheFile) {
 
 // ---- the built ttq_pack ----------------------------------------------------------------
 
-struct RunResult {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 class PackTool : public testing::Test {
  protected:
   void SetUp() override {
@@ -462,16 +449,7 @@ class PackTool : public testing::Test {
   }
   void TearDown() override { std::system(("rm -rf '" + m_dir + "'").c_str()); }
   std::string file(const std::string& n) const { return m_dir + "/" + n; }
-  RunResult run(const std::string& args) const {
-    const std::string out = file("stdout.txt"), err = file("stderr.txt");
-    const int status = std::system((kPack + " " + args + " > '" + out + "' 2> '" + err + "'").c_str());
-    RunResult r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-  }
-  static int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+  test::ToolRun run(const std::string& args) const { return test::run_tool(kPack + " " + args, m_dir); }
 
   const std::string kPack = std::string(TTQ_BINARY_DIR) + "/tools/ttq_pack";
   std::string m_dir;
@@ -480,7 +458,7 @@ class PackTool : public testing::Test {
 TEST_F(PackTool, PacksTheSeedFilesAndTheResultRunsInTensorMode) {
   for (const SeedFile& s : kSeeds) {
     const std::string out = file(s.arch + ".packed.safetensors");
-    RunResult r = run("--in " + kSeed + "/" + s.file + ".safetensors --out " + out + " --arch " + s.arch);
+    test::ToolRun r = run("--in " + kSeed + "/" + s.file + ".safetensors --out " + out + " --arch " + s.arch);
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(r.err, "");
     EXPECT_NE(r.out.find(s.arch == "squeezenet" ? "64.1%" : "38.2%"), std::string::npos) << r.out;
@@ -536,13 +514,13 @@ TEST_F(PackTool, BadInputsExitTwoWithOneLine) {
       {"--out " + out, "--in"},
   };
   for (const auto& [args, needle] : cases) {
-    RunResult r = run(args);
+    test::ToolRun r = run(args);
     EXPECT_EQ(r.code, 2) << args << "\n" << r.err;
-    EXPECT_EQ(lines(r.err), 1) << args << "\n" << r.err;
+    EXPECT_EQ(test::count_lines(r.err), 1) << args << "\n" << r.err;
     EXPECT_NE(r.err.find(needle), std::string::npos) << args << "\n" << r.err;
   }
   EXPECT_NE(::access(out.c_str(), F_OK), 0) << "a failed run left an output file";
-  RunResult help = run("--help");
+  test::ToolRun help = run("--help");
   EXPECT_EQ(help.code, 0);
   EXPECT_NE(help.out.find("--in"), std::string::npos);
 }

@@ -5,7 +5,6 @@
 // CUDA when present; batch N equals N batches of 1; eval is bit-reproducible;
 // the built ttq_infer gives the same logits and fails cleanly (exit 2, one line)
 // on broken files.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -128,18 +127,6 @@ TEST(SeedImport, TorchvisionSpellingLoadsThroughTheNameMapping) {
 
 // ---- the ttq_infer binary ---------------------------------------------------
 
-struct RunResult {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 class TempDir {
  public:
   TempDir() {
@@ -149,6 +136,7 @@ class TempDir {
   }
   ~TempDir() { std::system(("rm -rf '" + m_path + "'").c_str()); }
   std::string file(const std::string& n) const { return m_path + "/" + n; }
+  const std::string& path() const { return m_path; }
 
  private:
   std::string m_path;
@@ -156,18 +144,10 @@ class TempDir {
 
 const std::string kInfer = std::string(TTQ_BINARY_DIR) + "/tools/ttq_infer";
 
-RunResult run_infer(const std::string& args, const TempDir& dir) {
-  const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
-  const std::string cmd = kInfer + " " + args + " > '" + out + "' 2> '" + err + "'";
-  int status = std::system(cmd.c_str());
-  RunResult r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
+test::ToolRun run_infer(const std::string& args, const TempDir& dir) {
+  return test::run_tool(kInfer + " " + args, dir.path());
 }
 
-int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
 class InferTool : public testing::Test {
  protected:
@@ -180,7 +160,7 @@ class InferTool : public testing::Test {
 TEST_F(InferTool, TensorModeReproducesTheSeedLogits) {
   for (const SeedCase& c : {kCases[1], kCases[2]}) {
     const std::string out = dir.file(c.file + "_logits.safetensors");
-    RunResult r = run_infer("--model " + kSeed + "/" + c.file + ".safetensors --arch " + c.arch +
+    test::ToolRun r = run_infer("--model " + kSeed + "/" + c.file + ".safetensors --arch " + c.arch +
                                 " --device cpu --input-tensors " + kSeed +
                                 "/reference_io.safetensors --input-name input --logits-out " + out,
                             dir);
@@ -209,7 +189,7 @@ TEST_F(InferTool, ArchitectureFromMetadataAndDefaultDevice) {
   const std::string ckpt = dir.file("ckpt.safetensors");
   io::write_safetensors(ckpt, content, {{"model", "squeezenet"}, {"phase", "ttq"}});
   const std::string out = dir.file("logits.safetensors");
-  RunResult r = run_infer("--model " + ckpt + " --input-tensors " + kSeed +
+  test::ToolRun r = run_infer("--model " + ckpt + " --input-tensors " + kSeed +
                               "/reference_io.safetensors --input-name input --logits-out " + out,
                           dir);
   ASSERT_EQ(r.code, 0) << r.err;
@@ -231,7 +211,7 @@ TEST_F(InferTool, PackedModelsRunThroughThePackedRuntime) {
   const std::string packed = dir.file("packed.safetensors");
   models::pack_model_file(kSeed + "/squeezenet_ttq.safetensors", packed, "");
   const std::string out = dir.file("logits.safetensors");
-  RunResult r = run_infer("--model " + packed + " --device cpu --input-tensors " + kSeed +
+  test::ToolRun r = run_infer("--model " + packed + " --device cpu --input-tensors " + kSeed +
                               "/reference_io.safetensors --input-name input --logits-out " + out,
                           dir);
   ASSERT_EQ(r.code, 0) << r.err;
@@ -244,7 +224,7 @@ TEST_F(InferTool, PackedModelsRunThroughThePackedRuntime) {
 }
 
 TEST_F(InferTool, SummaryPrintsLayersParametersAndFlops) {
-  RunResult r = run_infer("--summary --arch small_densenet", dir);
+  test::ToolRun r = run_infer("--summary --arch small_densenet", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("parameters: 440264"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("features.conv0"), std::string::npos);
@@ -254,7 +234,7 @@ TEST_F(InferTool, SummaryPrintsLayersParametersAndFlops) {
   EXPECT_NE(r.out.find("parameters: " + std::to_string(827784 - 64 * 2 * 9 - 190 * 513)), std::string::npos);
   r = run_infer("--summary --arch squeezenet --input 3x5x5", dir);
   EXPECT_EQ(r.code, 2);
-  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_EQ(test::count_lines(r.err), 1) << r.err;
 }
 
 // Every broken input: exit code 2 and exactly one line on stderr naming the problem.
@@ -334,9 +314,9 @@ TEST_F(InferTool, BrokenInputsExitTwoWithOneLine) {
   if (!cuda::available())
     cases.push_back({"--model " + good + " --arch squeezenet --device cuda" + in, "no CUDA device"});
   for (const Case& c : cases) {
-    RunResult r = run_infer(c.args, dir);
+    test::ToolRun r = run_infer(c.args, dir);
     EXPECT_EQ(r.code, 2) << c.args << "\n" << r.err;
-    EXPECT_EQ(count_lines(r.err), 1) << c.args << "\n" << r.err;
+    EXPECT_EQ(test::count_lines(r.err), 1) << c.args << "\n" << r.err;
     EXPECT_NE(r.err.find(c.needle), std::string::npos) << "expected '" << c.needle << "' in: " << r.err;
     EXPECT_EQ(r.err.find("internal error"), std::string::npos) << r.err;
   }

@@ -43,4 +43,13 @@ Tensor numeric_grad(const std::function<double(const std::vector<Tensor>&)>& f,
 
 std::string device_name(const testing::TestParamInfo<Device>& info);
 
+// A built tool run through the shell: its exit code (-1 when it did not exit) and
+// what it wrote to stdout and stderr, captured in files under `dir`.
+struct ToolRun {
+  int code = -1;
+  std::string out, err;
+};
+ToolRun run_tool(const std::string& command_line, const std::string& dir);
+int count_lines(const std::string& s);
+
 }  // namespace ttq::test
