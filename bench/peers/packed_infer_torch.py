@@ -25,9 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-SEED_DIR = os.environ.get("TTQ_SEED_DIR") or next(
-    (d for d in (os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "seed-models"),
-                 "/work/shared/seed-models") if os.path.isdir(d)), "../shared/seed-models")
+SEED_DIR = os.environ.get("TTQ_SEED_DIR") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "seed")
 
 
 def read_safetensors(path):
