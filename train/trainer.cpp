@@ -23,6 +23,8 @@
 #include "models/packed.h"
 #include "models/ttq.h"
 #include "train/checkpoint.h"
+#include "train/options.h"
+#include "train/run_folder.h"
 
 namespace fs = std::filesystem;
 
@@ -184,49 +186,25 @@ std::string EpochMetrics::json() const {
   return os.str();
 }
 
-TrainOptions resolve_defaults(TrainOptions o) {
-  TTQ_INPUT_CHECK(o.phase == "fp" || o.phase == "ttq") << "--phase: expected fp or ttq, got '" << o.phase << "'";
-  bool known = false;
-  for (const auto& n : models::names()) known = known || n == o.model;
-  TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model
-                         << "' (expected small_densenet, squeezenet or densenet121)";
-  const bool sq = o.model == "squeezenet";
-  const bool fp = o.phase == "fp";
-  if (o.epochs < 0) o.epochs = fp ? 30 : 20;
-  if (o.batch < 0) o.batch = fp ? 128 : 512;
-  if (o.lr < 0) o.lr = fp ? (sq ? 0.04 : 0.1) : (sq ? 1e-4 : 1e-3);
-  if (o.weight_decay < 0) o.weight_decay = fp ? (sq ? 3e-4 : 1e-4) : 1e-4;
-  if (o.t < 0) o.t = sq ? 0.15 : 0.05;
-  TTQ_INPUT_CHECK(o.epochs >= 1) << "--epochs must be at least 1";
-  TTQ_INPUT_CHECK(o.batch >= 1) << "--batch must be at least 1";
-  TTQ_INPUT_CHECK(o.lr > 0 && std::isfinite(o.lr)) << "--lr must be positive";
-  TTQ_INPUT_CHECK(o.t >= 0 && o.t < 1) << "--t must be in [0, 1)";
-  TTQ_INPUT_CHECK(o.dropout < 1) << "--dropout must be below 1";
-  TTQ_INPUT_CHECK(o.workers >= 1 && o.workers <= 64) << "--workers must be in 1..64";
-  TTQ_INPUT_CHECK(o.limit_train >= 0 && o.limit_val >= 0) << "--limit-train / --limit-val must be >= 0";
-  TTQ_INPUT_CHECK(!o.out.empty()) << "--out: a run folder is required";
-  TTQ_INPUT_CHECK(o.schedule == "plateau" || o.schedule == "cosine")
-      << "--schedule: expected plateau or cosine, got '" << o.schedule << "'";
-  TTQ_INPUT_CHECK(o.wn_grad == "exact" || o.wn_grad == "seed")
-      << "--wn-grad: expected exact or seed, got '" << o.wn_grad << "'";
-  models::parse_scale_init(o.scales_init);  // throws on a bad value
-  TTQ_INPUT_CHECK(fp || !o.init.empty() || o.resume)
-      << "--init: the ttq phase starts from a full-precision checkpoint (--init CKPT)";
-  return o;
-}
-
 namespace {
 
 // One pass of `loader` through `forward` (images moved to `device` first; logits
 // may come back on any device, labels follow them).
 template <typename Forward>
-EvalResult evaluate_pass(Forward&& forward, data::Loader& loader, Device device) {
+EvalResult evaluate_pass(Forward&& forward, data::Loader& loader, Device device,
+                         const std::function<bool()>& stop = {}) {
   autograd::NoGradGuard no_grad;
   auto t0 = Clock::now();
   EvalResult r;
   double loss_sum = 0, c1 = 0, c5 = 0;
   loader.start_epoch(0, 0);
-  while (auto b = loader.next()) {
+  while (true) {
+    if (stop && stop()) {
+      r.stopped = true;
+      break;
+    }
+    auto b = loader.next();
+    if (!b) break;
     Tensor logits = forward(b->images.to(device));
     Tensor y = b->labels.to(logits.device());
     const int64_t n = b->size();
@@ -246,29 +224,28 @@ EvalResult evaluate_pass(Forward&& forward, data::Loader& loader, Device device)
 
 }  // namespace
 
-EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device) {
+EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device, const std::function<bool()>& stop) {
   const bool was_training = model.is_training();
   model.eval();
-  EvalResult r = evaluate_pass([&](const Tensor& x) { return model(x); }, loader, device);
+  EvalResult r = evaluate_pass([&](const Tensor& x) { return model(x); }, loader, device, stop);
   model.train(was_training);
   return r;
 }
 
 RunResult run_training(const TrainOptions& raw, std::ostream& log) {
-  TrainOptions o = resolve_defaults(raw);
+  TrainOptions o = resolve_defaults(raw);  // every value given is in range
+  // ---- run folder: checked (and locked for --resume / --overwrite) before
+  // anything is read; nothing in it changes until every input is validated.
+  RunFolder folder(o);
+  if (o.resume) o = resolve_defaults(adopt_run_options(raw, folder.run_config(), folder.config_path()));
   const Device device = models::pick_device(o.device, log);
   const bool ttq_phase = o.phase == "ttq";
-  fs::path out(o.out);
-  std::error_code ec;
-  fs::create_directories(out, ec);
-  TTQ_INPUT_CHECK(!ec && fs::is_directory(out)) << "--out: cannot create folder " << o.out << ": " << ec.message();
-  const std::string last_path = (out / "last.safetensors").string();
-  const std::string best_path = (out / "best.safetensors").string();
+  const std::string last_path = folder.last_path();
+  const std::string best_path = folder.best_path();
 
   // ---- resume: the checkpoint decides everything that shapes the run.
   CheckpointContent resume_ckpt;
   if (o.resume) {
-    TTQ_INPUT_CHECK(fs::exists(last_path)) << "--resume: " << last_path << " does not exist";
     resume_ckpt = read_checkpoint(last_path);
     TTQ_INPUT_CHECK(resume_ckpt.arch == o.model)
         << last_path << ": holds a " << resume_ckpt.arch << " run, not " << o.model << " (--model)";
@@ -285,6 +262,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   std::shared_ptr<const data::Dataset> train_set = splits.train, val_set = splits.val;
   if (o.limit_train > 0) train_set = std::make_shared<SubsetDataset>(train_set, o.limit_train, o.seed);
   if (o.limit_val > 0) val_set = std::make_shared<SubsetDataset>(val_set, o.limit_val, o.seed + 1);
+  if (o.resume) check_run_data(folder.run_config(), train_set->size(), val_set->size(), folder.config_path());
 
   data::Loader train_loader(train_set, pre, loader_options(o.batch, o.workers, o.seed, true));
   data::Loader val_loader(val_set, pre, loader_options(o.eval_batch, o.workers, o.seed, false));
@@ -353,11 +331,17 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     opt->load_state(resume_ckpt.optimizer_tensors, resume_ckpt.optimizer_scalars, last_path);
     sched.load_state_scalars(resume_ckpt.scheduler_scalars, last_path);
     st = resume_ckpt.state;
+    TTQ_INPUT_CHECK(st.batch <= train_loader.batches_per_epoch())
+        << last_path << ": stopped after batch " << st.batch << " of an epoch of "
+        << train_loader.batches_per_epoch() << " batches";
+    TTQ_INPUT_CHECK(st.epoch < o.epochs) << "--epochs " << o.epochs << ": the run in " << o.out
+                                         << " has completed " << st.epoch << " epochs already; give more to go on";
     nn::global_generator().set_state(st.rng_seed, st.rng_offset);
     log << "resuming " << o.out << " at epoch " << st.epoch + 1 << ", batch " << st.batch << "\n";
   }
 
-  // ---- run folder files
+  // ---- run folder files: every input is valid, the folder may change now.
+  folder.open_for_writing();
   io::Metadata extra;
   {
     nlohmann::json classes = train_set->class_names();
@@ -400,27 +384,9 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     cj["early_stop_patience"] = o.early_stop_patience;
     cj["plateau_patience"] = o.plateau_patience;
     cj["schedule"] = o.schedule;
-    std::string text = cj.dump(2) + "\n";
-    std::string tmp = (out / ".config.json.tmp").string();
-    {
-      std::ofstream f(tmp, std::ios::trunc);
-      f << text;
-      TTQ_INPUT_CHECK(f.good()) << (out / "config.json").string() << ": cannot write";
-    }
-    fs::rename(tmp, out / "config.json");
+    folder.write_config(cj.dump(2) + "\n");
   }
-  const fs::path metrics_path = out / "metrics.jsonl";
-  if (o.resume) {
-    // Keep exactly the lines of completed epochs (a crash may have left a later one).
-    std::vector<std::string> keep;
-    std::ifstream in(metrics_path);
-    std::string line;
-    while (std::getline(in, line) && static_cast<int64_t>(keep.size()) < st.epoch) keep.push_back(line);
-    std::ofstream f(metrics_path, std::ios::trunc);
-    for (auto& l : keep) f << l << "\n";
-  } else {
-    std::ofstream f(metrics_path, std::ios::trunc);
-  }
+  folder.start_metrics(st.epoch);
 
   const bool tty = isatty(STDERR_FILENO) != 0;
   Progress progress(log, o.progress, tty);
@@ -440,8 +406,30 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     train_loader.start_epoch(epoch, first);
     double loss_sum = st.part_loss_sum, correct = st.part_correct, count = st.part_count;
     double seconds_before = st.part_seconds;
-    int64_t skipped = 0;
+    int64_t skipped = st.part_skipped;
     auto t0 = Clock::now();
+    // SIGINT / SIGTERM inside the epoch: last.safetensors records the first
+    // `done` batches and their partial sums, so that --resume carries on exactly
+    // (done == nb: stopped in the validation, which --resume then redoes).
+    auto stop_inside_epoch = [&](int sig, int64_t done) {
+      progress.finish_line();
+      st.batch = done;
+      st.part_loss_sum = loss_sum;
+      st.part_correct = correct;
+      st.part_count = count;
+      st.part_skipped = skipped;
+      st.part_seconds = seconds_before + seconds_since(t0);
+      auto g = nn::global_generator();
+      st.rng_seed = g.seed();
+      st.rng_offset = g.offset();
+      save_checkpoint(last_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
+      log << "stopped by signal " << sig << " at epoch " << epoch + 1
+          << (done < nb ? ", batch " + std::to_string(done) : std::string(", in the validation")) << "; "
+          << last_path << " written (resume with --resume)\n";
+      result.exit_code = 128 + sig;
+      result.epochs_completed = st.epoch;
+      return result;
+    };
     model->train();
     while (auto b = train_loader.next()) {
       Tensor x = b->images.to(device), y = b->labels.to(device);
@@ -471,27 +459,12 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       progress.update("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs), done, nb, ips,
                       (nb - done) * el / std::max<int64_t>(1, done - first), tail.str());
       if (o.stop_after_steps > 0 && st.global_step == o.stop_after_steps) g_stop_signal.store(SIGINT);
-      if (int sig = g_stop_signal.load(); sig != 0 && done < nb) {
-        progress.finish_line();
-        st.batch = done;
-        st.part_loss_sum = loss_sum;
-        st.part_correct = correct;
-        st.part_count = count;
-        st.part_seconds = seconds_before + seconds_since(t0);
-        auto g = nn::global_generator();
-        st.rng_seed = g.seed();
-        st.rng_offset = g.offset();
-        save_checkpoint(last_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
-        log << "stopped by signal " << sig << " at epoch " << epoch + 1 << ", batch " << done << "; "
-            << last_path << " written (resume with --resume)\n";
-        result.exit_code = 128 + sig;
-        result.epochs_completed = st.epoch;
-        return result;
-      }
+      if (int sig = g_stop_signal.load(); sig != 0 && done < nb) return stop_inside_epoch(sig, done);
     }
     progress.finish_line();
     const double train_seconds = seconds_before + seconds_since(t0);
-    EvalResult ev = evaluate(*model, val_loader, device);
+    EvalResult ev = evaluate(*model, val_loader, device, [] { return g_stop_signal.load() != 0; });
+    if (ev.stopped) return stop_inside_epoch(g_stop_signal.load(), nb);
 
     EpochMetrics m;
     m.epoch = epoch + 1;
@@ -521,18 +494,18 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     st.epoch = epoch + 1;
     st.batch = 0;
     st.part_loss_sum = st.part_correct = st.part_count = st.part_seconds = 0;
+    st.part_skipped = 0;
     {
       auto g = nn::global_generator();
       st.rng_seed = g.seed();
       st.rng_offset = g.offset();
     }
-    save_checkpoint(last_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
+    // The metrics line first and last.safetensors last: a run stopped in
+    // between resumes from the previous epoch, whose --resume drops the extra
+    // line and writes best.safetensors again.
+    folder.append_metrics(m.json());
     if (best) save_checkpoint(best_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
-    {
-      std::ofstream f(metrics_path, std::ios::app);
-      f << m.json() << "\n";
-      f.flush();
-    }
+    save_checkpoint(last_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
     std::ostringstream line;
     line << std::fixed << "epoch " << m.epoch << "/" << o.epochs << ": train loss " << std::setprecision(4)
          << m.train_loss << " top1 " << std::setprecision(2) << 100 * m.train_top1 << "% | val loss "
@@ -562,7 +535,9 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
 
 EvalResult run_eval(const EvalOptions& o, std::ostream& log) {
   TTQ_INPUT_CHECK(!o.weights.empty()) << "--weights: a checkpoint file is required";
-  TTQ_INPUT_CHECK(o.batch >= 1) << "--batch must be at least 1";
+  check_flag_range("--batch", o.batch, limits::kEvalBatch);
+  if (o.limit_val != 0) check_flag_range("--limit-val", o.limit_val, limits::kLimit);
+  check_flag_range("--workers", static_cast<int64_t>(o.workers), limits::kWorkers);
   const Device device = models::pick_device(o.device, log);
   data::DataSpec spec = data::parse_data_spec(o.data);
   data::Preprocess pre = data::preprocess_for(spec);
