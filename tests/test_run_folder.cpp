@@ -143,6 +143,12 @@ TEST_F(RunFolder, NothingIsCreatedOrReplacedBeforeTheInputsAreValid) {
                   (s_root / "missing.safetensors").string());
   EXPECT_FALSE(fs::exists(fresh));
   EXPECT_FALSE(fs::exists(fs::path(fresh).parent_path()));
+  // Without --device too: no "running on the CPU" line before the error.
+  std::vector<std::string> no_device = train_args(fresh, 1);
+  no_device.erase(no_device.begin() + 5, no_device.begin() + 7);
+  ASSERT_EQ(no_device[5], "--epochs");
+  expect_one_line(train(no_device, {"--init", (s_root / "missing.safetensors").string()}),
+                  (s_root / "missing.safetensors").string());
   expect_one_line(
       train(train_args(fresh, 1), {"--init", std::string(TTQ_SEED_DIR) + "/squeezenet_fp.safetensors"}),
       std::string(TTQ_SEED_DIR) + "/squeezenet_fp.safetensors");

@@ -158,15 +158,18 @@ class RunOptions {
     }
   }
 
-  // `value` unset: takes the run's; given: must equal it.
+  // `value` unset: takes the run's; given: must equal it. A run that left the
+  // option unset recorded `unset_value`, said as `unset_text`.
   template <class T>
-  void adopt(const char* flag, const char* key, T& value, bool unset) const {
+  void adopt(const char* flag, const char* key, T& value, bool unset, std::optional<T> unset_value = std::nullopt,
+             const char* unset_text = "") const {
     const std::optional<T> run = get<T>(key);
     if (!run) return;
+    const bool run_unset = unset_value && *run == *unset_value;
     if (unset) {
       value = *run;
-    } else if (value != *run) {
-      refuse(flag, text(*run), text(value));
+    } else if (run_unset || value != *run) {
+      refuse(flag, run_unset ? std::string(unset_text) : text(*run), text(value));
     }
   }
 
@@ -200,18 +203,16 @@ TrainOptions adopt_run_options(const TrainOptions& raw, const nlohmann::json& co
   }
   run.adopt("--seed", "seed", o.seed, false);
   run.adopt("--batch", "batch", o.batch, o.batch == kUnset);
-  run.adopt("--limit-train", "limit_train", o.limit_train, o.limit_train == 0);
-  run.adopt("--limit-val", "limit_val", o.limit_val, o.limit_val == 0);
+  run.adopt("--limit-train", "limit_train", o.limit_train, o.limit_train == 0, std::optional<int64_t>(0),
+            "unset (all images)");
+  run.adopt("--limit-val", "limit_val", o.limit_val, o.limit_val == 0, std::optional<int64_t>(0),
+            "unset (all images)");
   run.adopt("--lr", "lr", o.lr, o.lr == kUnset);
   run.adopt("--weight-decay", "weight_decay", o.weight_decay, o.weight_decay == kUnset);
   run.adopt("--momentum", "momentum", o.momentum, o.momentum == kUnset);
-  if (auto d = run.get<double>("dropout")) {  // < 0: the run left it to the architecture
-    if (o.dropout == kUnset) {
-      o.dropout = *d < 0 ? kUnset : *d;
-    } else if (*d < 0 || o.dropout != *d) {
-      run.refuse("--dropout", *d < 0 ? "unset (the architecture's)" : number_text(*d), number_text(o.dropout));
-    }
-  }
+  // The run records -1 when it left the dropout to the architecture.
+  run.adopt("--dropout", "dropout", o.dropout, o.dropout == kUnset, std::optional<double>(kUnset),
+            "unset (the architecture's)");
   run.adopt("--t", "t", o.t, o.t == kUnset);
   run.adopt("--scales-init", "scales_init", o.scales_init, o.scales_init.empty());
   run.adopt("--wn-grad", "wn_grad", o.wn_grad, o.wn_grad.empty());

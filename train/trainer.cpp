@@ -238,7 +238,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   // anything is read; nothing in it changes until every input is validated.
   RunFolder folder(o);
   if (o.resume) o = resolve_defaults(adopt_run_options(raw, folder.run_config(), folder.config_path()));
-  const Device device = models::pick_device(o.device, log);
+  if (!o.device.empty()) Device::parse(o.device);  // the spelling now; availability (and its log line) below
   const bool ttq_phase = o.phase == "ttq";
   const std::string last_path = folder.last_path();
   const std::string best_path = folder.best_path();
@@ -266,6 +266,14 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
 
   data::Loader train_loader(train_set, pre, loader_options(o.batch, o.workers, o.seed, true));
   data::Loader val_loader(val_set, pre, loader_options(o.eval_batch, o.workers, o.seed, false));
+  if (o.resume) {
+    const RunState& rs = resume_ckpt.state;
+    TTQ_INPUT_CHECK(rs.batch <= train_loader.batches_per_epoch())
+        << last_path << ": stopped after batch " << rs.batch << " of an epoch of "
+        << train_loader.batches_per_epoch() << " batches";
+    TTQ_INPUT_CHECK(rs.epoch < o.epochs) << "--epochs " << o.epochs << ": the run in " << o.out << " has completed "
+                                         << rs.epoch << " epochs already; give more to go on";
+  }
 
   // ---- model
   models::ModelConfig mc;
@@ -294,6 +302,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       ttq = models::quantize_model(*model, topt);
     }
   }
+  // Every input is valid: pick the device (a line on the log when it falls back to the CPU).
+  const Device device = models::pick_device(o.device, log);
   model->to(device);
   model->train();
 
@@ -331,13 +341,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     opt->load_state(resume_ckpt.optimizer_tensors, resume_ckpt.optimizer_scalars, last_path);
     sched.load_state_scalars(resume_ckpt.scheduler_scalars, last_path);
     st = resume_ckpt.state;
-    TTQ_INPUT_CHECK(st.batch <= train_loader.batches_per_epoch())
-        << last_path << ": stopped after batch " << st.batch << " of an epoch of "
-        << train_loader.batches_per_epoch() << " batches";
-    TTQ_INPUT_CHECK(st.epoch < o.epochs) << "--epochs " << o.epochs << ": the run in " << o.out
-                                         << " has completed " << st.epoch << " epochs already; give more to go on";
     nn::global_generator().set_state(st.rng_seed, st.rng_offset);
-    log << "resuming " << o.out << " at epoch " << st.epoch + 1 << ", batch " << st.batch << "\n";
   }
 
   // ---- run folder files: every input is valid, the folder may change now.
@@ -388,6 +392,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   }
   folder.start_metrics(st.epoch);
 
+  if (o.resume) log << "resuming " << o.out << " at epoch " << st.epoch + 1 << ", batch " << st.batch << "\n";
   const bool tty = isatty(STDERR_FILENO) != 0;
   Progress progress(log, o.progress, tty);
   const int64_t nb = train_loader.batches_per_epoch();
