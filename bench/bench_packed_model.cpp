@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/io/safetensors.h"
@@ -33,7 +34,7 @@
 namespace ttq {
 namespace {
 
-const std::string kSeed = TTQ_SEED_DIR;
+const std::string kSeed = bench::seed_dir();
 
 // The float weights of a model (ternary values in the quantized convs).
 io::NamedTensors model_weights(const std::string& arch) {

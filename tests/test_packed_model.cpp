@@ -30,7 +30,7 @@
 namespace ttq {
 namespace {
 
-const std::string kSeed = TTQ_SEED_DIR;
+const std::string kSeed = test::seed_dir();
 
 struct SeedFile {
   std::string file, arch;

@@ -167,7 +167,7 @@ TEST(Safetensors, ReadsHandWrittenFileWithPaddingAndShuffledOffsets) {
 }
 
 TEST(Safetensors, ReadsSeedFiles) {
-  const std::string dir = TTQ_SEED_DIR;
+  const std::string dir = test::seed_dir();
   io::SafeTensors sd = io::read_safetensors(dir + "/small_densenet_fp.safetensors");
   EXPECT_EQ(sd.tensors().size(), 321u);
   EXPECT_EQ(sd.tensors().front().first, "features.conv0.weight");

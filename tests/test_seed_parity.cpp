@@ -22,7 +22,7 @@
 namespace ttq {
 namespace {
 
-const std::string kSeed = TTQ_SEED_DIR;
+const std::string kSeed = test::seed_dir();
 
 struct SeedCase {
   std::string file;  // e.g. "small_densenet_fp"

@@ -454,7 +454,7 @@ TEST(TtqCheckpoint, SeedTernaryFilesLoadAndReproduceTheirStatistics) {
   const Case cases[] = {{"small_densenet", "small_densenet_ttq.safetensors", 0.05, 62, 381024, 145691},
                         {"squeezenet", "squeezenet_ttq.safetensors", 0.15, 24, 717824, 459891}};
   for (const Case& c : cases) {
-    const std::string path = std::string(TTQ_SEED_DIR) + "/" + c.file;
+    const std::string path = test::seed_dir() + "/" + c.file;
     io::SafeTensors file = io::read_safetensors(path);
     models::ModelPtr m = models::create(c.arch);
     models::TtqOptions o;
@@ -481,7 +481,7 @@ TEST(TtqCheckpoint, SeedTernaryFilesLoadAndReproduceTheirStatistics) {
 }
 
 TEST(TtqCheckpoint, FullPrecisionSeedFileIsNotTernary) {
-  const std::string path = std::string(TTQ_SEED_DIR) + "/squeezenet_fp.safetensors";
+  const std::string path = test::seed_dir() + "/squeezenet_fp.safetensors";
   io::SafeTensors file = io::read_safetensors(path);
   models::ModelPtr m = models::create("squeezenet");
   models::TtqModel ttq = models::quantize_model(*m, models::TtqOptions{});
