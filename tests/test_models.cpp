@@ -1,5 +1,5 @@
 // Tests of models/ (small DenseNet, SqueezeNet, DenseNet-121, registry, weight
-// loading, summaries): parameter counts of DESIGN.md section 4, state-dict names
+// loading, summaries): parameter counts of docs/architecture.md, state-dict names
 // and shapes against the seed files, the memory-efficient dense layer against
 // the naive graph (outputs, gradients, running statistics), never-half-loading
 // imports, input-size limits. Seed-weight parity: tests/test_seed_parity.cpp.
@@ -43,7 +43,7 @@ TEST(Models, RegistryNames) {
 }
 
 TEST(Models, ParameterCountsMatchTheDesign) {
-  // DESIGN.md section 4, 3x56x56 input, 200 classes.
+  // docs/architecture.md, "Models": 3x56x56 input, 200 classes.
   EXPECT_EQ(models::create("small_densenet")->num_parameters(), 440264);
   EXPECT_EQ(models::create("squeezenet")->num_parameters(), 827784);
   EXPECT_EQ(models::create("densenet121")->num_parameters(), 7151176);

@@ -1,5 +1,5 @@
 // Tests of the safetensors reader / writer (engine/io/safetensors.h): round
-// trips, the seed files, every hostile-header case of DESIGN.md section 6 (one
+// trips, the seed files, every hostile-header case of docs/formats.md (one
 // line naming the file and the problem), and atomic writes. Built and run under
 // ASan/UBSan with -DTTQ_SANITIZE=ON.
 #include <dirent.h>
