@@ -72,7 +72,7 @@ struct TernarizeOutputs {
 };
 
 // requires latent F32 (any shape, any strides, numel >= 0); wp, wn F32 with one
-// element each on the latent's device; 0 <= t < 1.
+// element each on the latent's device; 0 <= t <= 1.
 // ensures the requested outputs as above, on the latent's device; no autograd.
 TernarizeResult ternarize(const Tensor& latent, double t, const Tensor& wp, const Tensor& wn,
                           TernarizeOutputs outputs = {});

@@ -120,8 +120,8 @@ io::NamedTensors ttq_checkpoint_view(nn::Module& model, const TtqModel& ttq);
 // shapes checked before anything is modified; errors are one ttq::InputError
 // line prefixed by `source`). A layer without "<layer>.latent_weight" (the
 // seed's TTQ files) must have no wp / wn either and at most the three values
-// {+a, 0, -b} in its weight; then latent = weight, Wp = a, Wn = b, which
-// ternarizes back to the same values for any t < 1.
+// {+a, 0, -b} in its weight; then latent = sign(weight) (+1, 0, -1), Wp = a,
+// Wn = b, which ternarizes back to the same values for any t < 1.
 void load_ttq_checkpoint(nn::Module& model, const TtqModel& ttq, const io::NamedTensors& tensors,
                          const std::string& source);
 
