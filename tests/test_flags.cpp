@@ -106,6 +106,8 @@ TEST(Flags, ResolveDefaultsChecksEveryRange) {
       {"--workers", [](auto& o) { o.workers = 0; }},
       {"--limit-train", [](auto& o) { o.limit_train = -1; }},
       {"--limit-val", [](auto& o) { o.limit_val = -1; }},
+      {"--limit-test", [](auto& o) { o.limit_test = -3; }},
+      {"--val-size", [](auto& o) { o.val_size = 0; }},
       {"--eval-batch", [](auto& o) { o.eval_batch = 0; }},
       {"--early-stop-patience", [](auto& o) { o.early_stop_patience = 0; }},
       {"--plateau-patience", [](auto& o) { o.plateau_patience = -1; }},

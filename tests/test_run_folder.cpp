@@ -129,7 +129,7 @@ TEST_F(RunFolder, ANewRunRefusesAFolderThatHoldsARun) {
   // --overwrite starts afresh: one metrics line, new checkpoints.
   const test::ToolRun r = train(train_args(out, 1), {"--lr", "0.01", "--overwrite"});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(metrics(out).size(), 1u);
+  EXPECT_EQ(metrics(out).size(), 2u);  // epoch 1 and the final test line
   EXPECT_EQ(nlohmann::json::parse(slurp(fs::path(out) / "config.json"))["lr"], 0.01);
   EXPECT_NE(snapshot(out).at("last.safetensors"), before.at("last.safetensors"));
   // --resume and --overwrite together make no sense.
@@ -150,8 +150,8 @@ TEST_F(RunFolder, NothingIsCreatedOrReplacedBeforeTheInputsAreValid) {
   expect_one_line(train(no_device, {"--init", (s_root / "missing.safetensors").string()}),
                   (s_root / "missing.safetensors").string());
   expect_one_line(
-      train(train_args(fresh, 1), {"--init", std::string(TTQ_SEED_DIR) + "/squeezenet_fp.safetensors"}),
-      std::string(TTQ_SEED_DIR) + "/squeezenet_fp.safetensors");
+      train(train_args(fresh, 1), {"--init", test::seed_dir() + "/squeezenet_fp.safetensors"}),
+      test::seed_dir() + "/squeezenet_fp.safetensors");
   EXPECT_FALSE(fs::exists(fs::path(fresh).parent_path()));
   // Bad data likewise.
   std::vector<std::string> args = train_args(fresh, 1);
@@ -214,9 +214,6 @@ TEST_F(RunFolder, ResumeRefusesOptionsThatShapeTheDataOrTheModel) {
     expect_one_line(train(train_args(out, 2), m), says);
     EXPECT_EQ(snapshot(out), before) << more[0];
   }
-  // Nothing left to do is said, not silently accepted.
-  expect_one_line(train(train_args(out, 1), {"--resume"}), "--epochs 1: the run in " + out + " has completed 1");
-  EXPECT_EQ(snapshot(out), before);
 }
 
 TEST_F(RunFolder, ResumeTakesUnsetOptionsFromTheRun) {
@@ -237,6 +234,15 @@ TEST_F(RunFolder, ResumeTakesUnsetOptionsFromTheRun) {
   EXPECT_EQ(cfg["batch"], 16);
   EXPECT_EQ(cfg["limit_train"], 64);
   EXPECT_EQ(cfg["epochs"], 2);
+  // A finished run: fewer epochs than it has done are refused; as many (the
+  // run's, when --epochs is left out) only redo the final test line.
+  const std::vector<std::string> again = {test::tool_path("ttq_train"), "--data", data(), "--out", b,
+                                          "--device", "cpu", "--seed", "7", "--resume", "--quiet"};
+  const auto before = snapshot(b);
+  expect_one_line(train(again, {"--epochs", "1"}), "--epochs 1: the run in " + b + " has completed 2 epochs");
+  EXPECT_EQ(snapshot(b), before);
+  ASSERT_EQ(train(again).code, 0);
+  EXPECT_EQ(metrics(b), metrics(a));
 }
 
 // The evaluation at the end of an epoch can take long: SIGINT / SIGTERM stop it
@@ -303,17 +309,19 @@ bool wait_for(const std::function<bool()>& ok, double seconds) {
 }
 
 TEST_F(RunFolder, SigtermInTheValidationStopsWithinASecond) {
-  // 16 training images (one step), 1000 validation images one at a time.
+  // 16 training images (one step), 4000 validation images (held out of the
+  // training images) one at a time: seconds of work.
   const std::string slow = (s_root / "slow_val").string();
-  test::make_tiny_idx(slow, 16, 1000, 5);
+  test::make_tiny_idx(slow, 4016, 8, 5);
   const std::string out = dir("sigterm_val");
   const std::string err = (s_root / "sigterm_val.err").string();
   const pid_t pid = spawn({test::tool_path("ttq_train"), "--data", "mnist:" + slow, "--out", out, "--device", "cpu",
-                           "--epochs", "3", "--batch", "16", "--eval-batch", "1", "--workers", "1"},
+                           "--epochs", "3", "--batch", "16", "--val-size", "4000", "--limit-train", "16",
+                           "--eval-batch", "1", "--workers", "1"},
                           err);
   // The progress line of the epoch's only batch comes just before the validation.
   ASSERT_TRUE(wait_for([&] { return slurp(err).find("[1/1]") != std::string::npos; }, 60)) << slurp(err);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const auto t0 = std::chrono::steady_clock::now();
   kill(pid, SIGTERM);
   int status = 0;
@@ -327,6 +335,39 @@ TEST_F(RunFolder, SigtermInTheValidationStopsWithinASecond) {
   EXPECT_EQ(c.state.batch, 1);
   EXPECT_TRUE(metrics(out).empty());
   EXPECT_NE(slurp(err).find("in the validation"), std::string::npos) << slurp(err);
+}
+
+TEST_F(RunFolder, SigtermInTheFinalTestStopsWithinASecond) {
+  // One training step, 8 validation images, then 5000 test images one at a time:
+  // seconds of work.
+  const std::string slow = (s_root / "slow_test").string();
+  test::make_tiny_idx(slow, 32, 5000, 6);
+  const std::string out = dir("sigterm_test");
+  const std::string err = (s_root / "sigterm_test.err").string();
+  const std::vector<std::string> args = {test::tool_path("ttq_train"), "--data", "mnist:" + slow, "--out", out,
+                                         "--device", "cpu", "--epochs", "1", "--batch", "16", "--val-size", "8",
+                                         "--limit-train", "16", "--eval-batch", "1", "--workers", "1"};
+  const pid_t pid = spawn(args, err);
+  ASSERT_TRUE(wait_for([&] { return slurp(err).find("on 5000 test images") != std::string::npos; }, 60))
+      << slurp(err);
+  const auto t0 = std::chrono::steady_clock::now();
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(WIFEXITED(status)) << slurp(err);
+  EXPECT_EQ(WEXITSTATUS(status), 143) << slurp(err);
+  EXPECT_LT(seconds, 1.5) << slurp(err);
+  EXPECT_NE(slurp(err).find("in the final test"), std::string::npos) << slurp(err);
+  EXPECT_EQ(metrics(out).size(), 1u);  // no final line
+  // --resume redoes only the test (here on fewer images: --limit-test may change).
+  std::vector<std::string> resume = args;
+  resume.insert(resume.end(), {"--resume", "--limit-test", "8"});
+  const test::ToolRun r = test::run_argv(resume);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto m = metrics(out);
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m[1]["test_images"], 8);
 }
 
 TEST_F(RunFolder, TwoTrainersOnOneFolder) {

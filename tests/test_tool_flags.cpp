@@ -114,6 +114,8 @@ TEST_F(ToolFlags, TrainIntegers) {
              {"--workers", with({"0", "65", "4294967297"})},
              {"--limit-train", with({"0", "1000000001"})},
              {"--limit-val", with({"0", "1000000001"})},
+             {"--limit-test", with({"0", "1000000001"})},
+             {"--val-size", with({"0", "1000000001"})},
              {"--eval-batch", with({"0", "4097"})},
              {"--early-stop-patience", with({"0", "100001", "4294967296"})},
              {"--plateau-patience", with({"100001", "4294967296"})}});
@@ -150,9 +152,10 @@ TEST_F(ToolFlags, EvalNumbersAndTexts) {
   ASSERT_EQ(ok.code, 0) << ok.err;
   check_all("ttq_eval", base,
             {{"--batch", with({"0", "4097"})},
-             {"--limit-val", with({"0", "1000000001"})},
+             {"--limit", with({"0", "1000000001"})},
+             {"--val-size", with({"0", "1000000001"})},
              {"--workers", with({"0", "65"})}});
-  for (const char* flag : {"--model", "--weights", "--data", "--device", "--json"})
+  for (const char* flag : {"--model", "--weights", "--data", "--device", "--split", "--json"})
     expect_refused("ttq_eval", base, flag, "", "empty value");
 }
 
@@ -182,7 +185,7 @@ TEST_F(ToolFlags, InferNumbersAndTexts) {
 
 TEST_F(ToolFlags, PackTexts) {
   const std::map<std::string, std::string> base = {
-      {"--in", std::string(TTQ_SEED_DIR) + "/small_densenet_ttq.safetensors"}, {"--out", "OUT"}};
+      {"--in", test::seed_dir() + "/small_densenet_ttq.safetensors"}, {"--out", "OUT"}};
   for (const char* flag : {"--in", "--out", "--arch"}) expect_refused("ttq_pack", base, flag, "", "empty value");
 }
 

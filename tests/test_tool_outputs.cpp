@@ -44,7 +44,7 @@ class ToolOutputs : public ::testing::Test {
     train::run_training(o, log);
     for (const char* f : {"small_densenet_ttq.safetensors", "small_densenet_fp.safetensors",
                           "reference_io.safetensors"})
-      fs::copy_file(fs::path(TTQ_SEED_DIR) / f, s_dir / f);
+      fs::copy_file(fs::path(test::seed_dir()) / f, s_dir / f);
   }
   static void TearDownTestSuite() { fs::remove_all(s_dir); }
 

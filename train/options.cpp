@@ -38,6 +38,8 @@ TrainOptions resolve_defaults(TrainOptions o) {
   check_flag_range("--workers", static_cast<int64_t>(o.workers), limits::kWorkers);
   if (o.limit_train != 0) check_flag_range("--limit-train", o.limit_train, limits::kLimit);
   if (o.limit_val != 0) check_flag_range("--limit-val", o.limit_val, limits::kLimit);
+  if (o.limit_test != 0) check_flag_range("--limit-test", o.limit_test, limits::kLimit);
+  if (o.val_size != kUnset) check_flag_range("--val-size", o.val_size, limits::kValSize);
   check_flag_range("--eval-batch", o.eval_batch, limits::kEvalBatch);
   check_flag_range("--early-stop-patience", static_cast<int64_t>(o.early_stop_patience),
                    limits::kEarlyStopPatience);

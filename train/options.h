@@ -24,8 +24,11 @@ inline constexpr RealRange kMomentum{0, 1, false, /*hi_open=*/true};
 inline constexpr RealRange kT{0, 1, false, true};
 inline constexpr RealRange kDropout{0, 1, false, true};
 inline constexpr IntRange kWorkers{1, 64};
-// --limit-train / --limit-val / ttq_eval --limit-val: a subset of N images.
+// --limit-train / --limit-val / --limit-test / ttq_eval --limit: a subset of N images.
 inline constexpr IntRange kLimit{1, 1'000'000'000};
+// --val-size: images held out of the training images (and fewer than they are:
+// data/dataset.cpp resolve_val_size).
+inline constexpr IntRange kValSize{1, 1'000'000'000};
 inline constexpr IntRange kEarlyStopPatience{1, 100000};
 inline constexpr IntRange kPlateauPatience{0, 100000};
 

@@ -207,6 +207,17 @@ TrainOptions adopt_run_options(const TrainOptions& raw, const nlohmann::json& co
             "unset (all images)");
   run.adopt("--limit-val", "limit_val", o.limit_val, o.limit_val == 0, std::optional<int64_t>(0),
             "unset (all images)");
+  // The held-out validation split shapes the training images too; the run
+  // records 0 when the data set has a validation split of its own.
+  if (auto v = run.get<int64_t>("val_size"); v && *v > 0) {
+    if (o.val_size == kUnset) {
+      o.val_size = *v;
+    } else if (o.val_size != *v) {
+      run.refuse("--val-size", std::to_string(*v), std::to_string(o.val_size));
+    }
+  }
+  // Only the final test: a new value is taken, an unset one keeps the run's.
+  if (o.limit_test == 0) o.limit_test = run.get<int64_t>("limit_test").value_or(0);
   run.adopt("--lr", "lr", o.lr, o.lr == kUnset);
   run.adopt("--weight-decay", "weight_decay", o.weight_decay, o.weight_decay == kUnset);
   run.adopt("--momentum", "momentum", o.momentum, o.momentum == kUnset);

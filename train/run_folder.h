@@ -64,7 +64,7 @@ class RunFolder {
 };
 
 // --resume: the options that shape the data order or the model (--model,
-// --data, --phase, --batch, --seed, --limit-train, --limit-val, --lr,
+// --data, --phase, --batch, --seed, --limit-train, --limit-val, --val-size, --lr,
 // --weight-decay, --momentum, --dropout, --t, --scales-init, --wn-grad,
 // --schedule, --init; --epochs under the cosine schedule) are the run's. A
 // numeric or text option left unset takes the run's value from `config`; a
