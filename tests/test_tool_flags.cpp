@@ -157,6 +157,11 @@ TEST_F(ToolFlags, EvalNumbersAndTexts) {
              {"--workers", with({"0", "65"})}});
   for (const char* flag : {"--model", "--weights", "--data", "--device", "--split", "--json"})
     expect_refused("ttq_eval", base, flag, "", "empty value");
+  // Without --device: no "running on the CPU" line before the error either.
+  const test::ToolRun r = test::run_argv({test::tool_path("ttq_eval"), "--weights", base.at("--weights"), "--data",
+                                          "mnist:" + s_dir + "/no_such_data"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(test::count_lines(r.err), 1) << r.err;
 }
 
 TEST_F(ToolFlags, InferNumbersAndTexts) {

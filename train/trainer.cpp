@@ -600,7 +600,10 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
   TTQ_INPUT_CHECK(o.split == "val" || o.split == "test" || o.split == "all")
       << "--split: expected val, test or all, got '" << o.split << "'";
   const io::Header h = io::read_safetensors_header(o.weights);
-  const Device device = models::pick_device(o.device, log);
+  // The CPU fallback line goes to the log once the inputs are known good, so
+  // that a bad input is one line.
+  std::ostringstream device_note;
+  const Device device = models::pick_device(o.device, device_note);
   data::DataSpec spec = data::parse_data_spec(o.data);
   data::Preprocess pre = data::preprocess_for(spec);
   // The validation split as training formed it: its held-out size is in the
@@ -654,6 +657,7 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
     auto packed = models::PackedModel::load(o.weights, o.model, device);
     check_fits(packed->config());
     packed->check_input(Shape{1, pre.channels, pre.crop, pre.crop}, o.data);
+    log << device_note.str();
     r = evaluate_pass([&](const Tensor& x) { return packed->forward(x); }, loader, device);
   } else {
     models::ModelPtr model;
@@ -669,6 +673,7 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
       model = models::load_model_file(o.weights, o.model, device);
     }
     check_fits(model->config());
+    log << device_note.str();
     r = evaluate(*model, loader, device);
   }
   if (loader.skipped_in_epoch() > 0) log << loader.skipped_in_epoch() << " unreadable images skipped\n";
