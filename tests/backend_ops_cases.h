@@ -453,7 +453,8 @@ inline std::vector<OpCase> backend_op_cases() {
         [=](const Inputs& in) {
           const std::vector<Tensor> features(in.begin(), in.begin() + static_cast<int64_t>(parts));
           const Tensor& x0 = in[0];
-          Tensor rm = Tensor::zeros({c}, x0.dtype(), x0.device()), rv = Tensor::ones({c}, x0.dtype(), x0.device());
+          Tensor rm = Tensor::zeros({c}, x0.dtype(), x0.device()),
+                 rv = Tensor::ones({c}, x0.dtype(), x0.device());
           return ops::dense_bottleneck(features, in[parts], in[parts + 1], rm, rv, 0.1, 1e-5, in[parts + 2]);
         },
         [=](const Inputs& in) { return dense_bottleneck_ref(in, parts, 1e-5); }, view);

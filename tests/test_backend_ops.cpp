@@ -280,8 +280,8 @@ TEST_P(OpsOnDevice, DenseBottleneckMatchesUnfusedOps) {
     const std::vector<Tensor> parts(leaves.begin(), leaves.begin() + 3);
     Result res{Tensor(), Tensor::zeros({c}, DType::F32, dev), Tensor::ones({c}, DType::F32, dev), {}};
     res.y = fused ? ops::dense_bottleneck(parts, leaves[3], leaves[4], res.rm, res.rv, 0.1, 1e-5, leaves[5])
-                  : ops::conv2d(ops::relu(ops::batch_norm2d(ops::concat(parts, 1), leaves[3], leaves[4], res.rm,
-                                                            res.rv, true, 0.1, 1e-5)),
+                  : ops::conv2d(ops::relu(ops::batch_norm2d(ops::concat(parts, 1), leaves[3], leaves[4],
+                                                            res.rm, res.rv, true, 0.1, 1e-5)),
                                 leaves[5], Tensor());
     res.y.backward(r);
     for (const Tensor& t : leaves) res.grads.push_back(t.grad());

@@ -57,10 +57,10 @@ struct PartTable {
 };
 
 struct Geometry {
-  int64_t n, c, hw;    // x is [n, c, hw] (c: all channels, over every launch)
-  int64_t count;       // n * hw values per channel
-  int64_t segment;     // values per segment
-  int segments;        // segments per channel
+  int64_t n, c, hw;  // x is [n, c, hw] (c: all channels, over every launch)
+  int64_t count;     // n * hw values per channel
+  int64_t segment;   // values per segment
+  int segments;      // segments per channel
 };
 
 Geometry geometry_of(int64_t n, int64_t c, int64_t hw) {
@@ -193,12 +193,12 @@ __global__ void bn_relu_forward_kernel(PartTable<const T> x, int64_t c0, Geometr
     save_invstd[c] = static_cast<T>(invstd);
     save_scale[c] = a;
     if (running_mean != nullptr)
-      running_mean[c] = static_cast<T>(
-          __dadd_rn(__dmul_rn(1 - momentum, static_cast<double>(running_mean[c])), __dmul_rn(momentum, mean)));
+      running_mean[c] = static_cast<T>(__dadd_rn(
+          __dmul_rn(1 - momentum, static_cast<double>(running_mean[c])), __dmul_rn(momentum, mean)));
     if (running_var != nullptr) {
       const double unbiased = g.count > 1 ? var * count / (count - 1) : var;
-      running_var[c] = static_cast<T>(
-          __dadd_rn(__dmul_rn(1 - momentum, static_cast<double>(running_var[c])), __dmul_rn(momentum, unbiased)));
+      running_var[c] = static_cast<T>(__dadd_rn(__dmul_rn(1 - momentum, static_cast<double>(running_var[c])),
+                                                __dmul_rn(momentum, unbiased)));
     }
   }
   T* zc = z + c * g.hw;
@@ -220,8 +220,8 @@ __global__ void bn_relu_recompute_kernel(PartTable<const T> x, int64_t c0, Geome
 
 // partials[c][s] = (sum g, sum g * (x - mean)), g = gz where z > 0, mean = save_mean[c].
 template <class T>
-__global__ void bn_relu_grad_sums_kernel(const T* gz, const T* z, PartTable<const T> x, int64_t c0, Geometry g,
-                                         const T* save_mean, double* partials) {
+__global__ void bn_relu_grad_sums_kernel(const T* gz, const T* z, PartTable<const T> x, int64_t c0,
+                                         Geometry g, const T* save_mean, double* partials) {
   __shared__ double scratch[kThreads / 32];
   const int64_t cl = blockIdx.x, c = c0 + cl;
   int64_t bs = 0;
@@ -248,9 +248,9 @@ __global__ void bn_relu_grad_sums_kernel(const T* gz, const T* z, PartTable<cons
 
 // gweight / gbias (segment 0) and gx for the block's segment, written into the part's gradient.
 template <class T>
-__global__ void bn_relu_grad_x_kernel(const T* gz, const T* z, PartTable<const T> x, PartTable<T> gx, int64_t c0,
-                                      Geometry g, const double* partials, const T* weight, const T* save_mean,
-                                      const T* save_invstd, T* gweight, T* gbias) {
+__global__ void bn_relu_grad_x_kernel(const T* gz, const T* z, PartTable<const T> x, PartTable<T> gx,
+                                      int64_t c0, Geometry g, const double* partials, const T* weight,
+                                      const T* save_mean, const T* save_invstd, T* gweight, T* gbias) {
   const int64_t cl = blockIdx.x, c = c0 + cl;
   int64_t bs = 0, gbs = 0;
   const T* xc = x.plane(cl, g.hw, bs);
@@ -299,8 +299,8 @@ Geometry check_parts(const std::vector<Tensor>& parts, const char* what) {
 void check_nchw(const Tensor& t, const Geometry& g, DType dtype, const char* what) {
   TTQ_CHECK(t.is_contiguous() && t.dim() == 4 && t.dtype() == dtype && t.size(0) == g.n && t.size(1) == g.c &&
             t.size(2) * t.size(3) == g.hw)
-      << what << ": contiguous [" << g.n << ", " << g.c << ", H, W] " << dtype_name(dtype) << " expected, got "
-      << t.str();
+      << what << ": contiguous [" << g.n << ", " << g.c << ", H, W] " << dtype_name(dtype)
+      << " expected, got " << t.str();
 }
 
 // A per-channel vector: contiguous [C] of the parts' dtype, or undefined when `optional`.
@@ -340,8 +340,8 @@ void for_part_chunks(const Tensors& ts, int64_t hw, F&& f) {
 template <class T>
 void bn_relu_stats_cuda(const PartTable<const T>& x, int64_t c0, int64_t channels, const Geometry& g,
                         double* partials, cudaStream_t s) {
-  bn_relu_stats_kernel<T><<<dim3(static_cast<unsigned>(channels), g.segments), kThreads, 0, s>>>(x, c0, g,
-                                                                                                  partials);
+  bn_relu_stats_kernel<T>
+      <<<dim3(static_cast<unsigned>(channels), g.segments), kThreads, 0, s>>>(x, c0, g, partials);
   TTQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -365,17 +365,19 @@ void bn_relu_recompute_cuda(const PartTable<const T>& x, int64_t c0, int64_t cha
 }
 
 template <class T>
-void bn_relu_grad_sums_cuda(const T* gz, const T* z, const PartTable<const T>& x, int64_t c0, int64_t channels,
-                            const Geometry& g, const T* save_mean, double* partials, cudaStream_t s) {
+void bn_relu_grad_sums_cuda(const T* gz, const T* z, const PartTable<const T>& x, int64_t c0,
+                            int64_t channels, const Geometry& g, const T* save_mean, double* partials,
+                            cudaStream_t s) {
   bn_relu_grad_sums_kernel<T><<<dim3(static_cast<unsigned>(channels), g.segments), kThreads, 0, s>>>(
       gz, z, x, c0, g, save_mean, partials);
   TTQ_CUDA_CHECK_LAUNCH();
 }
 
 template <class T>
-void bn_relu_grad_x_cuda(const T* gz, const T* z, const PartTable<const T>& x, const PartTable<T>& gx, int64_t c0,
-                         int64_t channels, const Geometry& g, const double* partials, const T* weight,
-                         const T* save_mean, const T* save_invstd, T* gweight, T* gbias, cudaStream_t s) {
+void bn_relu_grad_x_cuda(const T* gz, const T* z, const PartTable<const T>& x, const PartTable<T>& gx,
+                         int64_t c0, int64_t channels, const Geometry& g, const double* partials,
+                         const T* weight, const T* save_mean, const T* save_invstd, T* gweight, T* gbias,
+                         cudaStream_t s) {
   bn_relu_grad_x_kernel<T><<<dim3(static_cast<unsigned>(channels), g.segments), kThreads, 0, s>>>(
       gz, z, x, gx, c0, g, partials, weight, save_mean, save_invstd, gweight, gbias);
   TTQ_CUDA_CHECK_LAUNCH();
@@ -405,8 +407,8 @@ void batch_norm_relu_forward_train(const std::vector<Tensor>& parts, const Tenso
     auto* partials = static_cast<double*>(workspace(sizeof(double) * 2 * kMaxSegments * g.c));
     for_part_chunks<const T>(parts, g.hw, [&](const PartTable<const T>& x, int64_t c0, int64_t channels) {
       bn_relu_stats_cuda<T>(x, c0, channels, g, partials, stream());
-      bn_relu_forward_cuda<T>(x, c0, channels, g, partials, w, b, rm, rv, momentum, eps, z.data<T>(), sm, si, ss,
-                              stream());
+      bn_relu_forward_cuda<T>(x, c0, channels, g, partials, w, b, rm, rv, momentum, eps, z.data<T>(), sm, si,
+                              ss, stream());
     });
   });
 }
@@ -440,8 +442,8 @@ void batch_norm_relu_backward(const Tensor& gz, const Tensor& z, const std::vect
   check_nchw(z, g, dtype, what);
   TTQ_CHECK(gparts.size() == parts.size()) << what << ": one gradient per part expected";
   for (size_t i = 0; i < parts.size(); ++i)
-    TTQ_CHECK(gparts[i].is_contiguous() && gparts[i].shape() == parts[i].shape() && gparts[i].dtype() == dtype &&
-              gparts[i].device() == parts[i].device())
+    TTQ_CHECK(gparts[i].is_contiguous() && gparts[i].shape() == parts[i].shape() &&
+              gparts[i].dtype() == dtype && gparts[i].device() == parts[i].device())
         << what << ": gradient " << gparts[i].str() << " does not match part " << parts[i].str();
   dispatch_float(dtype, what, [&](auto tag) {
     using T = decltype(tag);
@@ -460,12 +462,13 @@ void batch_norm_relu_backward(const Tensor& gz, const Tensor& z, const std::vect
     // Two sweeps over the chunks: the gradient tables are built beside the
     // parts' ones, chunk for chunk (same part counts, same channel offsets).
     std::vector<PartTable<T>> gx_tables;
-    for_part_chunks<T>(gparts, g.hw, [&](const PartTable<T>& t, int64_t, int64_t) { gx_tables.push_back(t); });
+    for_part_chunks<T>(gparts, g.hw,
+                       [&](const PartTable<T>& t, int64_t, int64_t) { gx_tables.push_back(t); });
     size_t chunk = 0;
     for_part_chunks<const T>(parts, g.hw, [&](const PartTable<const T>& x, int64_t c0, int64_t channels) {
       bn_relu_grad_sums_cuda<T>(gz.data<T>(), z.data<T>(), x, c0, channels, g, sm, partials, stream());
-      bn_relu_grad_x_cuda<T>(gz.data<T>(), z.data<T>(), x, gx_tables[chunk++], c0, channels, g, partials, w, sm,
-                             si, gw, gb, stream());
+      bn_relu_grad_x_cuda<T>(gz.data<T>(), z.data<T>(), x, gx_tables[chunk++], c0, channels, g, partials, w,
+                             sm, si, gw, gb, stream());
     });
   });
 }

@@ -61,7 +61,8 @@ Tensor dense_bottleneck(const std::vector<Tensor>& features, const Tensor& bn_we
   check_channel_vector("running_mean", running_mean, x0, channels);
   check_channel_vector("running_var", running_var, x0, channels);
   for (const Tensor* r : {&running_mean, &running_var})
-    TTQ_CHECK(!r->defined() || r->is_contiguous()) << "dense_bottleneck: running statistics must be contiguous";
+    TTQ_CHECK(!r->defined() || r->is_contiguous())
+        << "dense_bottleneck: running statistics must be contiguous";
   check_operand("dense_bottleneck", "conv_weight", conv_weight, "features[0]", x0);
   TTQ_CHECK(conv_weight.defined() && conv_weight.dim() == 4 && conv_weight.size(1) == channels &&
             conv_weight.size(2) == 1 && conv_weight.size(3) == 1)
@@ -89,7 +90,8 @@ Tensor dense_bottleneck(const std::vector<Tensor>& features, const Tensor& bn_we
   Tensor out = new_output({n, cw.size(0), h, w}, dt, dev);
   {
     Tensor z = new_output(zs, dt, dev);  // freed before the op returns
-    TTQ_BACKEND(dev, batch_norm_relu_forward_train)(parts, bw, bb, rm, rv, momentum, eps, z, mean, invstd, scale);
+    TTQ_BACKEND(dev, batch_norm_relu_forward_train)
+    (parts, bw, bb, rm, rv, momentum, eps, z, mean, invstd, scale);
     TTQ_BACKEND(dev, conv2d_forward)(z, cw, Tensor(), p, out);
   }
 
@@ -100,15 +102,16 @@ Tensor dense_bottleneck(const std::vector<Tensor>& features, const Tensor& bn_we
   inputs.push_back(&bn_bias);
   inputs.push_back(&conv_weight);
   bool need_bn = false;  // any gradient below the conv's input: every part, bn_weight, bn_bias
-  for (size_t i = 0; i + 1 < inputs.size(); ++i) need_bn = need_bn || autograd::any_requires_grad({inputs[i]});
+  for (size_t i = 0; i + 1 < inputs.size(); ++i)
+    need_bn = need_bn || autograd::any_requires_grad({inputs[i]});
   const bool need_cw = autograd::any_requires_grad({&conv_weight});
   if (!need_bn && !need_cw) return out;
 
   // Saved: the feature maps (views of tensors the dense block keeps anyway), the
   // parameters and three [C] vectors; z and the concatenation are recomputed.
-  auto backward = [parts = std::move(parts), bw = bw.detach(), bb = bb.detach(), cw = cw.detach(), mean, invstd,
-                   scale, zs, p, need_bn, need_cw,
-                   has_w = bn_weight.defined(), has_b = bn_bias.defined()](const std::vector<Tensor>& grads) {
+  auto backward = [parts = std::move(parts), bw = bw.detach(), bb = bb.detach(), cw = cw.detach(), mean,
+                   invstd, scale, zs, p, need_bn, need_cw, has_w = bn_weight.defined(),
+                   has_b = bn_bias.defined()](const std::vector<Tensor>& grads) {
     const Tensor g = grads[0].contiguous();
     const Device dev = g.device();
     const DType dt = g.dtype();
