@@ -1,7 +1,7 @@
 // DenseNet-BC (small and 121 variants); the memory-efficient dense layer runs
 // its bottleneck through ops::dense_bottleneck.
 // Reference: PyTorch's torchvision DenseNet and the seed's small DenseNet (see
-// shared/seed-models/README.md). Tests: tests/test_models.cpp, tests/test_seed_parity.cpp.
+// tests/fixtures/seed/README.md). Tests: tests/test_models.cpp, tests/test_seed_parity.cpp.
 #include "models/densenet.h"
 
 #include "engine/ops/ops.h"
