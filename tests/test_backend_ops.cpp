@@ -459,6 +459,19 @@ TEST_P(OpsOnDevice, ErrorsNameBothShapes) {
         ops::batch_norm2d(z({2, 4, 3, 3}), z({4}), z({4}), rm, rv, true);
       },
       "[3]", "[2, 4, 3, 3]");
+  Tensor rm5 = z({5}), rv5 = z({5});
+  expect_both(
+      [&] {
+        ops::dense_bottleneck({z({2, 3, 4, 4}), z({2, 2, 5, 4})}, z({5}), z({5}), rm5, rv5, 0.1, 1e-5,
+                              z({4, 5, 1, 1}));
+      },
+      "[2, 3, 4, 4]", "[2, 2, 5, 4]");
+  expect_both(
+      [&] {
+        ops::dense_bottleneck({z({2, 3, 4, 4}), z({2, 2, 4, 4})}, z({5}), z({5}), rm5, rv5, 0.1, 1e-5,
+                              z({4, 6, 1, 1}));
+      },
+      "[4, 6, 1, 1]", "5");
   EXPECT_THROW(ops::add(z({2}), Tensor::zeros({2}, DType::F64, dev)), Error);
   EXPECT_THROW(ops::relu(Tensor::zeros({2}, DType::I64, dev)), Error);
   EXPECT_THROW(ops::cross_entropy(z({2, 3}), Tensor::from_vector<int64_t>({0, 3}, {2}).to(dev)), Error);
