@@ -126,9 +126,11 @@ struct EvalResult {
 EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device,
                     const std::function<bool()>& stop = {});
 
-// SIGINT / SIGTERM make run_training finish its current step, write
-// last.safetensors and return 130 / 143. Installed by the tool; tests may call
-// request_stop() directly.
+// SIGINT / SIGTERM make run_training finish its current step (or stop its
+// validation or final test at the next batch), write last.safetensors and
+// return 130 / 143. Installed by the tool first thing, before it starts any
+// thread: the calling thread and those it starts block both signals, and a
+// thread of its own receives them. Tests may call request_stop() directly.
 void install_signal_handlers();
 void request_stop(int signal_number);
 void clear_stop_request();
