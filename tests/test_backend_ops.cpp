@@ -450,8 +450,8 @@ TEST(BackendOpsCpu, ConvBatchEqualsSingles) {
 // Cross-path check on the CPU: a grouped conv equals its groups run as separate convs
 // on channel slices, forward and backward, whatever the thread count (1 thread: no
 // split; 3 and 4 threads with one sample: the split GEMMs for 2 groups, the groups
-// spread over threads for 8), and groups = 1 / dilation = 1 give the bits of the
-// plain call.
+// spread over threads for 8; depthwise layers, run by direct loops, against one-channel
+// GEMM convs), and groups = 1 / dilation = 1 give the bits of the plain call.
 TEST(BackendOpsCpu, GroupedConvEqualsItsGroupsAsSeparateConvs) {
   struct Case {
     int64_t n, c, hw, co, k;
@@ -459,7 +459,8 @@ TEST(BackendOpsCpu, GroupedConvEqualsItsGroupsAsSeparateConvs) {
   };
   const int threads = omp_get_max_threads();
   for (const Case& cs : {Case{1, 8, 33, 8, 3, 1, 2, 2, 2}, Case{1, 16, 30, 16, 3, 2, 1, 1, 8},
-                         Case{3, 12, 17, 6, 3, 1, 1, 1, 3}, Case{1, 8, 40, 16, 1, 1, 0, 1, 2}}) {
+                         Case{3, 12, 17, 6, 3, 1, 1, 1, 3}, Case{1, 8, 40, 16, 1, 1, 0, 1, 2},
+                         Case{2, 8, 15, 16, 3, 2, 1, 1, 8}, Case{1, 6, 13, 6, 3, 1, 2, 2, 6}}) {
     const Tensor x = uniform_in({cs.n, cs.c, cs.hw, cs.hw}, 21).to(DType::F32);
     const Tensor w = uniform_in({cs.co, cs.c / cs.groups, cs.k, cs.k}, 22).to(DType::F32);
     const Tensor b = uniform_in({cs.co}, 23).to(DType::F32);

@@ -1,6 +1,7 @@
 // CPU conv2d (cross-correlation with stride, padding, dilation and groups): im2col +
 // BLAS GEMM, one GEMM per group. A 1x1 / stride 1 / pad 0 convolution is a plain
-// GEMM on the input plane.
+// GEMM on the input plane; a depthwise conv (groups > 1, one input channel per group)
+// runs direct loops.
 // Reference: the naive loops in tests/test_backend_ops.cpp (CONV2D cases);
 // timing: bench/bench_conv_cpu.cpp.
 //
@@ -30,6 +31,7 @@ struct ConvGeom {
   int64_t k() const { return cg * kh * kw; }  // the GEMMs' K: one group's taps
   int64_t p() const { return ho * wo; }
   bool direct() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+  bool depthwise() const { return groups > 1 && cg == 1; }  // direct loops, no GEMM
 };
 
 // True when every sample x[n] is a dense [C,H,W] block.
@@ -253,6 +255,22 @@ void backward_data_typed(const T* gy, const T* w, const ConvGeom& g, T* gx) {
   }
 }
 
+// gbias[c] = sum over samples and positions of gy[n, c], in double.
+template <class T>
+void bias_grad(const T* gy, const ConvGeom& g, T* gbias) {
+  const int64_t P = g.p();
+#pragma omp parallel for schedule(static) if (g.n * g.co * P >= kParallelElements)
+  for (int64_t c = 0; c < g.co; ++c) {
+    double s = 0;
+    for (int64_t n = 0; n < g.n; ++n) {
+      const T* r = gy + n * g.y_batch_stride + c * P;
+#pragma omp simd reduction(+ : s)
+      for (int64_t q = 0; q < P; ++q) s += static_cast<double>(r[q]);
+    }
+    gbias[c] = static_cast<T>(s);
+  }
+}
+
 template <class T>
 void backward_filter_typed(const T* gy, const T* x, const ConvGeom& g, T* gw, T* gbias) {
   // gw [Co,K] = sum over tiles of gy[n][:, tile] [Co,tp] @ col(tile)^T [tp,K], group by
@@ -290,18 +308,139 @@ void backward_filter_typed(const T* gy, const T* x, const ConvGeom& g, T* gw, T*
       }
     }
   }
-  if (gbias) {
-#pragma omp parallel for schedule(static) if (g.n * g.co * P >= kParallelElements)
-    for (int64_t c = 0; c < g.co; ++c) {
-      double s = 0;
-      for (int64_t n = 0; n < g.n; ++n) {
-        const T* r = gy + (n * g.co + c) * P;
-#pragma omp simd reduction(+ : s)
-        for (int64_t q = 0; q < P; ++q) s += static_cast<double>(r[q]);
+  if (gbias) bias_grad(gy, g, gbias);
+}
+
+// ---- depthwise: one input channel per group -------------------------------------------
+//
+// With one input channel per group the GEMMs degenerate to 1 x tp x kh*kw products
+// (a BLAS call per group and tile, on an im2col block written only to be read once),
+// so these run direct loops instead: per output row and tap, a contiguous
+// multiply-add over the row's valid columns (strided reads when sw > 1). Output
+// channel o reads input channel o / cog (cog > 1: a channel multiplier). Used only
+// when groups > 1: a one-group conv keeps the GEMM path and its bits.
+
+// ow_range of every kernel column, computed once per call (two divisions each).
+struct ColumnRanges {
+  std::vector<int64_t> lo, hi;
+  explicit ColumnRanges(const ConvGeom& g) : lo(static_cast<size_t>(g.kw)), hi(static_cast<size_t>(g.kw)) {
+    for (int64_t j = 0; j < g.kw; ++j)
+      ow_range(g, j, &lo[static_cast<size_t>(j)], &hi[static_cast<size_t>(j)]);
+  }
+};
+
+template <class T>
+void depthwise_forward_typed(const T* x, const T* w, const T* bias, const ConvGeom& g, T* y) {
+  const int64_t P = g.p(), taps = g.kh * g.kw;
+  const ColumnRanges cr(g);
+  const size_t planes = static_cast<size_t>(g.n * g.co);
+#pragma omp parallel for schedule(static) if (worth_forking(g, planes))
+  for (int64_t nc = 0; nc < g.n * g.co; ++nc) {
+    const int64_t n = nc / g.co, o = nc % g.co;
+    const T* xc = x + n * g.x_batch_stride + (o / g.cog) * g.h * g.w;
+    const T* wo = w + o * taps;
+    T* yp = y + n * g.y_batch_stride + o * P;
+    std::fill(yp, yp + P, T(0));
+    for (int64_t oh = 0; oh < g.ho; ++oh) {
+      T* yr = yp + oh * g.wo;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+        if (ih < 0 || ih >= g.h) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t lo = cr.lo[static_cast<size_t>(j)], hi = cr.hi[static_cast<size_t>(j)];
+          const T wv = wo[i * g.kw + j];
+          const T* xr = xc + ih * g.w - g.pw + j * g.dw;
+          if (g.sw == 1) {
+#pragma omp simd
+            for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * xr[ow];
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) yr[ow] += wv * xr[ow * g.sw];
+          }
+        }
       }
-      gbias[c] = static_cast<T>(s);
+    }
+    if (bias) {
+      const T b = bias[o];
+#pragma omp simd
+      for (int64_t q = 0; q < P; ++q) yp[q] += b;
     }
   }
+}
+
+// gx[n, c] = sum over the cog outputs of channel c and their taps of w * gy, scattered
+// back along the forward's index map; each (n, c) plane belongs to one thread.
+template <class T>
+void depthwise_backward_data_typed(const T* gy, const T* w, const ConvGeom& g, T* gx) {
+  const int64_t P = g.p(), taps = g.kh * g.kw, plane = g.h * g.w;
+  const ColumnRanges cr(g);
+  const size_t planes = static_cast<size_t>(g.n * g.ci);
+#pragma omp parallel for schedule(static) if (worth_forking(g, planes))
+  for (int64_t nc = 0; nc < g.n * g.ci; ++nc) {
+    const int64_t n = nc / g.ci, c = nc % g.ci;
+    T* gxc = gx + n * g.ci * plane + c * plane;
+    std::fill(gxc, gxc + plane, T(0));
+    for (int64_t o = c * g.cog; o < (c + 1) * g.cog; ++o) {
+      const T* gyp = gy + n * g.y_batch_stride + o * P;
+      const T* wo = w + o * taps;
+      for (int64_t oh = 0; oh < g.ho; ++oh) {
+        const T* gr = gyp + oh * g.wo;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+          if (ih < 0 || ih >= g.h) continue;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t lo = cr.lo[static_cast<size_t>(j)], hi = cr.hi[static_cast<size_t>(j)];
+            const T wv = wo[i * g.kw + j];
+            T* xr = gxc + ih * g.w - g.pw + j * g.dw;
+            if (g.sw == 1) {
+#pragma omp simd
+              for (int64_t ow = lo; ow < hi; ++ow) xr[ow] += wv * gr[ow];
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) xr[ow * g.sw] += wv * gr[ow];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// gw[o, i, j] = sum over samples and outputs of gy[n, o] * x[n, o / cog] at the tap's
+// offset: one output channel per thread; per tap, each row's products summed in T and
+// the rows (samples, then output rows) in double.
+template <class T>
+void depthwise_backward_filter_typed(const T* gy, const T* x, const ConvGeom& g, T* gw, T* gbias) {
+  const int64_t P = g.p(), taps = g.kh * g.kw;
+  const ColumnRanges cr(g);
+  const size_t units = static_cast<size_t>(g.co);
+#pragma omp parallel for schedule(static) if (worth_forking(g, units))
+  for (int64_t o = 0; o < g.co; ++o) {
+    std::vector<double> acc(static_cast<size_t>(taps), 0.0);
+    for (int64_t n = 0; n < g.n; ++n) {
+      const T* xc = x + n * g.x_batch_stride + (o / g.cog) * g.h * g.w;
+      const T* gyp = gy + n * g.y_batch_stride + o * P;
+      for (int64_t oh = 0; oh < g.ho; ++oh) {
+        const T* gr = gyp + oh * g.wo;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+          if (ih < 0 || ih >= g.h) continue;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t lo = cr.lo[static_cast<size_t>(j)], hi = cr.hi[static_cast<size_t>(j)];
+            const T* xr = xc + ih * g.w - g.pw + j * g.dw;
+            T row = 0;
+            if (g.sw == 1) {
+#pragma omp simd reduction(+ : row)
+              for (int64_t ow = lo; ow < hi; ++ow) row += gr[ow] * xr[ow];
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) row += gr[ow] * xr[ow * g.sw];
+            }
+            acc[static_cast<size_t>(i * g.kw + j)] += static_cast<double>(row);
+          }
+        }
+      }
+    }
+    for (int64_t t = 0; t < taps; ++t) gw[o * taps + t] = static_cast<T>(acc[static_cast<size_t>(t)]);
+  }
+  if (gbias) bias_grad(gy, g, gbias);
 }
 
 }  // namespace
@@ -313,7 +452,12 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   const ConvGeom g = geometry(x, w, p, y);
   dispatch_float(x.dtype(), "conv2d_forward", [&](auto tag) {
     using T = decltype(tag);
-    forward_typed<T>(x.data<T>(), w.data<T>(), bias.defined() ? bias.data<T>() : nullptr, g, y.data<T>());
+    const T* b = bias.defined() ? bias.data<T>() : nullptr;
+    if (g.depthwise()) {
+      depthwise_forward_typed<T>(x.data<T>(), w.data<T>(), b, g, y.data<T>());
+    } else {
+      forward_typed<T>(x.data<T>(), w.data<T>(), b, g, y.data<T>());
+    }
   });
 }
 
@@ -324,7 +468,11 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams&
   const ConvGeom g = geometry(gx, w, p, gy);
   dispatch_float(gy.dtype(), "conv2d_backward_data", [&](auto tag) {
     using T = decltype(tag);
-    backward_data_typed<T>(gy.data<T>(), w.data<T>(), g, gx.data<T>());
+    if (g.depthwise()) {
+      depthwise_backward_data_typed<T>(gy.data<T>(), w.data<T>(), g, gx.data<T>());
+    } else {
+      backward_data_typed<T>(gy.data<T>(), w.data<T>(), g, gx.data<T>());
+    }
   });
 }
 
@@ -336,8 +484,12 @@ void conv2d_backward_filter(const Tensor& gy, const Tensor& x, const Conv2dParam
   const ConvGeom g = geometry(x, gw, p, gy);
   dispatch_float(gy.dtype(), "conv2d_backward_filter", [&](auto tag) {
     using T = decltype(tag);
-    backward_filter_typed<T>(gy.data<T>(), x.data<T>(), g, gw.data<T>(),
-                             gbias.defined() ? gbias.data<T>() : nullptr);
+    T* gb = gbias.defined() ? gbias.data<T>() : nullptr;
+    if (g.depthwise()) {
+      depthwise_backward_filter_typed<T>(gy.data<T>(), x.data<T>(), g, gw.data<T>(), gb);
+    } else {
+      backward_filter_typed<T>(gy.data<T>(), x.data<T>(), g, gw.data<T>(), gb);
+    }
   });
 }
 
