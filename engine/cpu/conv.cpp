@@ -2,14 +2,17 @@
 // BLAS GEMM, one GEMM per group. A 1x1 / stride 1 / pad 0 convolution is a plain
 // GEMM on the input plane; a depthwise conv (groups > 1, one input channel per group)
 // runs direct loops.
-// Reference: the naive loops in tests/test_backend_ops.cpp (CONV2D cases);
-// timing: bench/bench_conv_cpu.cpp.
+// Reference: the naive loops in tests/backend_ops_cases.h (CONV2D and GROUPED_CONV2D
+// cases of tests/test_backend_ops.cpp); timing: bench/bench_conv_cpu.cpp.
 //
 // Parallelism: OpenMP over output tiles (row bands of one sample), each tile
-// an im2col into per-thread scratch plus a single-threaded GEMM; the filter
-// gradient sums into one buffer per thread. The data gradient's tiles overlap
-// within a sample, so it goes over whole samples (or splits each step when
-// there are fewer samples than threads).
+// an im2col into per-thread scratch plus a single-threaded GEMM per group; the
+// filter gradient sums into one buffer per thread. The data gradient's tiles
+// overlap within a sample, so it goes over whole samples (or splits each step
+// when there are fewer samples than threads: the GEMM and col2im of each group,
+// or the groups themselves when there are at least as many as threads). The
+// depthwise loops go over (sample, channel) planes, the filter gradient over
+// output channels.
 #include <algorithm>
 #include <cstring>
 #include <vector>
