@@ -933,7 +933,7 @@ PackedConvWeight PackedConvWeight::from_codes(const Tensor& codes, const Shape& 
                                               int64_t groups) {
   TTQ_CHECK(weight_shape.size() == 4)
       << what << ": weight shape " << shape_str(weight_shape) << " is not 4-d";
-  TTQ_CHECK(groups >= 1 && weight_shape[0] % groups == 0)
+  TTQ_INPUT_CHECK(groups >= 1 && weight_shape[0] % groups == 0)
       << what << ": " << groups << " groups do not divide the " << weight_shape[0] << " output channels";
   const int64_t n = shape_numel(weight_shape);
   TTQ_CHECK(codes.defined() && codes.dtype() == DType::U8) << what << ": codes must be U8";

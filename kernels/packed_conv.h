@@ -184,10 +184,10 @@ void packed_conv_cuda(const PackedConvArgs& args, const uint8_t* canonical, cons
 class PackedConvWeight {
  public:
   PackedConvWeight() = default;
-  // requires weight_shape [co, ci/groups, kh, kw] with groups >= 1 dividing co; codes: U8
-  // [ceil(numel / 4)] canonical bytes of that shape (any device; the layout does not
-  // depend on groups), no code 3 among the first numel (throws ttq::InputError naming
-  // `what` otherwise), wp and wn finite. ensures the layouts for `device` are built.
+  // requires weight_shape [co, ci/groups, kh, kw]; codes: U8 [ceil(numel / 4)] canonical
+  // bytes of that shape (any device; the layout does not depend on groups), no code 3
+  // among the first numel, groups >= 1 dividing co (throws ttq::InputError naming `what`
+  // otherwise), wp and wn finite. ensures the layouts for `device` are built.
   static PackedConvWeight from_codes(const Tensor& codes, const Shape& weight_shape, float wp, float wn,
                                      Device device, const std::string& what = "packed weight",
                                      int64_t groups = 1);

@@ -197,7 +197,7 @@ TEST(PackedWeight, RejectsInvalidCodesAndBadSizes) {
   // Groups must divide the output channels; the input channels of the conv are
   // weight_shape[1] * groups.
   const Tensor six = Tensor::from_vector<float>({1, 0, -1, 1, 1, 0}, {6, 1, 1, 1});
-  EXPECT_THROW(PackedConvWeight::from_dense(six, Device::cpu(), "w", 4), Error);
+  EXPECT_THROW(PackedConvWeight::from_dense(six, Device::cpu(), "w", 4), InputError);
   const PackedConvWeight dw = PackedConvWeight::from_dense(six, Device::cpu(), "w", 3);
   EXPECT_EQ(dw.groups(), 3);
   EXPECT_EQ(dw.ci(), 3);
