@@ -55,7 +55,8 @@ class Dataset {
   int64_t bad_item_count() const;
 
  protected:
-  // Decodes item i or explains why not (no reporting).
+  // Decodes item i or explains why not (no reporting; `reported` set when a
+  // wrapped dataset has reported the failure already).
   virtual DecodeResult decode(int64_t i, Image* out) const = 0;
 
   std::vector<std::string> m_class_names;
@@ -93,11 +94,14 @@ class ImageFileDataset : public Dataset {
   bool m_fixed_size;
 };
 
-// Images held in memory (IDX data): n images of rows x cols, one channel.
+// The image size of IDX data sets (MNIST, Fashion-MNIST): what preprocess_for gives them.
+inline constexpr int kIdxImageSize = 28;
+
+// Images held in memory (IDX data): n images of kIdxImageSize square, one channel.
 class IdxDataset : public Dataset {
  public:
-  // Throws InputError naming the files when they do not match each other or a
-  // label is not below class_names.size().
+  // Throws InputError naming the files when they do not match each other, the
+  // images are not kIdxImageSize square, or a label is not below class_names.size().
   IdxDataset(const std::string& images_path, const std::string& labels_path,
              std::vector<std::string> class_names);
   int64_t size() const override { return m_count; }
@@ -176,7 +180,8 @@ ClassNames class_names_for(const DataSpec& spec);
 // Throws InputError naming the path when the file cannot be decoded.
 Tensor load_image_tensor(const std::string& path, const Preprocess& p);
 
-// Writes "ttq: skipping PATH: REASON" on stderr (one line).
+// Writes "ttq: skipping PATH: REASON" on stderr (one line: control characters
+// in either are escaped with printable()).
 void report_skipped(const std::string& path, const std::string& reason);
 
 }  // namespace ttq::data

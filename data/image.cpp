@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 
 #include "engine/error.h"
 
@@ -25,6 +24,8 @@
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_NO_STDIO  // files are read here, so errors name the path
+// stb's own bound on either side, a second line behind the header check in decode_image.
+#define STBI_MAX_DIMENSIONS 16384
 #include <stb_image.h>
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -39,7 +40,11 @@
 #include <stb_image_resize.h>
 #pragma GCC diagnostic pop
 
+#include "engine/io/file.h"
+
 namespace ttq::data {
+
+static_assert(STBI_MAX_DIMENSIONS == kMaxImageSide, "stb's dimension bound is the decode limit");
 
 namespace {
 
@@ -107,6 +112,22 @@ uint32_t read_le32(const uint8_t* p) {
   return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
 }
 
+// Rows [top, top + h) of an image; columns [left, left + w) of an image.
+Image crop_rows(const Image& img, int top, int h) {
+  Image out(img.width, h, img.channels);
+  const size_t row = size_t(img.width) * img.channels;
+  std::memcpy(out.pixels.data(), img.pixels.data() + size_t(top) * row, size_t(h) * row);
+  return out;
+}
+Image crop_columns(const Image& img, int left, int w) {
+  Image out(w, img.height, img.channels);
+  const size_t in_row = size_t(img.width) * img.channels, out_row = size_t(w) * img.channels;
+  for (int y = 0; y < img.height; ++y)
+    std::memcpy(out.pixels.data() + y * out_row, img.pixels.data() + y * in_row + size_t(left) * img.channels,
+                out_row);
+  return out;
+}
+
 void append_bytes(void* context, void* data, int size) {
   auto* v = static_cast<std::vector<uint8_t>*>(context);
   auto* p = static_cast<const uint8_t*>(data);
@@ -152,13 +173,24 @@ DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image*
               "truncated BMP (" + std::to_string(size) + " of " + std::to_string(declared) + " bytes)"};
     }
   }
+  // The size the header declares, checked before any pixel is decoded.
   int w = 0, h = 0, comp = 0;
+  if (!stbi_info_from_memory(data, static_cast<int>(size), &w, &h, &comp)) {
+    const char* why = stbi_failure_reason();
+    return {false, std::string("cannot decode: ") + (why ? why : "unknown error")};
+  }
+  if (w > kMaxImageSide || h > kMaxImageSide || int64_t(w) * h > kMaxImagePixels) {
+    return {false, "image too large: " + std::to_string(w) + "x" + std::to_string(h) + " (at most " +
+                       std::to_string(kMaxImagePixels >> 20) + " M pixels and " + std::to_string(kMaxImageSide) +
+                       " pixels a side)"};
+  }
+  const int header_w = w, header_h = h;
   uint8_t* px = stbi_load_from_memory(data, static_cast<int>(size), &w, &h, &comp, 0);
   if (px == nullptr) {
     const char* why = stbi_failure_reason();
     return {false, std::string("cannot decode: ") + (why ? why : "unknown error")};
   }
-  if (w <= 0 || h <= 0 || comp < 1 || comp > 4) {
+  if (w <= 0 || h <= 0 || w != header_w || h != header_h || comp < 1 || comp > 4) {
     stbi_image_free(px);
     return {false, "cannot decode: bad dimensions"};
   }
@@ -174,10 +206,9 @@ DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image*
 }
 
 DecodeResult decode_image_file(const std::string& path, int channels, Image* out) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return {false, "cannot open file"};
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (f.bad()) return {false, "read error"};
+  std::vector<uint8_t> bytes;
+  std::string error;
+  if (!io::read_regular_file(path, kMaxImageFileBytes, &bytes, &error)) return {false, error};
   return decode_image(bytes.data(), bytes.size(), channels, out);
 }
 
@@ -196,6 +227,15 @@ Image resize(const Image& img, int w, int h) {
 Image resize_cover(const Image& img, int size) {
   TTQ_CHECK(size > 0 && !img.empty()) << "resize_cover: bad size " << size;
   if (img.width == size && img.height == size) return img;
+  // A 1 x 16384 image scaled to a 64-pixel width would be 64 x 1 M: cut it first.
+  if (img.height > int64_t(kMaxCoverAspect) * img.width) {
+    const int h = kMaxCoverAspect * img.width;
+    return resize_cover(crop_rows(img, (img.height - h) / 2, h), size);
+  }
+  if (img.width > int64_t(kMaxCoverAspect) * img.height) {
+    const int w = kMaxCoverAspect * img.height;
+    return resize_cover(crop_columns(img, (img.width - w) / 2, w), size);
+  }
   double scale = double(size) / std::min(img.width, img.height);
   int w = std::max(size, static_cast<int>(std::lround(img.width * scale)));
   int h = std::max(size, static_cast<int>(std::lround(img.height * scale)));

@@ -64,7 +64,7 @@ class SubsetDataset : public data::Dataset {
   data::DecodeResult decode(int64_t i, data::Image* out) const override {
     // The base reports an unusable item itself (once); this only passes the verdict on.
     if (m_base->load(m_indices[i], out)) return {true, ""};
-    return {false, "unusable (reported above)"};
+    return {false, "unusable", /*reported=*/true};
   }
 
  private:
@@ -155,6 +155,13 @@ io::NamedTensors read_init_weights(const std::string& path, const std::string& a
   TTQ_INPUT_CHECK(m == h.metadata.end() || m->second == arch)
       << path << ": holds a " << m->second << ", not a " << arch << " (--model)";
   return io::read_safetensors(path).tensors();
+}
+
+// An epoch or a validation pass that met items but could load none of them is an
+// error, not an accuracy: every item of the split was unreadable.
+void check_some_loaded(double loaded, const data::Loader& loader, const std::string& data, const char* split) {
+  TTQ_INPUT_CHECK(loaded > 0) << data << ": no readable image in the " << split << " split ("
+                              << loader.skipped_in_epoch() << " unreadable skipped)";
 }
 
 }  // namespace
@@ -353,6 +360,9 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     opt->load_state(resume_ckpt.optimizer_tensors, resume_ckpt.optimizer_scalars, last_path);
     sched.load_state_scalars(resume_ckpt.scheduler_scalars, last_path);
     st = resume_ckpt.state;
+    TTQ_INPUT_CHECK(st.batch <= train_loader.batches_per_epoch())
+        << last_path << ": the run stopped after batch " << st.batch << " of an epoch, but " << o.data
+        << " gives " << train_loader.batches_per_epoch() << " batches per epoch";
     nn::global_generator().set_state(st.rng_seed, st.rng_offset);
     log << "resuming " << o.out << " at epoch " << st.epoch + 1 << ", batch " << st.batch << "\n";
   }
@@ -440,7 +450,6 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     train_loader.start_epoch(epoch, first);
     double loss_sum = st.part_loss_sum, correct = st.part_correct, count = st.part_count;
     double seconds_before = st.part_seconds;
-    int64_t skipped = 0;
     auto t0 = Clock::now();
     model->train();
     while (auto b = train_loader.next()) {
@@ -461,7 +470,6 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       loss_sum += lv * n;
       correct += static_cast<double>(ops::topk_correct(logits, y, 1));
       count += n;
-      skipped += b->skipped;
       const int64_t done = b->index + 1;
       const double el = seconds_since(t0);
       const double ips = (count - st.part_count) / std::max(el, 1e-9);
@@ -490,8 +498,10 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       }
     }
     progress.finish_line();
+    check_some_loaded(count, train_loader, o.data, "training");
     const double train_seconds = seconds_before + seconds_since(t0);
     EvalResult ev = evaluate(*model, val_loader, device);
+    check_some_loaded(static_cast<double>(ev.count), val_loader, o.data, "validation");
 
     EpochMetrics m;
     m.epoch = epoch + 1;
@@ -503,7 +513,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     m.lr = opt->lr(0);
     m.seconds = train_seconds + ev.seconds;
     m.images_per_second = count / std::max(train_seconds, 1e-9);
-    m.skipped = skipped + val_loader.skipped_in_epoch();
+    // The loaders count every skipped sample, also those of batches that had none left.
+    m.skipped = train_loader.skipped_in_epoch() + val_loader.skipped_in_epoch();
     if (ttq_phase) {
       models::TtqStats ts = models::ttq_stats(ttq);
       m.ttq = true;
@@ -608,6 +619,7 @@ EvalResult run_eval(const EvalOptions& o, std::ostream& log) {
     check_fits(model->config());
     r = evaluate(*model, loader, device);
   }
+  check_some_loaded(static_cast<double>(r.count), loader, o.data, "validation");
   if (loader.skipped_in_epoch() > 0) log << loader.skipped_in_epoch() << " unreadable images skipped\n";
   return r;
 }
