@@ -33,6 +33,7 @@
 #include <sstream>
 
 #include "engine/cuda/runtime.h"
+#include "engine/io/values.h"
 #include "kernels/pack.h"
 #include "kernels/packed_format.h"
 #include "kernels/packed_ops.h"
@@ -146,7 +147,7 @@ PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& me
     if (!layer_of(name, ".latent_weight", qnames).empty()) continue;
     if (!layer_of(name, ".wp", qnames).empty() || !layer_of(name, ".wn", qnames).empty()) {
       TTQ_INPUT_CHECK(t.numel() == 1) << source << ": " << io::quoted_name(name) << " must hold one value";
-      const std::string why = nn::load_value_problem(t, DType::F32);
+      const std::string why = io::load_value_problem(t, DType::F32);
       TTQ_INPUT_CHECK(why.empty()) << source << ": " << io::quoted_name(name) << " " << why;
       scale_hint[name] = static_cast<float>(t.item());
       continue;
@@ -621,7 +622,7 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
     const std::string layer = layer_of(name, ".weight", qnames);
     if (layer.empty()) {
       const Tensor& t = fetch(name, DType::F32, expected.shape(), false);
-      const std::string why = nn::load_value_problem(t, DType::F32, non_negative.count(name) != 0);
+      const std::string why = io::load_value_problem(t, DType::F32, non_negative.count(name) != 0);
       TTQ_INPUT_CHECK(why.empty()) << source << ": tensor " << io::quoted_name(name) << " " << why;
       host[name] = t;
       continue;

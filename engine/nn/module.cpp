@@ -3,11 +3,10 @@
 #include "engine/nn/module.h"
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <set>
 #include <sstream>
 
+#include "engine/io/values.h"
 #include "engine/nn/layers.h"
 
 namespace ttq::nn {
@@ -27,49 +26,7 @@ std::string name_list(const std::vector<std::string>& names, size_t limit = 8) {
   return os.str();
 }
 
-// The first element of `v` (n values) that breaks the rule, described; "" when none.
-template <class T>
-std::string first_bad_value(const T* v, int64_t n, double lo, double hi, bool non_negative) {
-  for (int64_t i = 0; i < n; ++i) {
-    const double x = static_cast<double>(v[i]);
-    const std::string at = " at element " + std::to_string(i);
-    if (std::isnan(x)) return "holds NaN" + at;
-    if (std::isinf(x)) return std::string("holds ") + (x > 0 ? "+Inf" : "-Inf") + at;
-    if (x < lo || x > hi) {
-      std::ostringstream os;
-      os << "holds " << x << at << ", outside the range of the model's dtype";
-      return os.str();
-    }
-    if (non_negative && x < 0) {
-      std::ostringstream os;
-      os << "holds " << x << at << ", below zero (a variance)";
-      return os.str();
-    }
-  }
-  return "";
-}
-
 }  // namespace
-
-std::string load_value_problem(const Tensor& src, DType slot, bool non_negative) {
-  if (!src.defined()) return "is undefined";
-  if (is_floating(slot) != is_floating(src.dtype()))
-    return std::string("is ") + dtype_name(src.dtype()) + ", expected " + dtype_name(slot) + " values";
-  double lo = -std::numeric_limits<double>::max(), hi = std::numeric_limits<double>::max();
-  if (slot == DType::F32) {
-    hi = std::numeric_limits<float>::max();
-    lo = -hi;
-  }
-  Tensor c = src.to(Device::cpu()).contiguous();
-  if (c.dtype() == DType::F32) return first_bad_value(c.data<float>(), c.numel(), lo, hi, non_negative);
-  if (is_floating(c.dtype())) {
-    Tensor d = c.to(DType::F64);  // exact for every floating dtype
-    return first_bad_value(d.data<double>(), d.numel(), lo, hi, non_negative);
-  }
-  if (!non_negative || c.dtype() == DType::U8) return "";
-  Tensor d = c.to(DType::I64);
-  return first_bad_value(d.data<int64_t>(), d.numel(), lo, hi, non_negative);
-}
 
 std::set<std::string> non_negative_state(Module& module) {
   std::set<std::string> names;
@@ -265,7 +222,7 @@ LoadResult Module::load_state_dict(const std::map<std::string, Tensor>& state, b
     } else if (src.shape() != slot->shape()) {
       mismatched.push_back(name + " (expected " + shape_str(slot->shape()) + ", got " +
                            shape_str(src.shape()) + ")");
-    } else if (std::string why = load_value_problem(src, slot->dtype(), non_negative.count(name) != 0);
+    } else if (std::string why = io::load_value_problem(src, slot->dtype(), non_negative.count(name) != 0);
                !why.empty()) {
       bad_values.push_back(name + " (" + why + ")");
     }

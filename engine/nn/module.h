@@ -23,18 +23,9 @@ struct LoadResult {
   std::vector<std::string> unexpected;  // in the map, unknown to the module
 };
 
-// Why `src` cannot be loaded into a tensor of dtype `slot`, or "" when it can: the
-// one check every loader of weights applies (load_state_dict, packed models).
-// A floating slot takes only floating values (F16 and BF16 widen exactly, F64
-// rounds to nearest as PyTorch's copy_ does; an integer tensor there means the
-// file is not what the model expects), each finite and inside the slot's range;
-// an integer slot takes only integers. With `non_negative` a value below zero is
-// refused too (a BatchNorm running variance: its square root is taken).
-// Examples: "holds NaN at element 17", "is I64, expected F32 values".
-std::string load_value_problem(const Tensor& src, DType slot, bool non_negative = false);
-
 class Module;
-// Dotted names of the state that must not be negative: every BatchNorm2d's running_var.
+// Dotted names of the state that must not be negative, for load_state_dict's
+// value check (engine/io/values.h): every BatchNorm2d's running_var.
 std::set<std::string> non_negative_state(Module& module);
 
 // Modules are held by std::shared_ptr and are neither copyable nor movable: the
@@ -99,7 +90,7 @@ class Module {
   // Copies each entry into the existing tensor (copy_, converting dtype and device).
   // Every name, shape and value is checked first: missing names (strict only),
   // unexpected names (strict only), shape mismatches and values that cannot be
-  // loaded (load_value_problem below, with non_negative for the names
+  // loaded (io::load_value_problem, with non_negative for the names
   // non_negative_state() lists) are all reported together in one ttq::InputError
   // line, prefixed by `source` when given (e.g. the file name), and then nothing
   // has been modified. An entry "<bn>.num_batches_tracked" for a BatchNorm2d child
