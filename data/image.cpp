@@ -24,8 +24,6 @@
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_NO_STDIO  // files are read here, so errors name the path
-// stb's own bound on either side, a second line behind the header check in decode_image.
-#define STBI_MAX_DIMENSIONS 16384
 #include <stb_image.h>
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -43,8 +41,6 @@
 #include "engine/io/file.h"
 
 namespace ttq::data {
-
-static_assert(STBI_MAX_DIMENSIONS == kMaxImageSide, "stb's dimension bound is the decode limit");
 
 namespace {
 

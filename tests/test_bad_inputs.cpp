@@ -302,6 +302,54 @@ TEST_F(BadInputs, DataWithNoReadableImageOrOneClassIsAnErrorNotAnAccuracy) {
                         one + ": only one class ('only')", "one class");
 }
 
+// Every unreadable image is counted once in each epoch's "skipped" (also with
+// batches of one, where a bad image leaves an empty batch that the loader passes
+// over) and reported once in the whole run (also through --limit-train's subset).
+TEST_F(BadInputs, TrainingCountsEachSkippedImageOncePerEpochAndReportsItOnce) {
+  const std::string root = dir.file("data");
+  make_folder(root + "/train", 3);
+  make_folder(root + "/val", 1);
+  const std::vector<std::string> bad = {root + "/train/a/x.png", root + "/train/a/y.png",
+                                        root + "/train/a/z.png", root + "/train/b/w.png",
+                                        root + "/val/a/v.png"};
+  ASSERT_EQ(::mkfifo(bad[0].c_str(), 0600), 0);
+  fs::create_directories(bad[1]);
+  std::ofstream(bad[2]) << "corrupt";
+  std::ofstream(bad[3]) << "corrupt";
+  std::ofstream(bad[4]) << "corrupt";
+  train::TrainOptions o;
+  o.model = "small_densenet";
+  o.data = "folder:" + root;
+  o.out = dir.file("run");
+  o.device = "cpu";
+  o.epochs = 2;
+  o.batch = 1;
+  o.eval_batch = 1;
+  o.limit_train = 1000;
+  o.limit_val = 1000;
+  o.progress = false;
+  o.early_stop_patience = 100;
+  std::ostringstream log;
+  testing::internal::CaptureStderr();
+  train::RunResult r = train::run_training(o, log);
+  const std::string err = testing::internal::GetCapturedStderr();
+  ASSERT_EQ(r.epochs_completed, 2) << log.str();
+  std::ifstream metrics(dir.file("run/metrics.jsonl"));
+  std::string line;
+  int epochs = 0;
+  while (std::getline(metrics, line)) {
+    EXPECT_EQ(nlohmann::json::parse(line).at("skipped").get<int64_t>(), 5) << line;
+    ++epochs;
+  }
+  EXPECT_EQ(epochs, 2);
+  EXPECT_EQ(test::count_lines(err), 5) << err;
+  for (const std::string& b : bad) {
+    const size_t at = err.find("skipping " + b + ": ");
+    ASSERT_NE(at, std::string::npos) << b << "\n" << err;
+    EXPECT_EQ(err.find("skipping " + b + ": ", at + 1), std::string::npos) << "reported twice: " << b;
+  }
+}
+
 TEST_F(BadInputs, IdxImagesOfTheWrongSizeAndGzipBombsAreInputErrors) {
   const std::string model = write_model(dir, "gray.safetensors", 1, 10);
   const std::string small = make_idx(dir, "small", 10);
