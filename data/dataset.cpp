@@ -168,7 +168,6 @@ std::vector<std::string> folder_classes(const fs::path& root) {
   return classes;
 }
 
-
 // DIR/name or DIR/name.gz, whichever exists (plain first).
 std::string find_idx(const fs::path& dir, const std::string& name) {
   if (is_file(dir / name)) return (dir / name).string();

@@ -82,7 +82,9 @@ class Source {
         TTQ_INPUT_ERROR() << m_label << ": corrupt gzip stream (cut short)";
       }
       TTQ_INPUT_CHECK(rc == Z_OK) << m_label << ": corrupt gzip stream ("
-                                  << (m_zs.msg != nullptr ? std::string(m_zs.msg) : "error " + std::to_string(rc)) << ")";
+                                  << (m_zs.msg != nullptr ? std::string(m_zs.msg)
+                                                          : "error " + std::to_string(rc))
+                                  << ")";
     }
     return done;
   }
@@ -126,7 +128,8 @@ IdxArray parse_idx(const uint8_t* bytes, size_t size, const std::string& label, 
   uint64_t total = 1;
   for (int i = 0; i < ndims; ++i) {
     const uint8_t* p = &sizes[4 * size_t(i)];
-    const uint64_t d = (uint64_t(p[0]) << 24) | (uint64_t(p[1]) << 16) | (uint64_t(p[2]) << 8) | uint64_t(p[3]);
+    const uint64_t d =
+        (uint64_t(p[0]) << 24) | (uint64_t(p[1]) << 16) | (uint64_t(p[2]) << 8) | uint64_t(p[3]);
     TTQ_INPUT_CHECK(d > 0) << label << ": IDX dimension " << i << " is 0";
     // total <= kMaxIdxBytes < 2^32 and d < 2^32: the product cannot overflow.
     total *= d;

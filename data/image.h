@@ -1,6 +1,7 @@
-// 8-bit images and their codecs: decoding through stb_image (JPEG, PNG, BMP,
-// plus what else stb reads), channel conversion with PIL's exact rules, resizing,
-// and encoding (PNG / JPEG / BMP through stb_image_write) for tests and tools.
+// 8-bit images and their codecs: decoding through stb_image (JPEG, PNG and BMP
+// only: stb's other decoders are compiled out), channel conversion with PIL's
+// exact rules, resizing, and encoding (PNG / JPEG / BMP through stb_image_write)
+// for tests and tools.
 // Tested in tests/test_data.cpp (round trips, truncation, channel rules).
 //
 // Size policy (who resizes, who rejects) is the datasets' (data/dataset.h):
@@ -11,9 +12,11 @@
 // header's size is checked before anything is decoded: an image with a side
 // above kMaxImageSide or more than kMaxImagePixels pixels is refused like any
 // undecodable file ("image too large: ..."). 64 M pixels (8192 x 8192) is far
-// above any data set this engine trains on and bounds one decode to about
-// 1 GB at most; files above kMaxImageFileBytes are not read at all. Fuzz
-// target: fuzz/fuzz_image.cpp.
+// above any data set this engine trains on; files above kMaxImageFileBytes are
+// not read at all. Data that would not fit the declared size (a PNG chunk
+// claiming gigabytes, a zlib stream inflating far past the pixels) is refused
+// too: each of stb's allocations is held to 16 MB + 10 bytes per declared pixel.
+// Fuzz target: fuzz/fuzz_image.cpp.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +26,7 @@
 namespace ttq::data {
 
 inline constexpr int64_t kMaxImagePixels = int64_t(64) << 20;  // 64 M pixels
-inline constexpr int kMaxImageSide = 16384;                     // pixels, either side
+inline constexpr int kMaxImageSide = 16384;                    // pixels, either side
 inline constexpr uint64_t kMaxImageFileBytes = uint64_t(512) << 20;
 
 // Row-major, interleaved (HWC) 8-bit image: pixel (y, x) channel c is at
@@ -54,10 +57,12 @@ struct DecodeResult {
 
 // Decodes an encoded image held in memory into `channels` channels (1 or 3).
 // Rejects (ok = false) what stb cannot decode, images beyond the decode limits
-// above (checked on the header, before decoding), and files that stb would
-// accept although they are cut short: a JPEG whose scans end without the EOI
-// marker, a BMP shorter than its header's file size. Grayscale -> RGB
-// replicates; RGB -> L uses rgb_to_l (PIL's rule); an alpha channel is dropped.
+// above (checked on the header, before decoding), input stb 2.27 mishandles (JPEG
+// Huffman tables of more than 256 codes, an empty first PNG IDAT chunk), and
+// files that stb would accept although they are cut short: a JPEG whose scans
+// end without the EOI marker, a PNG chunk past the end of the file, a BMP
+// shorter than its header's file size. Grayscale -> RGB replicates; RGB -> L
+// uses rgb_to_l (PIL's rule); an alpha channel is dropped.
 // ensures on success: 1 <= width, height <= kMaxImageSide, width * height <= kMaxImagePixels.
 DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image* out);
 // Reads and decodes a file; an unreadable file is a failed decode, not a throw.

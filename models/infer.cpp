@@ -117,15 +117,17 @@ data::Preprocess preprocess_from(const io::Metadata& meta, const ModelConfig& co
     p.crop = preprocess_int(j, "crop", 1, p.image_size, path);
     auto mean = j.at("mean").get<std::vector<float>>();
     auto stdev = j.at("std").get<std::vector<float>>();
-    TTQ_INPUT_CHECK(p.channels == config.in_channels)
-        << path << ": preprocess metadata says " << p.channels << " channels, the model takes "
-        << config.in_channels;
-    TTQ_INPUT_CHECK(static_cast<int>(mean.size()) == p.channels && static_cast<int>(stdev.size()) == p.channels)
+    TTQ_INPUT_CHECK(p.channels == config.in_channels) << path << ": preprocess metadata says " << p.channels
+                                                      << " channels, the model takes " << config.in_channels;
+    TTQ_INPUT_CHECK(static_cast<int>(mean.size()) == p.channels &&
+                    static_cast<int>(stdev.size()) == p.channels)
         << path << ": preprocess metadata: mean and std need " << p.channels << " values each";
     for (int c = 0; c < p.channels; ++c) {
-      TTQ_INPUT_CHECK(std::isfinite(mean[c])) << path << ": preprocess metadata: mean[" << c << "] is not finite";
+      TTQ_INPUT_CHECK(std::isfinite(mean[c]))
+          << path << ": preprocess metadata: mean[" << c << "] is not finite";
       TTQ_INPUT_CHECK(std::isfinite(stdev[c]) && stdev[c] > 0)
-          << path << ": preprocess metadata: std[" << c << "] is " << stdev[c] << ", expected a positive number";
+          << path << ": preprocess metadata: std[" << c << "] is " << stdev[c]
+          << ", expected a positive number";
       p.mean[c] = mean[c];
       p.std[c] = stdev[c];
     }

@@ -183,9 +183,11 @@ TEST_F(BadInputs, ControlCharactersInMetadataAndFileNamesStayOnOneLine) {
   for (int k = 0; k < 10; ++k) classes.push_back("class" + std::to_string(k));
   classes[0] = "line\ninjected";
   classes[1] = "back\rspace";
-  classes[2] = "csi\xc2\x9b" "31m";
-  const std::string named = write_model(dir, "named.safetensors", 1, 10,
-                                        {{"classes", nlohmann::json(classes).dump()}});
+  classes[2] =
+      "csi\xc2\x9b"
+      "31m";
+  const std::string named =
+      write_model(dir, "named.safetensors", 1, 10, {{"classes", nlohmann::json(classes).dump()}});
   // An image whose file name holds a newline too.
   const std::string odd = dir.file("odd\nname.png");
   data::save_image(odd, data::Image(28, 28, 1));
@@ -219,8 +221,8 @@ TEST_F(BadInputs, PreprocessMetadataThatMakesNoSenseIsAnInputError) {
   };
   int k = 0;
   for (const auto& [json, needle] : cases) {
-    const std::string f = write_model(dir, "p" + std::to_string(k++) + ".safetensors", 1, 10,
-                                      {{"preprocess", json}});
+    const std::string f =
+        write_model(dir, "p" + std::to_string(k++) + ".safetensors", 1, 10, {{"preprocess", json}});
     expect_one_line_error(run("ttq_infer", "--model " + f + " --device cpu " + image, dir), needle, json);
   }
   // A model whose first conv takes 2 channels cannot read images.
@@ -257,9 +259,48 @@ TEST_F(BadInputs, ForgedModelConfigInACheckpointIsRefused) {
     const std::string forged = dir.file("forged.safetensors");
     io::write_safetensors(forged, st.tensors(), meta);
     EXPECT_THROW(train::read_checkpoint(forged), InputError) << key << " " << value;
-    expect_one_line_error(run("ttq_eval", "--weights " + forged + " --data mnist:" + idx + " --device cpu", dir),
-                          forged + ": ", key + " = " + value);
+    expect_one_line_error(
+        run("ttq_eval", "--weights " + forged + " --data mnist:" + idx + " --device cpu", dir), forged + ": ",
+        key + " = " + value);
   }
+}
+
+// A run state that points past the end of an epoch: refused before the run folder
+// is touched (it was an internal error in the loader).
+TEST_F(BadInputs, ResumeFromABatchPastTheEpochIsRefusedBeforeTouchingTheRun) {
+  const std::string idx = make_idx(dir, "idx");
+  train::TrainOptions o;
+  o.model = "small_densenet";
+  o.data = "mnist:" + idx;
+  o.out = dir.file("run");
+  o.device = "cpu";
+  o.epochs = 2;
+  o.batch = 6;
+  o.progress = false;
+  o.stop_after_steps = 1;  // stops mid-epoch: last.safetensors holds batch 1
+  std::ostringstream log;
+  ASSERT_EQ(train::run_training(o, log).exit_code, 130) << log.str();
+  train::clear_stop_request();
+  const std::string last = dir.file("run/last.safetensors");
+  io::SafeTensors st = io::read_safetensors(last);
+  nlohmann::json state = nlohmann::json::parse(st.meta("run_state"));
+  state["batch"] = 1000;
+  io::Metadata meta = st.metadata();
+  meta["run_state"] = state.dump();
+  io::write_safetensors(last, st.tensors(), meta);
+  auto slurp = [](const std::string& p) {
+    std::ifstream f(p);
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  };
+  const std::string config = slurp(dir.file("run/config.json")),
+                    metrics = slurp(dir.file("run/metrics.jsonl"));
+  test::ToolRun r = run("ttq_train",
+                        "--data mnist:" + idx + " --out " + dir.file("run") +
+                            " --device cpu --epochs 2 --batch 6 --resume --quiet",
+                        dir);
+  expect_one_line_error(r, last + ": the run stopped after batch 1000 of an epoch", "resume past the epoch");
+  EXPECT_EQ(slurp(dir.file("run/config.json")), config);
+  EXPECT_EQ(slurp(dir.file("run/metrics.jsonl")), metrics);
 }
 
 // ---- data sets ----------------------------------------------------------------------
@@ -289,8 +330,8 @@ TEST_F(BadInputs, DataWithNoReadableImageOrOneClassIsAnErrorNotAnAccuracy) {
       << r.err;
   EXPECT_EQ(r.out, "");
   // Training on it: the same error after the first epoch's training pass.
-  r = run("ttq_train", "--data folder:" + root + " --out " + dir.file("run") + " --device cpu --epochs 1 --quiet",
-          dir);
+  r = run("ttq_train",
+          "--data folder:" + root + " --out " + dir.file("run") + " --device cpu --epochs 1 --quiet", dir);
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_NE(r.err.find("no readable image in the validation split"), std::string::npos) << r.err;
 
@@ -298,8 +339,9 @@ TEST_F(BadInputs, DataWithNoReadableImageOrOneClassIsAnErrorNotAnAccuracy) {
   const std::string one = dir.file("one");
   fs::create_directories(one + "/only");
   data::save_image(one + "/only/0.png", data::Image(64, 64, 3));
-  expect_one_line_error(run("ttq_eval", "--weights " + model + " --data folder:" + one + " --device cpu", dir),
-                        one + ": only one class ('only')", "one class");
+  expect_one_line_error(
+      run("ttq_eval", "--weights " + model + " --data folder:" + one + " --device cpu", dir),
+      one + ": only one class ('only')", "one class");
 }
 
 // Every unreadable image is counted once in each epoch's "skipped" (also with
@@ -353,15 +395,17 @@ TEST_F(BadInputs, TrainingCountsEachSkippedImageOncePerEpochAndReportsItOnce) {
 TEST_F(BadInputs, IdxImagesOfTheWrongSizeAndGzipBombsAreInputErrors) {
   const std::string model = write_model(dir, "gray.safetensors", 1, 10);
   const std::string small = make_idx(dir, "small", 10);
-  expect_one_line_error(run("ttq_eval", "--weights " + model + " --data mnist:" + small + " --device cpu", dir),
-                        "images are 10x10, expected 28x28", "10x10 IDX");
+  expect_one_line_error(
+      run("ttq_eval", "--weights " + model + " --data mnist:" + small + " --device cpu", dir),
+      "images are 10x10, expected 28x28", "10x10 IDX");
   // 4 GB of declared data behind a few bytes.
   const std::string bomb = make_idx(dir, "bomb");
   const std::vector<uint8_t> header = {0, 0, 8, 3, 0, 0, 0x10, 0, 0, 0, 0x10, 0, 0, 0, 0x10, 0};
   std::ofstream(bomb + "/t10k-images-idx3-ubyte", std::ios::binary)
       .write(reinterpret_cast<const char*>(header.data()), static_cast<std::streamsize>(header.size()));
-  expect_one_line_error(run("ttq_eval", "--weights " + model + " --data mnist:" + bomb + " --device cpu", dir),
-                        "the limit", "IDX bomb");
+  expect_one_line_error(
+      run("ttq_eval", "--weights " + model + " --data mnist:" + bomb + " --device cpu", dir), "the limit",
+      "IDX bomb");
 }
 
 }  // namespace

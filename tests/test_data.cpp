@@ -212,6 +212,89 @@ TEST(ImageCodec, PixelBombsAreRefusedBeforeDecoding) {
   EXPECT_EQ(int64_t(8192) * 8192, kMaxImagePixels);
 }
 
+// A PNG of `w` x `h` gray pixels whose IDAT chunk holds `idat` and declares `declared` bytes.
+std::vector<uint8_t> png_with_idat(uint32_t w, uint32_t h, const std::vector<uint8_t>& idat,
+                                   uint32_t declared) {
+  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
+  auto chunk = [&](const char* type, const std::vector<uint8_t>& body, uint32_t length) {
+    for (int k = 24; k >= 0; k -= 8) png.push_back(static_cast<uint8_t>(length >> k));
+    std::vector<uint8_t> typed(type, type + 4);
+    typed.insert(typed.end(), body.begin(), body.end());
+    png.insert(png.end(), typed.begin(), typed.end());
+    const uint32_t crc = static_cast<uint32_t>(crc32(0, typed.data(), static_cast<uInt>(typed.size())));
+    for (int k = 24; k >= 0; k -= 8) png.push_back(static_cast<uint8_t>(crc >> k));
+  };
+  std::vector<uint8_t> ihdr;
+  for (uint32_t v : {w, h})
+    for (int k = 24; k >= 0; k -= 8) ihdr.push_back(static_cast<uint8_t>(v >> k));
+  ihdr.insert(ihdr.end(), {8, 0, 0, 0, 0});  // 8-bit gray, no interlace
+  chunk("IHDR", ihdr, 13);
+  chunk("IDAT", idat, declared);
+  chunk("IEND", {}, 0);
+  return png;
+}
+
+// Decompression bombs inside a PNG: a chunk declaring 2 GB behind a few bytes
+// (refused by the chunk walk), and a zlib stream inflating to 64 MB behind a 1x1
+// header (refused by stb's allocation budget). stb would allocate both.
+TEST(ImageCodec, PngDataBeyondItsDeclaredSizeIsRefused) {
+  Image out;
+  const std::vector<uint8_t> row = {0, 7, 7, 7, 7};  // filter byte + 4 pixels
+  std::vector<uint8_t> rows;
+  for (int y = 0; y < 3; ++y) rows.insert(rows.end(), row.begin(), row.end());
+  std::vector<uint8_t> z(compressBound(static_cast<uLong>(rows.size())));
+  uLongf zn = static_cast<uLongf>(z.size());
+  ASSERT_EQ(compress(z.data(), &zn, rows.data(), static_cast<uLong>(rows.size())), Z_OK);
+  z.resize(zn);
+  std::vector<uint8_t> good = png_with_idat(4, 3, z, static_cast<uint32_t>(z.size()));
+  ASSERT_TRUE(decode_image(good.data(), good.size(), 1, &out).ok)
+      << decode_image(good.data(), good.size(), 1, &out).error;
+  EXPECT_EQ(out.at(2, 3, 0), 7);
+
+  std::vector<uint8_t> long_chunk = png_with_idat(4, 3, z, 0x7ffffff0u);
+  DecodeResult r = decode_image(long_chunk.data(), long_chunk.size(), 1, &out);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error, "truncated or corrupt PNG (a chunk runs past the end)");
+  // An empty IDAT before any image data (stb would copy to a null buffer).
+  std::vector<uint8_t> empty_first = png_with_idat(4, 3, {}, 0);
+  r = decode_image(empty_first.data(), empty_first.size(), 1, &out);
+  EXPECT_EQ(r.error, "corrupt PNG (empty image data chunk)");
+
+  std::vector<uint8_t> zeros(64 << 20, 0);
+  std::vector<uint8_t> bomb(compressBound(static_cast<uLong>(zeros.size())));
+  uLongf bn = static_cast<uLongf>(bomb.size());
+  ASSERT_EQ(compress2(bomb.data(), &bn, zeros.data(), static_cast<uLong>(zeros.size()), 9), Z_OK);
+  bomb.resize(bn);
+  std::vector<uint8_t> png = png_with_idat(1, 1, bomb, static_cast<uint32_t>(bomb.size()));
+  EXPECT_LT(png.size(), 100000u);
+  r = decode_image(png.data(), png.size(), 1, &out);
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.error.find("more data than a 1x1 image holds"), std::string::npos) << r.error;
+}
+
+// A JPEG Huffman table declaring more than 256 codes would make stb 2.27 write
+// past its tables (found by fuzz/fuzz_image.cpp): refused before stb sees it.
+TEST(ImageCodec, JpegWithAnOversizedHuffmanTableIsRefused) {
+  std::vector<uint8_t> jpg = encode_image(make_image(16, 16, 3, 2), "jpg", 80);
+  size_t dht = 0;
+  for (size_t i = 2; i + 1 < jpg.size(); ++i)
+    if (jpg[i] == 0xFF && jpg[i + 1] == 0xC4) {
+      dht = i;
+      break;
+    }
+  ASSERT_NE(dht, 0u);
+  Image out;
+  ASSERT_TRUE(decode_image(jpg.data(), jpg.size(), 3, &out).ok);
+  for (int k = 0; k < 16; ++k) jpg[dht + 5 + k] = 17;  // 16 x 17 = 272 codes
+  DecodeResult r = decode_image(jpg.data(), jpg.size(), 3, &out);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error, "corrupt JPEG (bad Huffman table)");
+  // stb takes fill bytes (0xFF) before the start-of-image marker: the check does too.
+  jpg.insert(jpg.begin(), 5, 0xFF);
+  r = decode_image(jpg.data(), jpg.size(), 3, &out);
+  EXPECT_EQ(r.error, "corrupt JPEG (bad Huffman table)");
+}
+
 // Only regular files are read: a FIFO, a device, a folder or a broken link is a
 // failed decode saying so, and a FIFO does not block the reader.
 TEST(ImageCodec, NonFilesAreFailedDecodesWithoutReading) {
@@ -373,7 +456,8 @@ TEST(Idx, GzipIsInflatedOnlyAsFarAsTheHeaderPromises) {
   EXPECT_INPUT_ERROR_MENTIONS(parse_idx(liar.data(), liar.size(), "liar.gz"),
                               "liar.gz: IDX header promises 1000000000 bytes, more than a gzip stream of");
   std::vector<uint8_t> huge = idx_header({65536, 65536});
-  EXPECT_INPUT_ERROR_MENTIONS(parse_idx(huge.data(), huge.size(), "huge"), "huge: IDX header promises more than");
+  EXPECT_INPUT_ERROR_MENTIONS(parse_idx(huge.data(), huge.size(), "huge"),
+                              "huge: IDX header promises more than");
   std::vector<uint8_t> huge_gz = gzip_members({huge});
   EXPECT_INPUT_ERROR_MENTIONS(parse_idx(huge_gz.data(), huge_gz.size(), "huge.gz"), "(the limit)");
 
@@ -623,7 +707,8 @@ TEST(ImageFolder, TrainValSplitsResizeAndErrors) {
   write_image(one.path() / "only" / "a.png", make_image(64, 64, 3, 6));
   EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits(one.path().string()),
                               one.path().string() + ": only one class ('only')");
-  EXPECT_INPUT_ERROR_MENTIONS(class_names_for(parse_data_spec("folder:" + one.path().string())), "only one class");
+  EXPECT_INPUT_ERROR_MENTIONS(class_names_for(parse_data_spec("folder:" + one.path().string())),
+                              "only one class");
   fs::remove_all(root / "train" / "empty");
   fs::remove_all(root / "val" / "bird");
   EXPECT_EQ(open_folder_splits(root.string()).val->size(), 1);
@@ -874,7 +959,8 @@ TEST(ImageFolder, NonFilesAreItemsThatAreSkippedAndCountedExactly) {
   fs::create_directory_symlink(elsewhere.path(), a / "link_to_folder");
   for (int k = 0; k < 3; ++k) write_image(a / ("g" + std::to_string(k) + ".png"), make_image(64, 64, 3, k));
   write_image(a / "sub" / "s.png", make_image(64, 64, 3, 7));  // a real sub-folder is entered
-  for (int k = 0; k < 4; ++k) write_image(dir.path() / "b" / ("g" + std::to_string(k) + ".png"), make_image(64, 64, 3, k));
+  for (int k = 0; k < 4; ++k)
+    write_image(dir.path() / "b" / ("g" + std::to_string(k) + ".png"), make_image(64, 64, 3, k));
 
   testing::internal::CaptureStderr();
   auto ds = open_image_folder(dir.path().string());
@@ -885,11 +971,14 @@ TEST(ImageFolder, NonFilesAreItemsThatAreSkippedAndCountedExactly) {
   ASSERT_EQ(ds->size(), 5 + 4 + 4);
   for (size_t k = 0; k < bad.size(); ++k) EXPECT_EQ(ds->item_name(static_cast<int64_t>(k)), bad[k]);
   EXPECT_EQ(test::count_lines(log), 3) << log;
-  EXPECT_NE(log.find("skipping " + (a / "pipe").string() + ": not a regular file (a FIFO)"), std::string::npos) << log;
+  EXPECT_NE(log.find("skipping " + (a / "pipe").string() + ": not a regular file (a FIFO)"),
+            std::string::npos)
+      << log;
   EXPECT_NE(log.find("skipping " + (a / "notes.txt").string() + ": not an image file (extension)"),
             std::string::npos)
       << log;
-  EXPECT_NE(log.find("link_to_folder: not an image file (a link to a folder, not followed)"), std::string::npos)
+  EXPECT_NE(log.find("link_to_folder: not an image file (a link to a folder, not followed)"),
+            std::string::npos)
       << log;
   EXPECT_EQ(log.find("inside.png"), std::string::npos) << log;
 

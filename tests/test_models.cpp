@@ -383,8 +383,9 @@ TEST(Models, LoadRejectsNonFiniteNegativeVarianceAndWrongDtypesWithoutTouchingTh
                     }),
                "features.0.weight (holds 1e+300 at element 1, outside the range");
   // F16 / BF16 are not converted by the engine: refused, not an internal error.
-  expect_error(with("classifier.1.weight", [](const Tensor& v) { return Tensor::empty(v.shape(), DType::F16); }),
-               "classifier.1.weight (is F16, expected F32 values)");
+  expect_error(
+      with("classifier.1.weight", [](const Tensor& v) { return Tensor::empty(v.shape(), DType::F16); }),
+      "classifier.1.weight (is F16, expected F32 values)");
   // A zero variance is allowed (eps keeps the root finite); F64 within range
   // rounds to nearest as PyTorch's copy_ does.
   models::load_weights(*model, with("features.1.running_var", poke(0.0f, 0)), "w.safetensors");
@@ -410,7 +411,8 @@ TEST(Models, ConfigBoundsAndConfigFromWeights) {
     EXPECT_THROW(models::create("small_densenet", m), InputError);
   }
   // A classifier shape that claims 2^40 classes with no bytes behind it.
-  io::NamedTensors ts = io::read_safetensors(std::string(TTQ_SEED_DIR) + "/small_densenet_fp.safetensors").tensors();
+  io::NamedTensors ts =
+      io::read_safetensors(std::string(TTQ_SEED_DIR) + "/small_densenet_fp.safetensors").tensors();
   for (auto& [n, t] : ts)
     if (n == "classifier.weight") t = Tensor::empty({int64_t(1) << 40, 0});
   try {

@@ -352,9 +352,9 @@ TEST(ErrorText, ControlCharactersAreEscapedAndUtf8IsKept) {
   EXPECT_EQ(printable("plain text: caf\xc3\xa9 \xe2\x82\xac"), "plain text: caf\xc3\xa9 \xe2\x82\xac");
   EXPECT_EQ(printable("a\nb\rc\td\x1b[31m\x7f"), "a\\x0ab\\x0dc\\x09d\\x1b[31m\\x7f");
   EXPECT_EQ(printable(std::string("nul\0end", 7)), "nul\\x00end");
-  EXPECT_EQ(printable("c1 \xc2\x9b csi"), "c1 \\xc2\\x9b csi");            // U+009B, a C1 control
-  EXPECT_EQ(printable("stray \x9b byte"), "stray \\x9b byte");                // not UTF-8
-  EXPECT_EQ(printable("cut \xe2\x82"), "cut \\xe2\\x82");                  // a sequence cut short
+  EXPECT_EQ(printable("c1 \xc2\x9b csi"), "c1 \\xc2\\x9b csi");  // U+009B, a C1 control
+  EXPECT_EQ(printable("stray \x9b byte"), "stray \\x9b byte");   // not UTF-8
+  EXPECT_EQ(printable("cut \xe2\x82"), "cut \\xe2\\x82");        // a sequence cut short
   EXPECT_EQ(printable("overlong \xc0\xaf"), "overlong \\xc0\\xaf");
   const InputError e("file\nname: bad");
   EXPECT_EQ(std::string(e.what()), "file\\x0aname: bad");

@@ -453,7 +453,8 @@ TEST(TtqCheckpoint, RejectsIncompleteOrNonTernaryState) {
     models::load_ttq_checkpoint(*net, ttq, nan_weights, "nan.safetensors");
     FAIL() << "accepted a NaN weight";
   } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("nan.safetensors: '7.weight' holds NaN at element 0"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("nan.safetensors: '7.weight' holds NaN at element 0"),
+              std::string::npos)
         << e.what();
   }
   EXPECT_THROW(models::ttq_options_from_metadata({{"ttq.t", "abc"}}, {}, "x"), InputError);

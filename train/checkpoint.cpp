@@ -136,7 +136,8 @@ CheckpointContent read_checkpoint(const std::string& path) {
   const models::ModelConfig w = models::config_from_weights(c.arch, c.model_tensors, path, c.config);
   TTQ_INPUT_CHECK(w.in_channels == c.config.in_channels && w.num_classes == c.config.num_classes)
       << path << ": model_config in metadata (in_channels " << c.config.in_channels << ", num_classes "
-      << c.config.num_classes << ") does not match the weights (" << w.in_channels << ", " << w.num_classes << ")";
+      << c.config.num_classes << ") does not match the weights (" << w.in_channels << ", " << w.num_classes
+      << ")";
   return c;
 }
 

@@ -159,7 +159,8 @@ io::NamedTensors read_init_weights(const std::string& path, const std::string& a
 
 // An epoch or a validation pass that met items but could load none of them is an
 // error, not an accuracy: every item of the split was unreadable.
-void check_some_loaded(double loaded, const data::Loader& loader, const std::string& data, const char* split) {
+void check_some_loaded(double loaded, const data::Loader& loader, const std::string& data,
+                       const char* split) {
   TTQ_INPUT_CHECK(loaded > 0) << data << ": no readable image in the " << split << " split ("
                               << loader.skipped_in_epoch() << " unreadable skipped)";
 }

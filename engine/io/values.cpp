@@ -19,7 +19,8 @@ std::string first_bad_value(const T* v, int64_t n, double lo, double hi, bool no
     if (std::isinf(x)) return std::string("holds ") + (x > 0 ? "+Inf" : "-Inf") + at;
     if (x < lo || x > hi || (non_negative && x < 0)) {
       std::ostringstream os;
-      os << "holds " << x << at << (x < lo || x > hi ? ", outside the range of the model's dtype" : ", below zero");
+      os << "holds " << x << at
+         << (x < lo || x > hi ? ", outside the range of the model's dtype" : ", below zero");
       return os.str();
     }
   }
