@@ -5,11 +5,15 @@
 // Tested in tests/test_data.cpp on trees generated at test time.
 //
 // Bad data. A structural problem is a ttq::InputError naming the path: missing
-// folder or file, a class folder with no images, a label out of range, an IDX
-// header that does not match its data, an annotation naming an unknown class.
-// A single unusable image (corrupt, truncated, not an image, wrong size where a
-// size is required) is reported once on stderr ("ttq: skipping PATH: REASON")
-// and skipped; the loader counts skipped samples per epoch.
+// folder or file, a class folder with no images, a single class, a label out of
+// range, an IDX header that does not match its data or images that are not
+// kIdxImageSize square, an annotation naming an unknown class. A single unusable
+// image (corrupt, truncated, not an image, too large, wrong size where a size is
+// required, or not a file at all: a folder named x.png, a FIFO, a device, a
+// broken link) is reported once on stderr ("ttq: skipping PATH: REASON") and
+// skipped, never opened when it is not a regular file; the loader counts skipped
+// samples per epoch, each once in every epoch that meets it. A split none of
+// whose images can be read is an error of the trainer (train/trainer.cpp).
 //
 // Size policy. Tiny ImageNet and IDX data have a fixed size: a Tiny ImageNet
 // image that is not 64x64 is reported and skipped, IDX data is as its header

@@ -178,13 +178,41 @@ std::string png_problem(const uint8_t* d, size_t n) {
   return "truncated PNG (no IEND chunk)";
 }
 
-// stb's allocation budget for one image: kStbiAllocFloor + kStbiAllocPerPixel * w * h bytes.
-constexpr size_t kStbiAllocFloor = size_t(16) << 20;
-constexpr size_t kStbiAllocPerPixel = 10;
-
 uint32_t read_le32(const uint8_t* p) {
   return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
 }
+
+// The bytes an uncompressed BMP needs: pixel data offset + rows x row stride, or
+// 0 when its header cannot tell (stb then judges). stb reads missing pixels as
+// zeros, so without this a 91-byte file would decode as a 1028 x 4148 image
+// (found by fuzz/fuzz_image.cpp).
+uint64_t bmp_bytes_needed(const uint8_t* d, size_t n) {
+  if (n < 30) return 0;
+  const uint64_t offset = read_le32(d + 10);
+  const uint32_t header = read_le32(d + 14);
+  int64_t w = 0, h = 0;
+  uint32_t bpp = 0, compression = 0;
+  if (header == 12) {  // OS/2: 16-bit sizes
+    w = d[18] | (d[19] << 8);
+    h = d[20] | (d[21] << 8);
+    bpp = d[24] | (d[25] << 8);
+  } else if (header >= 40 && n >= 34) {
+    w = static_cast<int32_t>(read_le32(d + 18));
+    h = static_cast<int32_t>(read_le32(d + 22));
+    bpp = d[28] | (d[29] << 8);
+    compression = read_le32(d + 30);
+  } else {
+    return 0;
+  }
+  if (compression != 0 && compression != 3) return 0;  // RLE and others: stb refuses them
+  if (w <= 0 || bpp == 0 || bpp > 32) return 0;
+  const uint64_t stride = (uint64_t(w) * bpp + 31) / 32 * 4;
+  return offset + stride * uint64_t(h < 0 ? -h : h);
+}
+
+// stb's allocation budget for one image: kStbiAllocFloor + kStbiAllocPerPixel * w * h bytes.
+constexpr size_t kStbiAllocFloor = size_t(16) << 20;
+constexpr size_t kStbiAllocPerPixel = 10;
 
 // Rows [top, top + h) of an image; columns [left, left + w) of an image.
 Image crop_rows(const Image& img, int top, int h) {
@@ -232,7 +260,7 @@ Image convert_channels(const Image& img, int channels) {
   return out;
 }
 
-DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image* out) {
+DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image* out, int64_t max_pixels) {
   TTQ_CHECK(channels == 1 || channels == 3) << "decode_image: channels must be 1 or 3, got " << channels;
   TTQ_CHECK(out != nullptr) << "decode_image: null output";
   if (size == 0) return {false, "empty file"};
@@ -244,7 +272,7 @@ DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image*
     if (std::string why = png_problem(data, size); !why.empty()) return {false, why};
   }
   if (size >= 6 && data[0] == 'B' && data[1] == 'M') {
-    uint32_t declared = read_le32(data + 2);
+    const uint64_t declared = std::max<uint64_t>(read_le32(data + 2), bmp_bytes_needed(data, size));
     if (declared > size) {
       return {false,
               "truncated BMP (" + std::to_string(size) + " of " + std::to_string(declared) + " bytes)"};
@@ -256,10 +284,12 @@ DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image*
     const char* why = stbi_failure_reason();
     return {false, std::string("cannot decode: ") + (why ? why : "unknown error")};
   }
-  if (w > kMaxImageSide || h > kMaxImageSide || int64_t(w) * h > kMaxImagePixels) {
-    return {false, "image too large: " + std::to_string(w) + "x" + std::to_string(h) + " (at most " +
-                       std::to_string(kMaxImagePixels >> 20) + " M pixels and " +
-                       std::to_string(kMaxImageSide) + " pixels a side)"};
+  max_pixels = std::min(max_pixels, kMaxImagePixels);
+  if (w > kMaxImageSide || h > kMaxImageSide || int64_t(w) * h > max_pixels) {
+    const std::string limit = max_pixels % (1 << 20) == 0 ? std::to_string(max_pixels >> 20) + " M"
+                                                            : std::to_string(max_pixels);
+    return {false, "image too large: " + std::to_string(w) + "x" + std::to_string(h) + " (at most " + limit +
+                       " pixels and " + std::to_string(kMaxImageSide) + " pixels a side)"};
   }
   const int header_w = w, header_h = h;
   // The largest buffer stb needs is about 8 bytes a pixel (16-bit RGBA PNG data

@@ -63,8 +63,10 @@ struct DecodeResult {
 // end without the EOI marker, a PNG chunk past the end of the file, a BMP
 // shorter than its header's file size. Grayscale -> RGB replicates; RGB -> L
 // uses rgb_to_l (PIL's rule); an alpha channel is dropped.
-// ensures on success: 1 <= width, height <= kMaxImageSide, width * height <= kMaxImagePixels.
-DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image* out);
+// `max_pixels` may lower the pixel limit (the fuzz target keeps decodes small).
+// ensures on success: 1 <= width, height <= kMaxImageSide, width * height <= max_pixels.
+DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image* out,
+                          int64_t max_pixels = kMaxImagePixels);
 // Reads and decodes a file; an unreadable file is a failed decode, not a throw.
 // Only regular files are read (engine/io/file.h): a directory, a FIFO, a device
 // or a broken symbolic link is a failed decode saying so, without blocking.

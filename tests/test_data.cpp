@@ -162,6 +162,12 @@ TEST(ImageCodec, RejectsTruncatedCorruptAndNonImages) {
   rejects({png.begin(), png.begin() + png.size() / 2}, "half PNG");
   EXPECT_NE(rejects({bmp.begin(), bmp.begin() + bmp.size() - 100}, "short BMP").find("truncated"),
             std::string::npos);
+  // A BMP whose header claims a small file but whose rows need more (stb would read
+  // the missing pixels as zeros: 64 x 1064 from a few hundred bytes).
+  std::vector<uint8_t> tall_bmp = bmp;
+  tall_bmp[22] = 0x28;  // height 64 -> 0x428 = 1064
+  tall_bmp[23] = 0x04;
+  EXPECT_NE(rejects(tall_bmp, "BMP rows past the end").find("truncated BMP"), std::string::npos);
   std::string text = "this is a text file, not an image\n";
   rejects({text.begin(), text.end()}, "text");
   rejects({}, "empty");
