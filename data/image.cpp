@@ -48,7 +48,7 @@ void* stbi_budget_realloc(void* p, size_t n) {
 #define STBI_MALLOC(n) stbi_budget_malloc(n)
 #define STBI_REALLOC(p, n) stbi_budget_realloc(p, n)
 #define STBI_FREE(p) std::free(p)
-#include <stb_image.h>
+#include "third_party/stb/stb_image.h"  // v2.30: third_party/stb/README.md says why a copy
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STBI_WRITE_NO_STDIO
@@ -90,8 +90,9 @@ size_t jpeg_start(const uint8_t* d, size_t n) {
 }
 
 // Whether the payload of a DHT segment holds well-formed Huffman tables. stb
-// 2.27 trusts the 16 code counts: a table of more than 256 codes writes past its
-// arrays (found by fuzz/fuzz_image.cpp), so such a file never reaches stb.
+// before 2.28 trusted the 16 code counts: a table of more than 256 codes wrote
+// past its arrays (found by fuzz/fuzz_image.cpp on Debian's 2.27). Kept in front
+// of the decoder so that a file of that kind is refused whatever stb is built.
 bool jpeg_dht_valid(const uint8_t* p, size_t n) {
   size_t i = 0;
   while (i < n) {
@@ -159,7 +160,7 @@ bool is_png(const uint8_t* d, size_t n) {
 }
 
 // "" for a PNG whose chunks stb may read, else why not: every chunk up to IEND
-// inside the file, and no empty IDAT chunk before any image data (stb 2.27 would
+// inside the file, and no empty IDAT chunk before any image data (stb would
 // memcpy zero bytes to a null buffer, undefined behaviour found by fuzz/fuzz_image.cpp).
 std::string png_problem(const uint8_t* d, size_t n) {
   size_t i = 8;

@@ -1,5 +1,6 @@
-// 8-bit images and their codecs: decoding through stb_image (JPEG, PNG and BMP
-// only: stb's other decoders are compiled out), channel conversion with PIL's
+// 8-bit images and their codecs: decoding through stb_image v2.30 (a copy in
+// third_party/stb; JPEG, PNG and BMP only: stb's other decoders are compiled
+// out), channel conversion with PIL's
 // exact rules, resizing, and encoding (PNG / JPEG / BMP through stb_image_write)
 // for tests and tools.
 // Tested in tests/test_data.cpp (round trips, truncation, channel rules).
@@ -57,8 +58,8 @@ struct DecodeResult {
 
 // Decodes an encoded image held in memory into `channels` channels (1 or 3).
 // Rejects (ok = false) what stb cannot decode, images beyond the decode limits
-// above (checked on the header, before decoding), input stb 2.27 mishandles (JPEG
-// Huffman tables of more than 256 codes, an empty first PNG IDAT chunk), and
+// above (checked on the header, before decoding), input stb mishandles or once
+// did (JPEG Huffman tables of more than 256 codes, an empty first PNG IDAT), and
 // files that stb would accept although they are cut short: a JPEG whose scans
 // end without the EOI marker, a PNG chunk past the end of the file, a BMP
 // shorter than its header's file size. Grayscale -> RGB replicates; RGB -> L
