@@ -12,6 +12,7 @@
 #include "data/idx.h"
 #include "engine/error.h"
 #include "engine/io/file.h"
+#include "engine/rng.h"
 
 namespace fs = std::filesystem;
 
@@ -274,9 +275,147 @@ DecodeResult IdxDataset::decode(int64_t i, Image* out) const {
   return {true, ""};
 }
 
+// ---- views: subsets, concatenations, held-out splits ----
+
+SubsetDataset::SubsetDataset(std::shared_ptr<const Dataset> base, std::vector<int64_t> indices)
+    : m_base(std::move(base)), m_indices(std::move(indices)) {
+  for (int64_t i : m_indices) {
+    TTQ_CHECK(i >= 0 && i < m_base->size()) << "SubsetDataset: index " << i << " outside [0, " << m_base->size()
+                                            << ")";
+  }
+  m_class_names = m_base->class_names();
+  m_class_descriptions = m_base->class_descriptions();
+  m_channels = m_base->channels();
+  m_image_size = m_base->image_size();
+}
+
+DecodeResult SubsetDataset::decode(int64_t i, Image* out) const {
+  // The base reports an unusable item itself (once); a view only passes the verdict on.
+  if (m_base->load(m_indices[i], out)) return {true, ""};
+  return {false, "unusable", true};
+}
+
+ConcatDataset::ConcatDataset(std::vector<std::shared_ptr<const Dataset>> parts) : m_parts(std::move(parts)) {
+  TTQ_CHECK(!m_parts.empty()) << "ConcatDataset: no parts";
+  const Dataset& first = *m_parts.front();
+  m_offsets.push_back(0);
+  for (const auto& p : m_parts) {
+    TTQ_CHECK(p->class_names() == first.class_names() && p->channels() == first.channels() &&
+              p->image_size() == first.image_size())
+        << "ConcatDataset: parts differ in classes, channels or image size";
+    m_offsets.push_back(m_offsets.back() + p->size());
+  }
+  m_class_names = first.class_names();
+  m_class_descriptions = first.class_descriptions();
+  m_channels = first.channels();
+  m_image_size = first.image_size();
+}
+
+std::pair<const Dataset*, int64_t> ConcatDataset::locate(int64_t i) const {
+  auto it = std::upper_bound(m_offsets.begin(), m_offsets.end(), i);
+  const size_t k = static_cast<size_t>(it - m_offsets.begin()) - 1;
+  return {m_parts[k].get(), i - m_offsets[k]};
+}
+int64_t ConcatDataset::label(int64_t i) const {
+  auto [d, j] = locate(i);
+  return d->label(j);
+}
+std::string ConcatDataset::item_name(int64_t i) const {
+  auto [d, j] = locate(i);
+  return d->item_name(j);
+}
+DecodeResult ConcatDataset::decode(int64_t i, Image* out) const {
+  auto [d, j] = locate(i);
+  if (d->load(j, out)) return {true, ""};
+  return {false, "unusable", true};
+}
+
+std::shared_ptr<const Dataset> random_subset(std::shared_ptr<const Dataset> base, int64_t n, uint64_t seed) {
+  if (n >= base->size()) return base;
+  std::vector<int64_t> idx(static_cast<size_t>(base->size()));
+  for (int64_t i = 0; i < base->size(); ++i) idx[i] = i;
+  Generator g(seed ^ 0x5b5e7ull);
+  for (int64_t i = static_cast<int64_t>(idx.size()) - 1; i > 0; --i)
+    std::swap(idx[i], idx[static_cast<int64_t>(g.below(static_cast<uint64_t>(i + 1)))]);
+  idx.resize(static_cast<size_t>(std::max<int64_t>(n, 0)));
+  std::sort(idx.begin(), idx.end());
+  return std::make_shared<SubsetDataset>(std::move(base), std::move(idx));
+}
+
+int64_t resolve_val_size(int64_t requested, int64_t train_size) {
+  TTQ_INPUT_CHECK(train_size >= 2) << "--val-size: " << train_size
+                                   << " training image(s) are too few to hold out a validation split";
+  if (requested < 0) return std::clamp<int64_t>(train_size / 10, 1, kDefaultMaxValSize);
+  TTQ_INPUT_CHECK(requested >= 1 && requested < train_size)
+      << "--val-size: " << requested << " is outside [1, " << train_size - 1 << "] (the training split has "
+      << train_size << " images)";
+  return requested;
+}
+
+std::pair<std::shared_ptr<const Dataset>, std::shared_ptr<const Dataset>> hold_out(
+    std::shared_ptr<const Dataset> base, int64_t val_size, uint64_t seed) {
+  const int64_t n = base->size();
+  const int64_t classes = base->num_classes();
+  TTQ_CHECK(val_size >= 0 && val_size < n) << "hold_out: val_size " << val_size << " of " << n;
+  std::vector<std::vector<int64_t>> by_class(static_cast<size_t>(classes));
+  for (int64_t i = 0; i < n; ++i) by_class[static_cast<size_t>(base->label(i))].push_back(i);
+
+  // Each class's share of val_size: floors of the exact shares, then the rest by
+  // largest remainder (ties to the lower class). A class keeps one training image.
+  std::vector<int64_t> quota(static_cast<size_t>(classes), 0);
+  std::vector<std::pair<int64_t, int64_t>> remainder;  // (-remainder numerator, class)
+  int64_t given = 0;
+  for (int64_t c = 0; c < classes; ++c) {
+    const int64_t nc = static_cast<int64_t>(by_class[c].size());
+    const __int128 exact = static_cast<__int128>(val_size) * nc;
+    quota[c] = std::min<int64_t>(static_cast<int64_t>(exact / n), std::max<int64_t>(nc - 1, 0));
+    given += quota[c];
+    remainder.push_back({-static_cast<int64_t>(exact % n), c});
+  }
+  std::sort(remainder.begin(), remainder.end());
+  for (bool progress = true; given < val_size && progress;) {
+    progress = false;
+    for (const auto& [r, c] : remainder) {
+      if (given == val_size) break;
+      if (quota[c] + 1 < static_cast<int64_t>(by_class[c].size())) {
+        ++quota[c];
+        ++given;
+        progress = true;
+      }
+    }
+  }
+
+  std::vector<int64_t> train, val;
+  for (int64_t c = 0; c < classes; ++c) {
+    std::vector<int64_t>& idx = by_class[c];
+    Generator g(seed ^ (0x7a11d5ull + 0x9e3779b97f4a7c15ull * static_cast<uint64_t>(c + 1)));
+    for (int64_t i = static_cast<int64_t>(idx.size()) - 1; i > 0; --i)
+      std::swap(idx[i], idx[static_cast<int64_t>(g.below(static_cast<uint64_t>(i + 1)))]);
+    val.insert(val.end(), idx.begin(), idx.begin() + quota[c]);
+    train.insert(train.end(), idx.begin() + quota[c], idx.end());
+  }
+  std::sort(train.begin(), train.end());
+  std::sort(val.begin(), val.end());
+  return {std::make_shared<SubsetDataset>(base, std::move(train)),
+          std::make_shared<SubsetDataset>(base, std::move(val))};
+}
+
+namespace {
+
+// train, val and the bookkeeping when val is held out of `full_train`.
+void hold_out_val(Splits& s, std::shared_ptr<const Dataset> full_train, const SplitOptions& split) {
+  const int64_t v = resolve_val_size(split.val_size, full_train->size());
+  std::tie(s.train, s.val) = hold_out(std::move(full_train), v, split.seed);
+  s.val_size = v;
+  s.val_from = std::to_string(s.val->size()) + " images held out of the training images (stratified, seed " +
+               std::to_string(split.seed) + ")";
+}
+
+}  // namespace
+
 // ---- layouts ----
 
-Splits open_tiny_imagenet(const std::string& root_str) {
+Splits open_tiny_imagenet(const std::string& root_str, const SplitOptions& split) {
   fs::path root(root_str);
   TinyClasses classes = tiny_imagenet_classes(root);
   std::map<std::string, int64_t> index;
@@ -313,10 +452,13 @@ Splits open_tiny_imagenet(const std::string& root_str) {
   TTQ_INPUT_CHECK(!val_items.empty()) << ann.string() << ": no annotations";
 
   Splits s;
-  s.train = std::make_shared<ImageFileDataset>(std::move(train_items), classes.wnids, classes.descriptions, 3,
-                                               64, true);
-  s.val = std::make_shared<ImageFileDataset>(std::move(val_items), classes.wnids, classes.descriptions, 3, 64,
-                                             true);
+  auto full_train = std::make_shared<ImageFileDataset>(std::move(train_items), classes.wnids,
+                                                       classes.descriptions, 3, 64, true);
+  s.test = std::make_shared<ImageFileDataset>(std::move(val_items), classes.wnids, classes.descriptions, 3, 64,
+                                              true);
+  s.test_from = (root / "val").string() + " (the official validation images; the test images have no labels)";
+  s.all = std::make_shared<ConcatDataset>(std::vector<std::shared_ptr<const Dataset>>{full_train, s.test});
+  hold_out_val(s, full_train, split);
   return s;
 }
 
@@ -340,44 +482,56 @@ std::shared_ptr<ImageFileDataset> open_image_folder(const std::string& root_str,
                                             image_size, false);
 }
 
-Splits open_folder_splits(const std::string& root_str, int image_size) {
+Splits open_folder_splits(const std::string& root_str, int image_size, const SplitOptions& split) {
   fs::path root(root_str);
   TTQ_INPUT_CHECK(is_dir(root)) << root.string() << ": no such folder";
   Splits s;
-  if (is_dir(root / "train")) {
-    auto train = open_image_folder((root / "train").string(), image_size);
-    std::vector<std::string> classes = train->class_names();
-    s.train = train;
-    if (is_dir(root / "val")) {
-      s.val = open_image_folder((root / "val").string(), image_size, &classes);
-    } else {
-      s.val = std::make_shared<ImageFileDataset>(std::vector<ImageFileDataset::Item>{}, classes,
-                                                 std::vector<std::string>{}, 3, image_size, false);
-    }
+  s.test_from = "none";
+  if (!is_dir(root / "train")) {
+    // DIR/<class>/...: validation held out, no test split.
+    std::shared_ptr<const Dataset> all = open_image_folder(root.string(), image_size);
+    s.all = all;
+    hold_out_val(s, all, split);
+    s.test_from = "none (" + root.string() + " has no train/ and test/ folders)";
     return s;
   }
-  // No train/: hold out every 10th image of each class.
-  auto all = open_image_folder(root.string(), image_size);
-  std::vector<ImageFileDataset::Item> train, val;
-  std::vector<int64_t> seen(all->class_names().size(), 0);
-  for (const auto& it : all->items()) {
-    (++seen[it.label] % 10 == 0 ? val : train).push_back(it);
+  auto train = open_image_folder((root / "train").string(), image_size);
+  const std::vector<std::string> classes = train->class_names();
+  std::vector<std::shared_ptr<const Dataset>> parts = {train};
+  if (is_dir(root / "val")) {
+    s.train = train;
+    s.val = open_image_folder((root / "val").string(), image_size, &classes);
+    s.val_from = (root / "val").string();
+    parts.push_back(s.val);
+  } else {
+    hold_out_val(s, train, split);
   }
-  s.train = std::make_shared<ImageFileDataset>(std::move(train), all->class_names(),
-                                               std::vector<std::string>{}, 3, image_size, false);
-  s.val = std::make_shared<ImageFileDataset>(std::move(val), all->class_names(), std::vector<std::string>{},
-                                             3, image_size, false);
+  if (is_dir(root / "test")) {
+    s.test = open_image_folder((root / "test").string(), image_size, &classes);
+    s.test_from = (root / "test").string();
+    parts.push_back(s.test);
+  } else {
+    s.test_from = "none (" + root.string() + " has no test/ folder)";
+  }
+  s.all = parts.size() == 1 ? parts[0] : std::make_shared<ConcatDataset>(parts);
   return s;
 }
 
-Splits open_idx_folder(const std::string& dir_str, const std::vector<std::string>& class_names) {
+Splits open_idx_folder(const std::string& dir_str, const std::vector<std::string>& class_names,
+                       const SplitOptions& split) {
   fs::path dir(dir_str);
   TTQ_INPUT_CHECK(is_dir(dir)) << dir.string() << ": no such folder";
   Splits s;
-  s.train = std::make_shared<IdxDataset>(find_idx(dir, "train-images-idx3-ubyte"),
-                                         find_idx(dir, "train-labels-idx1-ubyte"), class_names);
-  s.val = std::make_shared<IdxDataset>(find_idx(dir, "t10k-images-idx3-ubyte"),
-                                       find_idx(dir, "t10k-labels-idx1-ubyte"), class_names);
+  auto full_train = std::make_shared<IdxDataset>(find_idx(dir, "train-images-idx3-ubyte"),
+                                                 find_idx(dir, "train-labels-idx1-ubyte"), class_names);
+  s.test = std::make_shared<IdxDataset>(find_idx(dir, "t10k-images-idx3-ubyte"),
+                                        find_idx(dir, "t10k-labels-idx1-ubyte"), class_names);
+  TTQ_INPUT_CHECK(s.test->image_size() == full_train->image_size())
+      << dir.string() << ": the t10k images are " << s.test->image_size() << " pixels square, the training images "
+      << full_train->image_size();
+  s.test_from = find_idx(dir, "t10k-images-idx3-ubyte");
+  s.all = std::make_shared<ConcatDataset>(std::vector<std::shared_ptr<const Dataset>>{full_train, s.test});
+  hold_out_val(s, full_train, split);
   return s;
 }
 
@@ -435,16 +589,16 @@ DataSpec parse_data_spec(std::string_view spec) {
   return out;
 }
 
-Splits open_data(const DataSpec& spec, int image_size) {
+Splits open_data(const DataSpec& spec, int image_size, const SplitOptions& split) {
   switch (spec.kind) {
     case DataSpec::Kind::FashionMnist:
-      return open_idx_folder(spec.dir, fashion_mnist_classes());
+      return open_idx_folder(spec.dir, fashion_mnist_classes(), split);
     case DataSpec::Kind::Mnist:
-      return open_idx_folder(spec.dir, mnist_classes());
+      return open_idx_folder(spec.dir, mnist_classes(), split);
     case DataSpec::Kind::TinyImageNet:
-      return open_tiny_imagenet(spec.dir);
+      return open_tiny_imagenet(spec.dir, split);
     case DataSpec::Kind::Folder:
-      return open_folder_splits(spec.dir, image_size);
+      return open_folder_splits(spec.dir, image_size, split);
   }
   TTQ_THROW() << "open_data: unknown kind";
 }

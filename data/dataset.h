@@ -16,8 +16,8 @@
 // whose images can be read is an error of the trainer (train/trainer.cpp).
 //
 // Size policy. Tiny ImageNet and IDX data have a fixed size: a Tiny ImageNet
-// image that is not 64x64 is reported and skipped, IDX data is as its header
-// says. Image folders accept any size: images are resized (shorter side to the
+// image that is not 64x64 is reported and skipped, IDX images must be
+// kIdxImageSize square (28x28) or the files are refused. Image folders accept any size: images are resized (shorter side to the
 // image size, triangle filter, centre square) with resize_cover().
 #pragma once
 
@@ -122,32 +122,106 @@ class IdxDataset : public Dataset {
   std::vector<uint8_t> m_labels;
 };
 
+// A view of some items of another data set (same classes, same images), by index.
+class SubsetDataset : public Dataset {
+ public:
+  // requires: every index in [0, base->size()).
+  SubsetDataset(std::shared_ptr<const Dataset> base, std::vector<int64_t> indices);
+  int64_t size() const override { return static_cast<int64_t>(m_indices.size()); }
+  int64_t label(int64_t i) const override { return m_base->label(m_indices[i]); }
+  std::string item_name(int64_t i) const override { return m_base->item_name(m_indices[i]); }
+  const std::vector<int64_t>& indices() const { return m_indices; }
+
+ protected:
+  DecodeResult decode(int64_t i, Image* out) const override;
+
+ private:
+  std::shared_ptr<const Dataset> m_base;
+  std::vector<int64_t> m_indices;
+};
+
+// Data sets with the same classes, channels and image size, one after the other.
+class ConcatDataset : public Dataset {
+ public:
+  explicit ConcatDataset(std::vector<std::shared_ptr<const Dataset>> parts);
+  int64_t size() const override { return m_offsets.back(); }
+  int64_t label(int64_t i) const override;
+  std::string item_name(int64_t i) const override;
+
+ protected:
+  DecodeResult decode(int64_t i, Image* out) const override;
+
+ private:
+  std::pair<const Dataset*, int64_t> locate(int64_t i) const;
+  std::vector<std::shared_ptr<const Dataset>> m_parts;
+  std::vector<int64_t> m_offsets;  // m_offsets[k] = items before part k; back() = size()
+};
+
+// `n` items of `base` drawn without replacement by a seeded permutation (classes
+// stay mixed), in index order; all of them when n >= base->size().
+std::shared_ptr<const Dataset> random_subset(std::shared_ptr<const Dataset> base, int64_t n, uint64_t seed);
+
+// How the validation split is formed when a data set has none of its own.
+struct SplitOptions {
+  // Images held out of the training images (stratified by class). -1: the default,
+  // 10% of the training images, at most 5000 (at least 1).
+  int64_t val_size = -1;
+  // Which images: the split depends only on the data, val_size and this seed, so
+  // every run, phase and evaluation over the same data sees the same split.
+  uint64_t seed = 0;
+};
+inline constexpr int64_t kDefaultMaxValSize = 5000;
+// The number of images SplitOptions holds out of `train_size` training images.
+// Throws InputError (naming --val-size) when it leaves no training image.
+int64_t resolve_val_size(int64_t requested, int64_t train_size);
+
+// Splits `base` into training and validation items, stratified: each class gives
+// its share of val_size (largest remainder; at least one image of each class
+// stays in training), chosen by a per-class seeded shuffle. Both keep index order.
+// ensures: first (train) and second (val) partition base's items.
+std::pair<std::shared_ptr<const Dataset>, std::shared_ptr<const Dataset>> hold_out(
+    std::shared_ptr<const Dataset> base, int64_t val_size, uint64_t seed);
+
+// The three splits of a data set (docs/data.md):
+//  - train: what the optimiser sees;
+//  - val: model selection (best checkpoint, schedule, early stop): the data set's
+//    own validation folder when it has one, else held out of the training images;
+//  - test: touched once, at the end of a run (null when the data set has none);
+//  - all: every image the data set holds, for `ttq_eval --split all`.
 struct Splits {
   std::shared_ptr<const Dataset> train;
   std::shared_ptr<const Dataset> val;
+  std::shared_ptr<const Dataset> test;
+  std::shared_ptr<const Dataset> all;
+  std::string val_from;   // where val comes from, for logs and config.json
+  std::string test_from;  // where test comes from ("none" when there is no test split)
+  int64_t val_size = 0;   // images held out of train for val (0: val is the data set's own)
 };
 
 // Tiny ImageNet as shipped (tiny-imagenet-200/): wnids.txt, train/<wnid>/images/*,
 // val/images/* + val/val_annotations.txt, words.txt (optional). Classes are the
 // wnids in sorted order (wnids.txt when present, else the train folders). RGB,
 // 64x64 required. Files in the image folders without an image extension are
-// reported and ignored.
-Splits open_tiny_imagenet(const std::string& root);
+// reported and ignored. The official test images carry no labels, so the
+// official val/ is the test split and validation is held out of train/.
+Splits open_tiny_imagenet(const std::string& root, const SplitOptions& split = {});
 
 // ROOT/<class>/*.{jpg,jpeg,png,bmp}: one split, classes sorted by name. When
 // `class_names` is given, folders must be among them (a validation split using
 // the training classes); otherwise every sub-folder is a class and must hold images.
 std::shared_ptr<ImageFileDataset> open_image_folder(const std::string& root, int image_size = 64,
                                                     const std::vector<std::string>* class_names = nullptr);
-// `folder:DIR`: DIR/train and DIR/val when DIR/train exists (DIR/val optional:
-// without it the validation split is empty); otherwise DIR holds the class
-// folders and every 10th image of each class (sorted by name: the 10th, 20th,
-// ...) is held out for validation.
-Splits open_folder_splits(const std::string& root, int image_size = 64);
+// `folder:DIR`. With DIR/train: train is DIR/train, val is DIR/val when present
+// (else held out of DIR/train), test is DIR/test when present (else none).
+// Without DIR/train, DIR holds the class folders: val is held out of them and
+// there is no test split. `all` is every image under DIR.
+Splits open_folder_splits(const std::string& root, int image_size = 64, const SplitOptions& split = {});
 
 // IDX data in DIR: train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz],
-// t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz].
-Splits open_idx_folder(const std::string& dir, const std::vector<std::string>& class_names);
+// t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]. The t10k files are
+// the test split; val is held out of the train files.
+Splits open_idx_folder(const std::string& dir, const std::vector<std::string>& class_names,
+                       const SplitOptions& split = {});
 
 // Where Debian's dataset-fashion-mnist installs the data.
 inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
@@ -165,7 +239,7 @@ struct DataSpec {
 // `fashion-mnist[:DIR]` (default DIR kFashionMnistDir), `mnist:DIR`,
 // `tiny-imagenet:DIR`, `folder:DIR`. Throws InputError naming the spec.
 DataSpec parse_data_spec(std::string_view spec);
-Splits open_data(const DataSpec& spec, int image_size = 64);
+Splits open_data(const DataSpec& spec, int image_size = 64, const SplitOptions& split = {});
 // The preprocessing a spec's images want (gray 28 for IDX, the seed's for the rest).
 Preprocess preprocess_for(const DataSpec& spec);
 // Class names and descriptions without decoding any image (for inference output).

@@ -53,7 +53,7 @@ struct Image {
 struct DecodeResult {
   bool ok = false;
   std::string error;
-  bool reported = false;  // the failure was already reported (by a dataset this one wraps)
+  bool reported = false;  // the failure was already reported (by the data set a view reads)
 };
 
 // Decodes an encoded image held in memory into `channels` channels (1 or 3).

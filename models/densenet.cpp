@@ -1,6 +1,6 @@
 // DenseNet-BC (small and 121 variants) and the memory-efficient dense layer.
 // Reference: PyTorch's torchvision DenseNet and the seed's small DenseNet (see
-// shared/seed-models/README.md). Tests: tests/test_models.cpp, tests/test_seed_parity.cpp.
+// tests/fixtures/seed/README.md). Tests: tests/test_models.cpp, tests/test_seed_parity.cpp.
 #include "models/densenet.h"
 
 #include "engine/autograd.h"

@@ -1,5 +1,5 @@
-// DenseNet-BC as in DESIGN.md section 4: the seed's small DenseNet and its
-// DenseNet-121 variant, with the seed's state-dict names
+// DenseNet-BC as in docs/architecture.md ("Models"): the seed's small DenseNet
+// and its DenseNet-121 variant, with the seed's state-dict names
 // (features.denseblockI.denselayerJ.norm.1 ...). The dense layer has a
 // memory-efficient training path that recomputes concat -> BN -> ReLU -> 1x1
 // conv in backward (Pleiss et al. 2017, by recomputation). Tests:

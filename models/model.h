@@ -1,6 +1,6 @@
-// The three TTQ models (DESIGN.md section 4) behind one base class, a registry
-// by name, and weight import from safetensors with the PyTorch state-dict names
-// of the seed (shared/seed-models). Implementations: models/densenet.cpp,
+// The three TTQ models (docs/architecture.md, "Models") behind one base class, a
+// registry by name, and weight import from safetensors with the PyTorch
+// state-dict names of the seed (tests/fixtures/seed). Implementations: models/densenet.cpp,
 // models/squeezenet.cpp, models/model.cpp. Tests: tests/test_models.cpp,
 // tests/test_seed_parity.cpp.
 #pragma once

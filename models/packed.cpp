@@ -235,7 +235,7 @@ PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& me
     out.metadata["model_config"] = j.dump();
   }
   for (const auto& [k, v] : meta)
-    if (k == "classes" || k == "preprocess" || k == "data" || starts_with(k, "ttq.")) out.metadata[k] = v;
+    if (k == "classes" || k == "preprocess" || k == "data" || k == "split" || starts_with(k, "ttq.")) out.metadata[k] = v;
   out.metadata["packed_from"] = std::filesystem::path(source).filename().string();
   return out;
 }

@@ -1,5 +1,5 @@
-// The seed's SqueezeNet variant. Reference: shared/seed-models/README.md
-// ("SqueezeNet variant"). Tests: tests/test_models.cpp, tests/test_seed_parity.cpp.
+// The seed's SqueezeNet variant. Reference: tests/fixtures/seed/README.md
+// ("Architectures"). Tests: tests/test_models.cpp, tests/test_seed_parity.cpp.
 #include "models/squeezenet.h"
 
 #include "engine/ops/ops.h"

@@ -1,4 +1,4 @@
-// The seed's SqueezeNet variant (DESIGN.md section 4, shared/seed-models/README.md):
+// The seed's SqueezeNet variant (docs/architecture.md, tests/fixtures/seed/README.md):
 // pre-activation Fire modules with BN, residual connections on every second Fire,
 // and a 1x1-conv classifier followed by ReLU and global average pooling.
 // State-dict names: features.0 / features.1 / features.N.squeeze_bn ... / classifier.1.

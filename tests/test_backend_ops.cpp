@@ -345,6 +345,38 @@ TEST_P(OpsOnDevice, TopkCorrectByHand) {
   EXPECT_EQ(ops::topk_correct(logits, labels, 5), 3);
 }
 
+// A class tying the true class ranks ahead of it; a row holding NaN or +-inf
+// anywhere is wrong. Counted by hand.
+TEST_P(OpsOnDevice, TopkCorrectCountsTiesAndNonFiniteRowsAsWrong) {
+  const Device dev = GetParam();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  const Tensor logits = Tensor::from_vector<float>({1.0f, 1.0f, 1.0f, 1.0f,   // all equal (collapsed net)
+                                                    2.0f, 2.0f, 0.0f, -1.0f,  // a tie for first place
+                                                    3.0f, nan, 0.0f, 0.0f,    // NaN elsewhere in the row
+                                                    nan, nan, nan, nan,       // NaN weights
+                                                    inf, 0.0f, 0.0f, 0.0f,    // +inf on the label
+                                                    0.0f, -inf, 1.0f, 0.0f,   // -inf elsewhere
+                                                    0.5f, 0.25f, 0.0f, 0.0f},  // an honest win
+                                                   {7, 4})
+                            .to(dev);
+  const Tensor labels = Tensor::from_vector<int64_t>({2, 0, 0, 1, 0, 2, 0}, {7}).to(dev);
+  EXPECT_EQ(ops::topk_correct(logits, labels, 1), 1);  // only the last row
+  // Top-2: the tie now fits (one class ahead); the collapsed row has three ahead.
+  EXPECT_EQ(ops::topk_correct(logits, labels, 2), 2);
+  EXPECT_EQ(ops::topk_correct(logits, labels, 3), 2);
+  // Top-4 of 4 classes: every finite row counts, no non-finite one does.
+  EXPECT_EQ(ops::topk_correct(logits, labels, 4), 3);
+
+  // A collapsed network over many rows scores 0, not 1 / classes or 100%.
+  const Tensor flat = Tensor::full({64, 10}, 0.25f).to(dev);
+  std::vector<int64_t> ys(64);
+  for (int64_t i = 0; i < 64; ++i) ys[i] = i % 10;
+  const Tensor y = Tensor::from_vector<int64_t>(ys, {64}).to(dev);
+  EXPECT_EQ(ops::topk_correct(flat, y, 1), 0);
+  EXPECT_EQ(ops::topk_correct(flat, y, 5), 0);
+}
+
 // Each mismatch names both shapes.
 TEST_P(OpsOnDevice, ErrorsNameBothShapes) {
   const Device dev = GetParam();

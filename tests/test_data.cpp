@@ -520,20 +520,135 @@ TEST(FashionMnist, RealDataFromTheDebianPackage) {
     GTEST_SKIP() << "dataset-fashion-mnist not installed at " << kFashionMnistDir;
   }
   Splits s = open_data(parse_data_spec("fashion-mnist"));
-  ASSERT_EQ(s.train->size(), 60000);
-  ASSERT_EQ(s.val->size(), 10000);
+  // t10k is the test split; 5000 validation images (the default: 10%, at most
+  // 5000) are held out of the 60000 training images, 500 of each class.
+  ASSERT_EQ(s.train->size(), 55000);
+  ASSERT_EQ(s.val->size(), 5000);
+  ASSERT_EQ(s.test->size(), 10000);
+  ASSERT_EQ(s.all->size(), 70000);
+  EXPECT_EQ(s.val_size, 5000);
   EXPECT_EQ(s.train->image_size(), 28);
   EXPECT_EQ(s.train->class_names()[9], "Ankle boot");
-  std::vector<int64_t> htrain(10, 0), hval(10, 0);
+  std::vector<int64_t> htrain(10, 0), hval(10, 0), htest(10, 0);
   for (int64_t i = 0; i < s.train->size(); ++i) htrain[s.train->label(i)]++;
   for (int64_t i = 0; i < s.val->size(); ++i) hval[s.val->label(i)]++;
-  EXPECT_EQ(htrain, std::vector<int64_t>(10, 6000));
-  EXPECT_EQ(hval, std::vector<int64_t>(10, 1000));
-  // Images are not blank, and the first training item is an ankle boot (label 9).
+  for (int64_t i = 0; i < s.test->size(); ++i) htest[s.test->label(i)]++;
+  EXPECT_EQ(htrain, std::vector<int64_t>(10, 5500));
+  EXPECT_EQ(hval, std::vector<int64_t>(10, 500));
+  EXPECT_EQ(htest, std::vector<int64_t>(10, 1000));
+  EXPECT_NE(s.test->item_name(0).find("t10k-images"), std::string::npos) << s.test->item_name(0);
+  EXPECT_NE(s.val->item_name(0).find("train-images"), std::string::npos) << s.val->item_name(0);
+  // Images are not blank, and the first item of both files is an ankle boot (label 9).
   Image img;
-  ASSERT_TRUE(s.train->load(0, &img));
-  EXPECT_EQ(s.train->label(0), 9);
-  EXPECT_GT(*std::max_element(img.pixels.begin(), img.pixels.end()), 200);
+  for (const auto& d : {s.all, s.test}) {
+    ASSERT_TRUE(d->load(0, &img));
+    EXPECT_EQ(d->label(0), 9);
+    EXPECT_GT(*std::max_element(img.pixels.begin(), img.pixels.end()), 200);
+  }
+}
+
+// ---------------------------------------------------------------- splits
+
+// `n` images per class (8x8 gray IDX-like data in memory is not needed: labels
+// are all a split looks at), as a SubsetDataset-friendly base.
+class LabelsOnly : public Dataset {
+ public:
+  explicit LabelsOnly(std::vector<int64_t> per_class) {
+    for (size_t c = 0; c < per_class.size(); ++c) {
+      std::string name = "c";
+      name += std::to_string(c);  // (not "c" + ...: a false -Wrestrict in GCC 12)
+      m_class_names.push_back(name);
+      for (int64_t k = 0; k < per_class[c]; ++k) m_labels.push_back(static_cast<int64_t>(c));
+    }
+    // Classes interleaved, so that index order says nothing about the class.
+    Generator g(5);
+    for (int64_t i = static_cast<int64_t>(m_labels.size()) - 1; i > 0; --i)
+      std::swap(m_labels[i], m_labels[g.below(static_cast<uint64_t>(i + 1))]);
+    m_class_descriptions = m_class_names;
+  }
+  int64_t size() const override { return static_cast<int64_t>(m_labels.size()); }
+  int64_t label(int64_t i) const override { return m_labels[i]; }
+  std::string item_name(int64_t i) const override { return "item" + std::to_string(i); }
+
+ protected:
+  DecodeResult decode(int64_t, Image* out) const override {
+    *out = Image(1, 1, 1);
+    return {true, ""};
+  }
+
+ private:
+  std::vector<int64_t> m_labels;
+};
+
+std::vector<int64_t> indices_of(const std::shared_ptr<const Dataset>& d) {
+  auto sub = std::dynamic_pointer_cast<const SubsetDataset>(d);
+  EXPECT_TRUE(sub != nullptr);
+  return sub ? sub->indices() : std::vector<int64_t>{};
+}
+
+std::vector<int64_t> per_class(const Dataset& d) {
+  std::vector<int64_t> h(static_cast<size_t>(d.num_classes()), 0);
+  for (int64_t i = 0; i < d.size(); ++i) h[d.label(i)]++;
+  return h;
+}
+
+TEST(Splits, HoldOutIsStratifiedDisjointSeededAndComplete) {
+  auto base = std::make_shared<LabelsOnly>(std::vector<int64_t>{50, 30, 20, 1});
+  auto [train, val] = hold_out(base, 10, 0);
+  // Shares of 10 over 101 images: 4.95, 2.97, 1.98, 0.099 -> floors 4, 2, 1, 0 and
+  // the three left go by largest remainder to classes 2, 1, 0.
+  EXPECT_EQ(per_class(*val), (std::vector<int64_t>{5, 3, 2, 0}));
+  EXPECT_EQ(per_class(*train), (std::vector<int64_t>{45, 27, 18, 1}));
+  std::vector<int64_t> a = indices_of(train), b = indices_of(val), both;
+  EXPECT_TRUE(std::is_sorted(a.begin(), a.end()));
+  EXPECT_TRUE(std::is_sorted(b.begin(), b.end()));
+  both = a;
+  both.insert(both.end(), b.begin(), b.end());
+  std::sort(both.begin(), both.end());
+  std::vector<int64_t> every(101);
+  for (int64_t i = 0; i < 101; ++i) every[i] = i;
+  EXPECT_EQ(both, every);  // a partition: nothing lost, nothing in both
+  // The same seed gives the same split; another seed another one.
+  EXPECT_EQ(indices_of(hold_out(base, 10, 0).second), b);
+  EXPECT_NE(indices_of(hold_out(base, 10, 1).second), b);
+  // Almost everything held out: each class keeps one training image.
+  auto [t2, v2] = hold_out(base, 97, 0);
+  EXPECT_EQ(per_class(*t2), (std::vector<int64_t>{1, 1, 1, 1}));
+  EXPECT_EQ(v2->size(), 97);
+}
+
+TEST(Splits, ValSizeDefaultsAndRange) {
+  EXPECT_EQ(resolve_val_size(-1, 60000), 5000);  // 10%, at most 5000
+  EXPECT_EQ(resolve_val_size(-1, 300), 30);
+  EXPECT_EQ(resolve_val_size(-1, 5), 1);
+  EXPECT_EQ(resolve_val_size(7, 300), 7);
+  EXPECT_INPUT_ERROR_MENTIONS(resolve_val_size(0, 300), "--val-size");
+  EXPECT_INPUT_ERROR_MENTIONS(resolve_val_size(300, 300), "[1, 299]");
+  EXPECT_INPUT_ERROR_MENTIONS(resolve_val_size(-1, 1), "too few");
+}
+
+TEST(Splits, ViewsReportAnUnusableItemOnceAndCountIt) {
+  TempDir dir;
+  for (int k = 0; k < 6; ++k) write_image(dir.path() / "a" / (std::to_string(k) + ".png"), make_image(8, 8, 3, k));
+  for (int k = 0; k < 6; ++k) write_image(dir.path() / "b" / (std::to_string(k) + ".png"), make_image(8, 8, 3, k));
+  write_text(dir.path() / "a" / "bad.png", "not a png\n");
+  auto base = open_image_folder(dir.path().string(), 8);
+  std::vector<int64_t> all(static_cast<size_t>(base->size()));
+  for (int64_t i = 0; i < base->size(); ++i) all[i] = i;
+  auto view = std::make_shared<SubsetDataset>(base, all);
+  auto cat = std::make_shared<ConcatDataset>(std::vector<std::shared_ptr<const Dataset>>{view, base});
+  testing::internal::CaptureStderr();
+  Image img;
+  int ok = 0;
+  for (int pass = 0; pass < 2; ++pass)
+    for (int64_t i = 0; i < cat->size(); ++i) ok += cat->load(i, &img);
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(ok, 2 * 2 * 12);
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;  // once, by the data set that owns the file
+  EXPECT_NE(log.find("bad.png"), std::string::npos) << log;
+  EXPECT_EQ(base->bad_item_count(), 1);
+  EXPECT_EQ(view->bad_item_count(), 1);
+  EXPECT_EQ(cat->bad_item_count(), 2);  // the same file twice in the concatenation
 }
 
 // ---------------------------------------------------------------- Tiny ImageNet
@@ -600,22 +715,27 @@ TEST(TinyImageNet, ClassesLabelsCountsAndAnnotations) {
   EXPECT_EQ(s.train->channels(), 3);
   EXPECT_EQ(s.train->image_size(), 64);
   // Every file with an image extension is listed (the bad ones are found on decoding).
-  ASSERT_EQ(s.train->size(), 5 + 1 + 4 + 1 + 6 + 1);
+  // Validation is held out of train/ (10% of 18: one image); the official val/ is the test split.
+  ASSERT_EQ(s.train->size() + s.val->size(), 5 + 1 + 4 + 1 + 6 + 1);
+  ASSERT_EQ(s.val->size(), 1);
+  ASSERT_EQ(s.all->size(), 18 + 6);
   std::map<int64_t, int> per_label;
-  for (int64_t i = 0; i < s.train->size(); ++i) {
-    std::string path = s.train->item_name(i);
-    std::string wnid = fs::path(path).parent_path().parent_path().filename().string();
-    EXPECT_EQ(s.train->class_names()[s.train->label(i)], wnid) << path;
-    per_label[s.train->label(i)]++;
+  for (const auto& d : {s.train, s.val}) {
+    for (int64_t i = 0; i < d->size(); ++i) {
+      std::string path = d->item_name(i);
+      std::string wnid = fs::path(path).parent_path().parent_path().filename().string();
+      EXPECT_EQ(d->class_names()[d->label(i)], wnid) << path;
+      per_label[d->label(i)]++;
+    }
   }
   EXPECT_EQ(per_label[0], 6);
   EXPECT_EQ(per_label[1], 5);
   EXPECT_EQ(per_label[2], 7);
 
-  ASSERT_EQ(s.val->size(), 6);
+  ASSERT_EQ(s.test->size(), 6);
   for (int64_t i = 0; i < 6; ++i) {
-    EXPECT_EQ(fs::path(s.val->item_name(i)).filename().string(), t.val[i].first);
-    EXPECT_EQ(s.val->class_names()[s.val->label(i)], t.val[i].second);
+    EXPECT_EQ(fs::path(s.test->item_name(i)).filename().string(), t.val[i].first);
+    EXPECT_EQ(s.test->class_names()[s.test->label(i)], t.val[i].second);
   }
 
   // Loading every item twice: the bad ones fail and are reported once each.
@@ -623,13 +743,13 @@ TEST(TinyImageNet, ClassesLabelsCountsAndAnnotations) {
   int ok = 0;
   Image img;
   for (int pass = 0; pass < 2; ++pass) {
-    for (int64_t i = 0; i < s.train->size(); ++i) ok += s.train->load(i, &img);
-    for (int64_t i = 0; i < s.val->size(); ++i) ok += s.val->load(i, &img);
+    for (const auto& d : {s.train, s.val, s.test})
+      for (int64_t i = 0; i < d->size(); ++i) ok += d->load(i, &img);
   }
   std::string log = testing::internal::GetCapturedStderr();
   EXPECT_EQ(ok, 2 * (15 + 5));
-  EXPECT_EQ(s.train->bad_item_count(), 3);
-  EXPECT_EQ(s.val->bad_item_count(), 1);
+  EXPECT_EQ(s.train->bad_item_count() + s.val->bad_item_count(), 3);
+  EXPECT_EQ(s.test->bad_item_count(), 1);
   for (const std::string& p : t.bad_train) {
     EXPECT_NE(log.find("skipping " + p + ": "), std::string::npos) << p << "\n" << log;
     size_t at = log.find(p);
@@ -694,6 +814,9 @@ TEST(ImageFolder, TrainValSplitsResizeAndErrors) {
   EXPECT_EQ(s.train->label(1), 1);
   ASSERT_EQ(s.val->size(), 1);
   EXPECT_EQ(s.val->label(0), 1);  // labels follow the training classes
+  EXPECT_EQ(s.val_size, 0);       // the folder's own validation split
+  EXPECT_EQ(s.test, nullptr);     // no test/ folder, no test split
+  EXPECT_EQ(s.all->size(), 4);
   Image img;
   for (int64_t i = 0; i < 3; ++i) {
     ASSERT_TRUE(s.train->load(i, &img));
@@ -701,6 +824,22 @@ TEST(ImageFolder, TrainValSplitsResizeAndErrors) {
     EXPECT_EQ(img.height, 64);
     EXPECT_EQ(img.channels, 3);
   }
+  // A test/ folder is the test split; all is every image under the folder.
+  write_image(root / "test" / "cat" / "t.png", make_image(64, 64, 3, 6));
+  s = open_data(parse_data_spec("folder:" + root.string()));
+  ASSERT_NE(s.test, nullptr);
+  ASSERT_EQ(s.test->size(), 1);
+  EXPECT_EQ(s.test->label(0), 0);
+  EXPECT_EQ(s.all->size(), 5);
+  // Without val/, validation is held out of train/ (and train/ loses it).
+  fs::rename(root / "val", root / "elsewhere");
+  s = open_data(parse_data_spec("folder:" + root.string()));
+  EXPECT_EQ(s.val_size, 1);
+  EXPECT_EQ(s.val->size(), 1);
+  EXPECT_EQ(s.train->size(), 2);
+  EXPECT_EQ(s.all->size(), 4);
+  fs::rename(root / "elsewhere", root / "val");
+  fs::remove_all(root / "test");
   write_image(root / "val" / "bird" / "e.png", make_image(64, 64, 3, 5));
   EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits(root.string()),
                               "bird: class not among the training classes");
@@ -730,11 +869,21 @@ TEST(ImageFolder, HoldoutWithoutTrainFolder) {
   for (int k = 0; k < 4; ++k)
     write_image(dir.path() / "b" / (std::to_string(k) + ".png"), make_image(8, 8, 3, k));
   Splits s = open_folder_splits(dir.path().string(), 16);
-  ASSERT_EQ(s.val->size(), 2);  // the 10th and 20th of class a; b has too few
-  EXPECT_EQ(s.train->size(), 23 + 4);
-  EXPECT_EQ(fs::path(s.val->item_name(0)).filename().string(), "09.png");
-  EXPECT_EQ(fs::path(s.val->item_name(1)).filename().string(), "19.png");
+  // 10% of 29 is 2, shared by class size: both from class a.
+  EXPECT_EQ(s.val_size, 2);
+  EXPECT_EQ(per_class(*s.val), (std::vector<int64_t>{2, 0}));
+  EXPECT_EQ(per_class(*s.train), (std::vector<int64_t>{23, 4}));
+  EXPECT_EQ(s.test, nullptr);
+  EXPECT_EQ(s.all->size(), 29);
   EXPECT_EQ(s.train->image_size(), 16);
+  // An explicit size, and the same split from a second opening.
+  SplitOptions so;
+  so.val_size = 6;
+  Splits s6 = open_folder_splits(dir.path().string(), 16, so);
+  EXPECT_EQ(per_class(*s6.val), (std::vector<int64_t>{5, 1}));
+  EXPECT_EQ(indices_of(s6.val), indices_of(open_folder_splits(dir.path().string(), 16, so).val));
+  so.val_size = 29;
+  EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits(dir.path().string(), 16, so), "--val-size");
 }
 
 // ---------------------------------------------------------------- specs
@@ -918,7 +1067,8 @@ TEST(Loader, BadFilesAreSkippedCountedAndReportedOnce) {
   LoaderOptions o;
   o.batch_size = 4;
   o.seed = 3;
-  Loader loader(s.train, Preprocess::seed_rgb(), o);
+  auto full_train = std::make_shared<ConcatDataset>(std::vector<std::shared_ptr<const Dataset>>{s.train, s.val});
+  Loader loader(full_train, Preprocess::seed_rgb(), o);
   std::vector<std::string> skipped;
   for (int64_t epoch : {0, 1}) {
     auto e = run_epoch(loader, epoch);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -123,7 +124,7 @@ TEST_F(TrainLoop, ResumeAtEpochBoundaryIsExact) {
   ASSERT_EQ(train::run_training(b, log).exit_code, 0);
 
   auto ma = metrics_lines(a.out), mb = metrics_lines(b.out);
-  ASSERT_EQ(ma.size(), 2u);
+  ASSERT_EQ(ma.size(), 3u);  // two epochs and the final test line
   ASSERT_EQ(ma, mb);
   expect_same_tensors(a.out + "/last.safetensors", b.out + "/last.safetensors");
   // config.json and best.safetensors exist; every metrics field is there.
@@ -190,22 +191,155 @@ TEST_F(TrainLoop, TtqPhaseFromFpCheckpoint) {
   eo.weights = q.out + "/last.safetensors";
   eo.data = "mnist:" + s_data;
   eo.device = "cpu";
-  train::EvalResult ev = train::run_eval(eo, log);
+  // --split val is the validation split the run used (held out of the training
+  // images); --split test is the t10k split the run reported at its end.
+  train::EvalResult vv = train::run_eval(eo, log).result;
+  EXPECT_EQ(vv.count, 9);  // 10% of 96
+  EXPECT_NEAR(vv.top1, r.last.val_top1, 1e-12);
+  EXPECT_NEAR(vv.loss, r.last.val_loss, 1e-9);
+  eo.split = "test";
+  train::EvalResult ev = train::run_eval(eo, log).result;
   EXPECT_EQ(ev.count, 48);
-  EXPECT_NEAR(ev.top1, r.last.val_top1, 1e-12);
+  ASSERT_TRUE(r.test.evaluated);
+  EXPECT_EQ(r.test.count, 48);
+  EXPECT_NEAR(ev.top1, r.test.top1, 1e-12);  // one epoch: best is last
+  EXPECT_NEAR(ev.loss, r.test.loss, 1e-9);
   // The packed file evaluates on the 2-bit kernels to the same numbers (up to
   // summation order), and a mismatched --model is refused.
   const std::string packed = q.out + "/packed.safetensors";
   models::pack_model_file(eo.weights, packed, "");
   train::EvalOptions po = eo;
   po.weights = packed;
-  train::EvalResult pv = train::run_eval(po, log);
+  train::EvalResult pv = train::run_eval(po, log).result;
   EXPECT_EQ(pv.count, ev.count);
   EXPECT_NEAR(pv.loss, ev.loss, 1e-4 * std::max(1.0, ev.loss));
   EXPECT_NEAR(pv.top1, ev.top1, 1.0 / 48 + 1e-12);  // a near-tie may flip one image at most
   EXPECT_NEAR(pv.top5, ev.top5, 1.0 / 48 + 1e-12);
   po.model = "squeezenet";
   EXPECT_THROW(train::run_eval(po, log), InputError);
+}
+
+// Model selection sees the validation split only; the test split is evaluated
+// once, on best.safetensors, and reported as metrics.jsonl's final line.
+TEST_F(TrainLoop, TestSplitIsTouchedOnceOnTheBestCheckpoint) {
+  std::ostringstream log;
+  auto o = tiny_options(s_data, run_dir("test_split"));
+  o.epochs = 3;
+  o.val_size = 20;
+  train::RunResult r = train::run_training(o, log);
+  ASSERT_EQ(r.exit_code, 0);
+  auto lines = metrics_lines(o.out);
+  ASSERT_EQ(lines.size(), 4u);
+  for (size_t e = 0; e < 3; ++e) {
+    EXPECT_FALSE(lines[e].contains("test_top1")) << "epoch " << e + 1 << " saw the test split";
+    EXPECT_EQ(lines[e]["epoch"], static_cast<int>(e) + 1);
+  }
+  const nlohmann::json& fin = lines[3];
+  EXPECT_EQ(fin["final"], true);
+  ASSERT_TRUE(fin["test_top1"].is_number()) << fin.dump();
+  EXPECT_EQ(fin["test_images"], 48);
+  // The best epoch is the first one with the highest val top1.
+  int best = 1;
+  for (int e = 2; e <= 3; ++e)
+    if (lines[e - 1]["val_top1"].get<double>() > lines[best - 1]["val_top1"].get<double>()) best = e;
+  EXPECT_EQ(fin["best_epoch"], best);
+  EXPECT_EQ(r.test.best_epoch, best);
+  // ttq_eval --split test on best.safetensors gives the reported numbers.
+  train::EvalOptions eo;
+  eo.weights = o.out + "/best.safetensors";
+  eo.data = o.data;
+  eo.device = "cpu";
+  eo.split = "test";
+  train::EvalResult ev = train::run_eval(eo, log).result;
+  EXPECT_NEAR(ev.top1, fin["test_top1"].get<double>(), 1e-12);
+  EXPECT_NEAR(ev.loss, fin["test_loss"].get<double>(), 1e-9);
+  // --split val uses the run's --val-size, recorded in the checkpoint.
+  eo.split = "val";
+  train::EvalResult vv = train::run_eval(eo, log).result;
+  EXPECT_EQ(vv.count, 20);
+  EXPECT_NEAR(vv.top1, lines[best - 1]["val_top1"].get<double>(), 1e-12);
+  // --split all is every image of the data set: 96 + 48.
+  eo.split = "all";
+  EXPECT_EQ(train::run_eval(eo, log).result.count, 96 + 48);
+  eo.split = "train";
+  EXPECT_THROW(train::run_eval(eo, log), InputError);
+  // config.json says where each split comes from.
+  std::ifstream cf(o.out + "/config.json");
+  const auto config = nlohmann::json::parse(cf);
+  EXPECT_EQ(config["val_size"], 20);
+  EXPECT_EQ(config["val_images"], 20);
+  EXPECT_EQ(config["train_images"], 76);
+  EXPECT_EQ(config["test_images"], 48);
+  EXPECT_NE(config["val_from"].get<std::string>().find("held out"), std::string::npos);
+}
+
+// Metrics lines are JSON whatever the numbers: a non-finite value is null.
+TEST(TrainMetrics, NonFiniteNumbersAreWrittenAsNull) {
+  train::EpochMetrics m;
+  m.epoch = 3;
+  m.train_loss = std::numeric_limits<double>::quiet_NaN();
+  m.val_loss = std::numeric_limits<double>::infinity();
+  m.val_top1 = 0.5;
+  m.ttq = true;
+  m.mean_wp = -std::numeric_limits<double>::infinity();
+  const auto j = nlohmann::json::parse(m.json());
+  EXPECT_TRUE(j["train_loss"].is_null());
+  EXPECT_TRUE(j["val_loss"].is_null());
+  EXPECT_TRUE(j["mean_wp"].is_null());
+  EXPECT_EQ(j["val_top1"], 0.5);
+  EXPECT_EQ(j["epoch"], 3);
+  train::TestMetrics t;
+  t.evaluated = true;
+  t.loss = std::numeric_limits<double>::quiet_NaN();
+  const auto k = nlohmann::json::parse(t.json());
+  EXPECT_TRUE(k["test_loss"].is_null());
+  EXPECT_EQ(k["final"], true);
+  train::TestMetrics none;
+  EXPECT_TRUE(nlohmann::json::parse(none.json())["test_top1"].is_null());
+}
+
+// A validation loss that is not finite is divergence even when the training loss
+// is fine: here the last BN's running statistics send eval-mode activations to
+// infinity (training mode normalises with batch statistics and never sees them).
+TEST_F(TrainLoop, NonFiniteValidationLossIsDivergence) {
+  std::ostringstream log;
+  auto fp = tiny_options(s_data, run_dir("val_nan_init"));
+  fp.epochs = 1;
+  ASSERT_EQ(train::run_training(fp, log).exit_code, 0);
+  io::SafeTensors st = io::read_safetensors(fp.out + "/best.safetensors");
+  io::NamedTensors tensors;
+  for (const auto& [name, t] : st.tensors()) {
+    if (name.rfind("optimizer", 0) == 0 || name.rfind("scheduler.", 0) == 0)
+      continue;
+    Tensor c = t.clone();
+    if (name == "features.norm4.running_mean") {
+      float* p = c.data<float>();
+      for (int64_t i = 0; i < c.numel(); ++i) p[i] = -3e38f;
+    }
+    if (name == "features.norm4.running_var") {
+      float* p = c.data<float>();
+      for (int64_t i = 0; i < c.numel(); ++i) p[i] = 1e-30f;
+    }
+    tensors.emplace_back(name, c);
+  }
+  const std::string init = run_dir("val_nan_init") + ".safetensors";
+  io::Metadata meta;
+  meta["model"] = "small_densenet";
+  io::write_safetensors(init, tensors, meta);
+
+  auto o = tiny_options(s_data, run_dir("val_nan"));
+  o.init = init;
+  o.epochs = 2;
+  o.limit_train = 16;  // one step: the running statistics stay where the file put them
+  try {
+    train::run_training(o, log);
+    FAIL() << "expected the validation loss to diverge";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("validation loss is"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(o.out + "/best.safetensors"));  // never saved as best
+  EXPECT_FALSE(fs::exists(o.out + "/last.safetensors"));  // nothing good to keep yet
+  fs::remove(init);
 }
 
 TEST_F(TrainLoop, DivergedLossIsAnInputError) {

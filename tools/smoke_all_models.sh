@@ -14,7 +14,7 @@ for model in small_densenet squeezenet densenet121; do
     [[ $phase == ttq ]] && init=(--init "$out/$model-fp/last.safetensors")
     start=$SECONDS
     build/tools/ttq_train --model "$model" --phase $phase "${init[@]}" --out "$out/$model-$phase" \
-      --device "$device" --epochs 1 --batch 32 --limit-train 64 --limit-val 64 --quiet 2>&1 | grep '^epoch'
+      --device "$device" --epochs 1 --batch 32 --limit-train 64 --limit-val 64 --limit-test 64 --quiet 2>&1 | grep '^epoch'
     echo "$model $phase: $((SECONDS - start)) s"
   done
 done

@@ -1,5 +1,5 @@
-// ttq_eval: loss, top-1 and top-5 of a checkpoint on a data set's validation
-// split. Flags only: the logic is in train/trainer.cpp (run_eval).
+// ttq_eval: loss, top-1 and top-5 of a checkpoint on one split of a data set
+// (--split val|test|all). Flags only: the logic is in train/trainer.cpp (run_eval).
 // Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
 #include <CLI/CLI.hpp>
 #include <fstream>
@@ -21,7 +21,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--device", o.device, "cpu, cuda or cuda:N (default: cuda when available, else cpu)");
   app.add_option("--batch", o.batch, "Batch size")->capture_default_str();
-  app.add_option("--limit-val", o.limit_val, "Use N validation images (0: all)")->capture_default_str();
+  app.add_option("--split", o.split,
+                 "val: the validation split as training formed it (held out of the training images when the data "
+                 "set has no validation split of its own); test: the test split (fashion-mnist/mnist t10k, "
+                 "tiny-imagenet's val/, folder:DIR/test); all: every image of the data set")
+      ->capture_default_str();
+  app.add_option("--val-size", o.val_size,
+                 "Held-out validation size (default: what the weights' metadata records, else 10% of the "
+                 "training images, at most 5000)");
+  app.add_option("--limit", o.limit, "Evaluate a seeded subset of N images of the split (0: all)")
+      ->capture_default_str();
   app.add_option("--workers", o.workers, "Data loader threads")->capture_default_str();
   app.add_option("--json", json_out, "Also write the result as JSON to this file");
   try {
@@ -32,13 +41,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    ttq::train::EvalResult r = ttq::train::run_eval(o, std::cerr);
-    std::printf("images %lld  loss %.4f  top1 %.2f%%  top5 %.2f%%\n", static_cast<long long>(r.count), r.loss,
-                100 * r.top1, 100 * r.top5);
+    const ttq::train::EvalReport report = ttq::train::run_eval(o, std::cerr);
+    const ttq::train::EvalResult& r = report.result;
+    std::printf("%s split, images %lld  loss %.4f  top1 %.2f%%  top5 %.2f%%\n", o.split.c_str(),
+                static_cast<long long>(r.count), r.loss, 100 * r.top1, 100 * r.top5);
     if (!json_out.empty()) {
       nlohmann::json j;
       j["weights"] = o.weights;
       j["data"] = o.data;
+      j["split"] = o.split;
+      j["split_from"] = report.split;
       j["images"] = r.count;
       j["loss"] = r.loss;
       j["top1"] = r.top1;

@@ -14,6 +14,10 @@ int main(int argc, char** argv) {
       "Train a ttq model: full precision (--phase fp) or Trained Ternary Quantization from a\n"
       "full-precision checkpoint (--phase ttq). Writes RUN_DIR/config.json, metrics.jsonl,\n"
       "last.safetensors (every epoch) and best.safetensors (best validation top-1).\n"
+      "Splits: the validation split (best checkpoint, schedule, early stop) is the data set's own\n"
+      "(folder:DIR/val) or held out of the training images (--val-size); the test split\n"
+      "(fashion-mnist/mnist t10k, tiny-imagenet's val/, folder:DIR/test) is used once, at the end,\n"
+      "on best.safetensors, and reported in the summary and as metrics.jsonl's last line.\n"
       "Unset numeric flags take the seed project's defaults for the model and phase."};
   ttq::train::TrainOptions o;
   bool quiet = false;
@@ -42,6 +46,12 @@ int main(int argc, char** argv) {
   app.add_option("--workers", o.workers, "Data loader threads")->capture_default_str();
   app.add_option("--limit-train", o.limit_train, "Use N training images (0: all)")->capture_default_str();
   app.add_option("--limit-val", o.limit_val, "Use N validation images (0: all)")->capture_default_str();
+  app.add_option("--limit-test", o.limit_test, "Test the final model on N test images (0: all)")
+      ->capture_default_str();
+  app.add_option("--val-size", o.val_size,
+                 "Images held out of the training images for validation when the data set has no validation "
+                 "split of its own (fashion-mnist, mnist, tiny-imagenet, folder:DIR without DIR/val); stratified "
+                 "by class, seeded, the same in every run (default: 10% of the training images, at most 5000)");
   app.add_option("--eval-batch", o.eval_batch, "Validation batch size")->capture_default_str();
   app.add_option("--early-stop-patience", o.early_stop_patience,
                  "Stop when val top-1 has not beaten the 5-epoch mean of N epochs earlier by 0.01")
@@ -65,8 +75,14 @@ int main(int argc, char** argv) {
     ttq::train::RunResult r = ttq::train::run_training(o, std::cerr);
     if (r.exit_code == 0) {
       std::cout << "done: " << r.epochs_completed << " epochs, best val top1 " << 100.0 * r.best_val_top1
-                << "%, last val top1 " << 100.0 * r.last.val_top1 << "%";
+                << "% (epoch " << r.test.best_epoch << "), last val top1 " << 100.0 * r.last.val_top1 << "%";
       if (r.last.ttq) std::cout << ", zeros " << 100.0 * r.last.zero_fraction << "%";
+      if (r.test.evaluated) {
+        std::cout << "; test top1 " << 100.0 * r.test.top1 << "% top5 " << 100.0 * r.test.top5 << "% ("
+                  << r.test.count << " images, best checkpoint)";
+      } else {
+        std::cout << "; no test split";
+      }
       std::cout << "\n";
     }
     return r.exit_code;

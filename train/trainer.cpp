@@ -39,39 +39,6 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// The first `n` items of a seeded permutation of `base` (classes stay mixed).
-class SubsetDataset : public data::Dataset {
- public:
-  SubsetDataset(std::shared_ptr<const data::Dataset> base, int64_t n, uint64_t seed) : m_base(std::move(base)) {
-    std::vector<int64_t> idx(m_base->size());
-    for (int64_t i = 0; i < m_base->size(); ++i) idx[i] = i;
-    Generator g(seed ^ 0x5b5e7ull);
-    for (int64_t i = static_cast<int64_t>(idx.size()) - 1; i > 0; --i)
-      std::swap(idx[i], idx[static_cast<int64_t>(g.below(static_cast<uint64_t>(i + 1)))]);
-    idx.resize(std::min<int64_t>(n, m_base->size()));
-    std::sort(idx.begin(), idx.end());
-    m_indices = std::move(idx);
-    m_class_names = m_base->class_names();
-    m_class_descriptions = m_base->class_descriptions();
-    m_channels = m_base->channels();
-    m_image_size = m_base->image_size();
-  }
-  int64_t size() const override { return static_cast<int64_t>(m_indices.size()); }
-  int64_t label(int64_t i) const override { return m_base->label(m_indices[i]); }
-  std::string item_name(int64_t i) const override { return m_base->item_name(m_indices[i]); }
-
- protected:
-  data::DecodeResult decode(int64_t i, data::Image* out) const override {
-    // The base reports an unusable item itself (once); this only passes the verdict on.
-    if (m_base->load(m_indices[i], out)) return {true, ""};
-    return {false, "unusable", /*reported=*/true};
-  }
-
- private:
-  std::shared_ptr<const data::Dataset> m_base;
-  std::vector<int64_t> m_indices;
-};
-
 std::string fmt_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   int64_t t = static_cast<int64_t>(s + 0.5);
@@ -111,11 +78,6 @@ class Progress {
   bool m_dirty = false;
 };
 
-std::string json_number(double v) {
-  std::ostringstream os;
-  os << std::setprecision(10) << v;
-  return os.str();
-}
 
 // Options of a loader over a split: training batches are shuffled and augmented,
 // validation batches are neither.
@@ -177,19 +139,46 @@ void install_signal_handlers() {
 void request_stop(int signal_number) { g_stop_signal.store(signal_number); }
 void clear_stop_request() { g_stop_signal.store(0); }
 
+// JSON through nlohmann::json throughout: a non-finite number becomes null, so
+// every line stays valid JSON whatever the values.
 std::string EpochMetrics::json() const {
-  std::ostringstream os;
-  os << "{\"epoch\": " << epoch << ", \"train_loss\": " << json_number(train_loss)
-     << ", \"train_top1\": " << json_number(train_top1) << ", \"val_loss\": " << json_number(val_loss)
-     << ", \"val_top1\": " << json_number(val_top1) << ", \"val_top5\": " << json_number(val_top5)
-     << ", \"lr\": " << json_number(lr) << ", \"seconds\": " << json_number(seconds)
-     << ", \"images_per_second\": " << json_number(images_per_second);
+  nlohmann::ordered_json j;
+  j["epoch"] = epoch;
+  j["train_loss"] = train_loss;
+  j["train_top1"] = train_top1;
+  j["val_loss"] = val_loss;
+  j["val_top1"] = val_top1;
+  j["val_top5"] = val_top5;
+  j["lr"] = lr;
+  j["seconds"] = seconds;
+  j["images_per_second"] = images_per_second;
   if (ttq) {
-    os << ", \"zero_fraction\": " << json_number(zero_fraction) << ", \"mean_wp\": " << json_number(mean_wp)
-       << ", \"mean_wn\": " << json_number(mean_wn);
+    j["zero_fraction"] = zero_fraction;
+    j["mean_wp"] = mean_wp;
+    j["mean_wn"] = mean_wn;
   }
-  os << ", \"skipped\": " << skipped << "}";
-  return os.str();
+  j["skipped"] = skipped;
+  return j.dump();
+}
+
+std::string TestMetrics::json() const {
+  nlohmann::ordered_json j;
+  j["final"] = true;
+  j["best_epoch"] = best_epoch;
+  j["best_val_top1"] = best_val_top1;
+  if (evaluated) {
+    j["test_loss"] = loss;
+    j["test_top1"] = top1;
+    j["test_top5"] = top5;
+    j["test_images"] = count;
+  } else {
+    j["test_loss"] = nullptr;
+    j["test_top1"] = nullptr;
+    j["test_top5"] = nullptr;
+    j["test_images"] = 0;
+  }
+  j["test_from"] = from;
+  return j.dump();
 }
 
 TrainOptions resolve_defaults(TrainOptions o) {
@@ -287,12 +276,15 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   // ---- data
   data::DataSpec spec = data::parse_data_spec(o.data);
   data::Preprocess pre = data::preprocess_for(spec);
-  data::Splits splits = data::open_data(spec, pre.image_size);
+  data::SplitOptions split_options;
+  split_options.val_size = o.val_size;
+  data::Splits splits = data::open_data(spec, pre.image_size, split_options);
   TTQ_INPUT_CHECK(splits.train && splits.train->size() > 0) << o.data << ": no training images";
   TTQ_INPUT_CHECK(splits.val && splits.val->size() > 0) << o.data << ": no validation images";
-  std::shared_ptr<const data::Dataset> train_set = splits.train, val_set = splits.val;
-  if (o.limit_train > 0) train_set = std::make_shared<SubsetDataset>(train_set, o.limit_train, o.seed);
-  if (o.limit_val > 0) val_set = std::make_shared<SubsetDataset>(val_set, o.limit_val, o.seed + 1);
+  std::shared_ptr<const data::Dataset> train_set = splits.train, val_set = splits.val, test_set = splits.test;
+  if (o.limit_train > 0) train_set = data::random_subset(train_set, o.limit_train, o.seed);
+  if (o.limit_val > 0) val_set = data::random_subset(val_set, o.limit_val, o.seed + 1);
+  if (test_set && o.limit_test > 0) test_set = data::random_subset(test_set, o.limit_test, o.seed + 2);
 
   data::Loader train_loader(train_set, pre, loader_options(o.batch, o.workers, o.seed, true));
   data::Loader val_loader(val_set, pre, loader_options(o.eval_batch, o.workers, o.seed, false));
@@ -381,6 +373,10 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     pj["mean"] = std::vector<float>(pre.mean.begin(), pre.mean.begin() + pre.channels);
     pj["std"] = std::vector<float>(pre.std.begin(), pre.std.begin() + pre.channels);
     extra["preprocess"] = pj.dump();
+    nlohmann::json sj;
+    sj["val_size"] = splits.val_size;  // 0: the data set's own validation split
+    sj["seed"] = split_options.seed;
+    extra["split"] = sj.dump();
   }
   {
     nlohmann::json cj;
@@ -404,8 +400,13 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     cj["workers"] = o.workers;
     cj["limit_train"] = o.limit_train;
     cj["limit_val"] = o.limit_val;
+    cj["limit_test"] = o.limit_test;
+    cj["val_size"] = splits.val_size;
+    cj["val_from"] = splits.val_from;
+    cj["test_from"] = splits.test_from;
     cj["train_images"] = train_set->size();
     cj["val_images"] = val_set->size();
+    cj["test_images"] = test_set ? test_set->size() : 0;
     cj["classes"] = train_set->num_classes();
     cj["parameters"] = model->num_parameters();
     cj["early_stop_patience"] = o.early_stop_patience;
@@ -437,8 +438,10 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   Progress progress(log, o.progress, tty);
   const int64_t nb = train_loader.batches_per_epoch();
   log << o.model << " " << o.phase << " on " << device.str() << ": " << train_set->size() << " train / "
-      << val_set->size() << " val images, " << train_set->num_classes() << " classes, " << nb
-      << " batches of " << o.batch << " per epoch, " << model->num_parameters() << " parameters\n";
+      << val_set->size() << " val / " << (test_set ? test_set->size() : 0) << " test images, "
+      << train_set->num_classes() << " classes, " << nb << " batches of " << o.batch << " per epoch, "
+      << model->num_parameters() << " parameters\n"
+      << "validation: " << splits.val_from << "; test: " << splits.test_from << "\n";
 
   RunResult result;
   result.best_val_top1 = st.best_val_top1;
@@ -502,6 +505,10 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     check_some_loaded(count, train_loader, o.data, "training");
     const double train_seconds = seconds_before + seconds_since(t0);
     EvalResult ev = evaluate(*model, val_loader, device);
+    if (!std::isfinite(ev.loss)) {
+      TTQ_INPUT_ERROR() << "training diverged: validation loss is " << ev.loss << " after epoch " << epoch + 1
+                        << " (lower --lr; " << last_path << " holds the last good state)";
+    }
     check_some_loaded(static_cast<double>(ev.count), val_loader, o.data, "validation");
 
     EpochMetrics m;
@@ -569,34 +576,100 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       return result;
     }
   }
+
+  // ---- the test split, touched once: the best checkpoint's verdict.
+  TestMetrics& tm = result.test;
+  tm.from = splits.test_from;
+  tm.best_val_top1 = st.best_val_top1;
+  for (size_t e = 0; e < st.val_top1_history.size(); ++e) {
+    if (tm.best_epoch == 0 || st.val_top1_history[e] > st.val_top1_history[tm.best_epoch - 1])
+      tm.best_epoch = static_cast<int64_t>(e) + 1;
+  }
+  if (test_set) {
+    CheckpointContent best = read_checkpoint(best_path);
+    if (ttq_phase) {
+      models::load_ttq_checkpoint(*model, ttq, best.model_tensors, best_path);
+    } else {
+      models::load_weights(*model, best.model_tensors, best_path);
+    }
+    model->to(device);
+    data::Loader test_loader(test_set, pre, loader_options(o.eval_batch, o.workers, o.seed, false));
+    EvalResult te = evaluate(*model, test_loader, device);
+    check_some_loaded(static_cast<double>(te.count), test_loader, o.data, "test");
+    tm.evaluated = true;
+    tm.loss = te.loss;
+    tm.top1 = te.top1;
+    tm.top5 = te.top5;
+    tm.count = te.count;
+    log << std::fixed << std::setprecision(2) << "test (" << te.count << " images, best epoch " << tm.best_epoch
+        << " by val top1 " << 100 * tm.best_val_top1 << "%): loss " << std::setprecision(4) << te.loss
+        << " top1 " << std::setprecision(2) << 100 * te.top1 << "% top5 " << 100 * te.top5 << "%\n";
+  } else {
+    log << "no test split (" << splits.test_from << ")\n";
+  }
+  {
+    std::ofstream f(metrics_path, std::ios::app);
+    f << tm.json() << "\n";
+    f.flush();
+  }
   return result;
 }
 
-EvalResult run_eval(const EvalOptions& o, std::ostream& log) {
+EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
   TTQ_INPUT_CHECK(!o.weights.empty()) << "--weights: a checkpoint file is required";
   TTQ_INPUT_CHECK(o.batch >= 1) << "--batch must be at least 1";
+  TTQ_INPUT_CHECK(o.split == "val" || o.split == "test" || o.split == "all")
+      << "--split: expected val, test or all, got '" << o.split << "'";
+  TTQ_INPUT_CHECK(o.limit >= 0) << "--limit must be >= 0";
+  const io::Header h = io::read_safetensors_header(o.weights);
   const Device device = models::pick_device(o.device, log);
   data::DataSpec spec = data::parse_data_spec(o.data);
   data::Preprocess pre = data::preprocess_for(spec);
-  data::Splits splits = data::open_data(spec, pre.image_size);
-  std::shared_ptr<const data::Dataset> val_set = splits.val;
-  TTQ_INPUT_CHECK(val_set && val_set->size() > 0) << o.data << ": no validation images";
-  if (o.limit_val > 0) val_set = std::make_shared<SubsetDataset>(val_set, o.limit_val, o.seed + 1);
+  // The validation split as training formed it: its held-out size is in the
+  // weights' metadata (checkpoints and packed files carry it), unless --val-size says.
+  data::SplitOptions split_options;
+  split_options.val_size = o.val_size;
+  if (auto it = h.metadata.find("split"); it != h.metadata.end() && o.val_size < 0) {
+    try {
+      const auto j = nlohmann::json::parse(it->second);
+      const int64_t v = j.at("val_size").get<int64_t>();
+      if (v > 0) split_options.val_size = v;
+      split_options.seed = j.at("seed").get<uint64_t>();
+    } catch (const nlohmann::json::exception& e) {
+      TTQ_INPUT_ERROR() << o.weights << ": metadata 'split' is not {\"val_size\": N, \"seed\": S}";
+    }
+  }
+  data::Splits splits = data::open_data(spec, pre.image_size, split_options);
+  std::shared_ptr<const data::Dataset> eval_set;
+  EvalReport report;
+  if (o.split == "val") {
+    eval_set = splits.val;
+    report.split = "val: " + splits.val_from;
+  } else if (o.split == "test") {
+    TTQ_INPUT_CHECK(splits.test) << "--split test: " << o.data << " has no test split (" << splits.test_from
+                                 << ")";
+    eval_set = splits.test;
+    report.split = "test: " + splits.test_from;
+  } else {
+    eval_set = splits.all;
+    report.split = "all: every image of " + spec.str();
+  }
+  TTQ_INPUT_CHECK(eval_set && eval_set->size() > 0) << o.data << ": no images in the " << o.split << " split";
+  if (o.limit > 0) eval_set = data::random_subset(eval_set, o.limit, o.seed + 1);
 
   auto check_fits = [&](const models::ModelConfig& config) {
     TTQ_INPUT_CHECK(config.in_channels == pre.channels)
         << o.weights << ": the model takes " << config.in_channels << " input channels, " << o.data << " has "
         << pre.channels;
-    TTQ_INPUT_CHECK(config.num_classes == val_set->num_classes())
+    TTQ_INPUT_CHECK(config.num_classes == eval_set->num_classes())
         << o.weights << ": the model has " << config.num_classes << " classes, " << o.data << " has "
-        << val_set->num_classes();
+        << eval_set->num_classes();
   };
   // Checked here so that the message names ttq_eval's flag (the loaders' name --arch).
-  const io::Header h = io::read_safetensors_header(o.weights);
   auto named = h.metadata.find("model");
   TTQ_INPUT_CHECK(o.model.empty() || named == h.metadata.end() || named->second == o.model)
       << o.weights << ": holds a " << named->second << ", not a " << o.model << " (--model)";
-  data::Loader loader(val_set, pre, loader_options(o.batch, o.workers, o.seed, false));
+  data::Loader loader(eval_set, pre, loader_options(o.batch, o.workers, o.seed, false));
   EvalResult r;
   if (models::is_packed_file(o.weights)) {
     // The deployed artefact itself: the packed 2-bit kernels, not the float layers.
@@ -620,9 +693,10 @@ EvalResult run_eval(const EvalOptions& o, std::ostream& log) {
     check_fits(model->config());
     r = evaluate(*model, loader, device);
   }
-  check_some_loaded(static_cast<double>(r.count), loader, o.data, "validation");
+  check_some_loaded(static_cast<double>(r.count), loader, o.data, o.split.c_str());
   if (loader.skipped_in_epoch() > 0) log << loader.skipped_in_epoch() << " unreadable images skipped\n";
-  return r;
+  report.result = r;
+  return report;
 }
 
 }  // namespace ttq::train

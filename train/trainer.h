@@ -1,5 +1,5 @@
 // The training loop behind ttq_train: both phases (full precision, TTQ),
-// the seed's optimisers and schedules (DESIGN.md section 3), run folders
+// the seed's optimisers and schedules (docs/ttq.md), run folders
 // (config.json, metrics.jsonl, last / best checkpoints, all written
 // atomically), exact resume, signal handling and divergence checks.
 // Tests: tests/test_train_loop.cpp (resume equivalence, SIGKILL, NaN).
@@ -39,6 +39,10 @@ struct TrainOptions {
   int workers = 2;
   int64_t limit_train = 0;  // 0 = all
   int64_t limit_val = 0;
+  int64_t limit_test = 0;
+  // Images held out of the training images for validation when the data set has
+  // no validation split of its own (-1: 10%, at most 5000; data/dataset.h).
+  int64_t val_size = -1;
   int64_t eval_batch = 256;
   int early_stop_patience = 10;  // the seed's train(patience=10, threshold=0.01)
   double early_stop_threshold = 0.01;
@@ -53,8 +57,8 @@ struct TrainOptions {
   int64_t stop_after_steps = 0;
 };
 
-// Fills in the seed's defaults (DESIGN.md section 3) for every unset field.
-// Throws ttq::InputError naming the flag for an impossible value.
+// Fills in the seed's defaults (docs/ttq.md, "Defaults of ttq_train") for every
+// unset field. Throws ttq::InputError naming the flag for an impossible value.
 TrainOptions resolve_defaults(TrainOptions o);
 
 struct EpochMetrics {
@@ -69,17 +73,34 @@ struct EpochMetrics {
   std::string json() const;  // one line
 };
 
+// The test split's verdict on the best checkpoint, once, at the end of a run
+// (metrics.jsonl's last line, with "final": true).
+struct TestMetrics {
+  bool evaluated = false;  // false when the data set has no test split
+  int64_t best_epoch = 0;
+  double best_val_top1 = 0;
+  double loss = 0, top1 = 0, top5 = 0;
+  int64_t count = 0;
+  std::string from;  // where the test split comes from
+  std::string json() const;  // one line
+};
+
 struct RunResult {
   int exit_code = 0;  // 0 done, 130 SIGINT, 143 SIGTERM
   int64_t epochs_completed = 0;
   double best_val_top1 = 0;
   EpochMetrics last;
   bool early_stopped = false;
+  TestMetrics test;  // filled when the run finished (exit_code 0)
 };
 
 // Runs (or resumes) a training run. `log` receives progress and summary lines.
+// Model selection (best.safetensors, the plateau schedule, early stop) uses the
+// validation split only; when the run finishes, best.safetensors is evaluated
+// once on the test split (RunResult::test, metrics.jsonl's final line).
 // Throws ttq::InputError (exit code 2) for bad flags, data or checkpoints, and
-// when the loss becomes NaN or infinite (the last good checkpoint stays in place).
+// when the training or validation loss becomes NaN or infinite (the last good
+// checkpoint stays in place and is never saved as best).
 RunResult run_training(const TrainOptions& options, std::ostream& log);
 
 struct EvalResult {
@@ -106,16 +127,25 @@ struct EvalOptions {
   std::string model;    // architecture; optional when the file's metadata names it
   std::string weights;  // checkpoint, TTQ checkpoint or plain import (safetensors)
   std::string data = "fashion-mnist";
+  std::string split = "val";  // val | test | all
+  // Held-out validation size (-1: what the weights' metadata records, else the default).
+  int64_t val_size = -1;
   std::string device;
   int64_t batch = 256;
-  int64_t limit_val = 0;
+  int64_t limit = 0;  // evaluate a seeded subset of this many images (0: the whole split)
   int workers = 2;
-  uint64_t seed = 0;  // for --limit-val's subset
+  uint64_t seed = 0;  // for --limit's subset
+};
+struct EvalReport {
+  EvalResult result;
+  std::string split;  // the split evaluated and where it comes from
 };
 // Loads the weights (a training checkpoint's optimiser state is ignored; a TTQ
-// checkpoint runs with its ternary weights) and evaluates them on the data's
-// validation split (the test set for Fashion-MNIST). A packed 2-bit file
-// (ttq_pack) runs on the packed kernels, so the deployed artefact is what is measured.
-EvalResult run_eval(const EvalOptions& options, std::ostream& log);
+// checkpoint runs with its ternary weights) and evaluates them on one split of
+// the data: val (as training formed it: the held-out size comes from the
+// weights' metadata), test (touch it once, for the final number) or all (every
+// image of the data set). A packed 2-bit file (ttq_pack) runs on the packed
+// kernels, so the deployed artefact is what is measured.
+EvalReport run_eval(const EvalOptions& options, std::ostream& log);
 
 }  // namespace ttq::train

@@ -50,8 +50,11 @@ Tensor reshape(const Tensor& x, const Shape& shape);
 Tensor flatten(const Tensor& x);  // [N, ...] -> [N, prod(...)]
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
 
-// No gradient: number of rows whose label is among the k largest logits.
-// A row counts when fewer than k logits are strictly greater than its label's.
+// No gradient: number of rows whose label strictly wins a top-k place. The one
+// place accuracy is computed. A row counts when fewer than k other classes score
+// at least as high as its label (a tie counts against it: a collapsed network
+// whose logits are all equal scores 0), and only when every logit of the row is
+// finite (a NaN or an infinity anywhere makes the row wrong).
 int64_t topk_correct(const Tensor& logits, const Tensor& labels, int k);
 
 // Debugging: when on, every output the ops allocate (forward and backward) is

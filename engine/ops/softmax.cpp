@@ -130,10 +130,17 @@ int64_t topk_correct(const Tensor& logits, const Tensor& labels, int k) {
   for (int64_t i = 0; i < n; ++i) {
     TTQ_CHECK(l[i] >= 0 && l[i] < c) << "topk_correct: label " << l[i] << " of row " << i
                                      << " out of range [0, " << c << ")";
-    const double target = v[i * c + l[i]];
-    int64_t greater = 0;
-    for (int64_t j = 0; j < c; ++j) greater += v[i * c + j] > target ? 1 : 0;
-    correct += greater < k ? 1 : 0;
+    // Every other class scoring at least as high as the true class ranks ahead of it
+    // (a tie is a miss), and a row with a NaN or an infinity is a miss whatever its values.
+    const double* row = v.data() + i * c;
+    const double target = row[l[i]];
+    bool finite = true;
+    int64_t ahead = 0;
+    for (int64_t j = 0; j < c; ++j) {
+      finite = finite && std::isfinite(row[j]);
+      ahead += j != l[i] && row[j] >= target ? 1 : 0;
+    }
+    correct += finite && ahead < k ? 1 : 0;
   }
   return correct;
 }
