@@ -1,8 +1,8 @@
 // DenseNet-BC as in docs/architecture.md ("Models"): the seed's small DenseNet
 // and its DenseNet-121 variant, with the seed's state-dict names
 // (features.denseblockI.denselayerJ.norm.1 ...). The dense layer has a
-// memory-efficient training path that recomputes concat -> BN -> ReLU -> 1x1
-// conv in backward (Pleiss et al. 2017, by recomputation). Tests:
+// memory-efficient training path, ops::dense_bottleneck, that recomputes
+// concat -> BN -> ReLU in backward (Pleiss et al. 2017, by recomputation). Tests:
 // tests/test_models.cpp (both paths agree, parameter counts), tests/test_seed_parity.cpp.
 #pragma once
 
