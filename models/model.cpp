@@ -77,10 +77,18 @@ void Model::check_input(const Shape& x, const std::string& what) const {
 
 std::vector<std::string> names() { return {"small_densenet", "squeezenet", "densenet121"}; }
 
+void check_config(const ModelConfig& c, const std::string& what) {
+  TTQ_INPUT_CHECK(c.in_channels >= 1 && c.in_channels <= kMaxInChannels)
+      << what << ": in_channels " << c.in_channels << " outside [1, " << kMaxInChannels << "]";
+  TTQ_INPUT_CHECK(c.num_classes >= 1 && c.num_classes <= kMaxClasses)
+      << what << ": num_classes " << c.num_classes << " outside [1, " << kMaxClasses << "]";
+  TTQ_INPUT_CHECK(c.input_size >= 1 && c.input_size <= kMaxInputSize)
+      << what << ": input_size " << c.input_size << " outside [1, " << kMaxInputSize << "]";
+  TTQ_INPUT_CHECK(c.dropout < 1) << what << ": dropout must be below 1, got " << c.dropout;
+}
+
 ModelPtr create(const std::string& name, const ModelConfig& config, Generator& gen) {
-  TTQ_INPUT_CHECK(config.in_channels >= 1 && config.num_classes >= 1 && config.input_size >= 1)
-      << name << ": in_channels, num_classes and input_size must be positive";
-  TTQ_INPUT_CHECK(config.dropout < 1) << name << ": dropout must be below 1, got " << config.dropout;
+  check_config(config, name);
   ModelPtr model;
   if (name == "small_densenet") {
     model = std::make_shared<DenseNet>(small_densenet_spec(), config, gen);
@@ -191,6 +199,7 @@ ModelConfig config_from_weights(const std::string& arch, const io::NamedTensors&
       << ", expected [classes, ...]";
   base.in_channels = conv->size(1);
   base.num_classes = cls->size(0);
+  check_config(base, source + ": the weights of " + arch);
   return base;
 }
 

@@ -33,6 +33,7 @@
 #include <sstream>
 
 #include "engine/cuda/runtime.h"
+#include "engine/io/values.h"
 #include "engine/io/write_file.h"
 #include "kernels/pack.h"
 #include "kernels/packed_format.h"
@@ -90,6 +91,7 @@ ModelConfig config_of(const std::string& arch, const io::NamedTensors& tensors, 
       // The shapes are authoritative; a malformed optional entry changes nothing.
     }
   }
+  check_config(c, source + ": model_config in metadata");
   return c;
 }
 
@@ -146,6 +148,8 @@ PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& me
     if (!layer_of(name, ".latent_weight", qnames).empty()) continue;
     if (!layer_of(name, ".wp", qnames).empty() || !layer_of(name, ".wn", qnames).empty()) {
       TTQ_INPUT_CHECK(t.numel() == 1) << source << ": " << io::quoted_name(name) << " must hold one value";
+      const std::string why = io::load_value_problem(t, DType::F32);
+      TTQ_INPUT_CHECK(why.empty()) << source << ": " << io::quoted_name(name) << " " << why;
       scale_hint[name] = static_cast<float>(t.item());
       continue;
     }
@@ -616,10 +620,14 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
     return t;
   };
   std::map<std::string, Tensor> host;  // F32 tensors by name (CPU)
+  const std::set<std::string> non_negative = nn::non_negative_state(*skeleton);
   for (const auto& [name, expected] : skeleton->state_dict()) {
     const std::string layer = layer_of(name, ".weight", qnames);
     if (layer.empty()) {
-      host[name] = fetch(name, DType::F32, expected.shape(), false);
+      const Tensor& t = fetch(name, DType::F32, expected.shape(), false);
+      const std::string why = io::load_value_problem(t, DType::F32, non_negative.count(name) != 0);
+      TTQ_INPUT_CHECK(why.empty()) << source << ": tensor " << io::quoted_name(name) << " " << why;
+      host[name] = t;
       continue;
     }
     const Tensor& codes =

@@ -87,7 +87,7 @@ inline int parse(CLI::App& app, const Flags& flags, int argc, char** argv, const
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    std::cerr << tool << ": " << e.what() << " (see --help)\n";
+    std::cerr << tool << ": " << printable(e.what()) << " (see --help)\n";  // argv may hold anything
     return 2;
   }
   try {
@@ -111,7 +111,7 @@ inline int run(const char* tool, const std::function<int()>& body) {
     std::cerr << tool << ": out of memory (smaller inputs or batches may fit)\n";
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << tool << ": internal error: " << e.what() << "\n";
+    std::cerr << tool << ": internal error: " << printable(e.what()) << "\n";
     return 1;
   }
 }

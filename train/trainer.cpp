@@ -124,6 +124,14 @@ io::NamedTensors read_init_weights(const std::string& path, const std::string& a
   return io::read_safetensors(path).tensors();
 }
 
+// An epoch or a validation pass that met items but could load none of them is an
+// error, not an accuracy: every item of the split was unreadable.
+void check_some_loaded(double loaded, const data::Loader& loader, const std::string& data,
+                       const char* split) {
+  TTQ_INPUT_CHECK(loaded > 0) << data << ": no readable image in the " << split << " split ("
+                              << loader.skipped_in_epoch() << " unreadable skipped)";
+}
+
 }  // namespace
 
 void install_signal_handlers() {
@@ -281,8 +289,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   if (o.resume) {
     const RunState& rs = resume_ckpt.state;
     TTQ_INPUT_CHECK(rs.batch <= train_loader.batches_per_epoch())
-        << last_path << ": stopped after batch " << rs.batch << " of an epoch of "
-        << train_loader.batches_per_epoch() << " batches";
+        << last_path << ": the run stopped after batch " << rs.batch << " of an epoch, but " << o.data
+        << " gives " << train_loader.batches_per_epoch() << " batches per epoch";
     // As many epochs as done: the run only redoes its final test.
     TTQ_INPUT_CHECK(rs.epoch <= o.epochs)
         << "--epochs " << o.epochs << ": the run in " << o.out << " has completed " << rs.epoch
@@ -437,7 +445,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     train_loader.start_epoch(epoch, first);
     double loss_sum = st.part_loss_sum, correct = st.part_correct, count = st.part_count;
     double seconds_before = st.part_seconds;
-    int64_t skipped = st.part_skipped;
+    // Unreadable training images of the batches before a mid-epoch resume.
+    const int64_t skipped_before = st.part_skipped;
     auto t0 = Clock::now();
     // SIGINT / SIGTERM inside the epoch: last.safetensors records the first
     // `done` batches and their partial sums, so that --resume carries on exactly
@@ -448,7 +457,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       st.part_loss_sum = loss_sum;
       st.part_correct = correct;
       st.part_count = count;
-      st.part_skipped = skipped;
+      st.part_skipped = skipped_before + train_loader.skipped_in_epoch();
       st.part_seconds = seconds_before + seconds_since(t0);
       auto g = nn::global_generator();
       st.rng_seed = g.seed();
@@ -480,7 +489,6 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       loss_sum += lv * n;
       correct += static_cast<double>(ops::topk_correct(logits, y, 1));
       count += n;
-      skipped += b->skipped;
       const int64_t done = b->index + 1;
       const double el = seconds_since(t0);
       const double ips = (count - st.part_count) / std::max(el, 1e-9);
@@ -493,6 +501,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       if (int sig = g_stop_signal.load(); sig != 0 && done < nb) return stop_inside_epoch(sig, done);
     }
     progress.finish_line();
+    check_some_loaded(count, train_loader, o.data, "training");
     const double train_seconds = seconds_before + seconds_since(t0);
     EvalResult ev = evaluate(*model, val_loader, device, [] { return g_stop_signal.load() != 0; });
     if (ev.stopped) return stop_inside_epoch(g_stop_signal.load(), nb);
@@ -500,7 +509,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       TTQ_INPUT_ERROR() << "training diverged: validation loss is " << ev.loss << " after epoch " << epoch + 1
                         << " (lower --lr; " << last_path << " holds the last good state)";
     }
-    TTQ_INPUT_CHECK(ev.count > 0) << o.data << ": no readable validation image";
+    check_some_loaded(static_cast<double>(ev.count), val_loader, o.data, "validation");
 
     EpochMetrics m;
     m.epoch = epoch + 1;
@@ -512,7 +521,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     m.lr = opt->lr(0);
     m.seconds = train_seconds + ev.seconds;
     m.images_per_second = count / std::max(train_seconds, 1e-9);
-    m.skipped = skipped + val_loader.skipped_in_epoch();
+    // The loaders count every skipped sample, also those of batches that had none left.
+    m.skipped = skipped_before + train_loader.skipped_in_epoch() + val_loader.skipped_in_epoch();
     if (ttq_phase) {
       models::TtqStats ts = models::ttq_stats(ttq);
       m.ttq = true;
@@ -595,7 +605,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       result.exit_code = 128 + sig;
       return result;
     }
-    TTQ_INPUT_CHECK(te.count > 0) << o.data << ": no readable test image";
+    check_some_loaded(static_cast<double>(te.count), test_loader, o.data, "test");
     tm.evaluated = true;
     tm.loss = te.loss;
     tm.top1 = te.top1;
@@ -696,8 +706,8 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
     log << device_note.str();
     r = evaluate(*model, loader, device);
   }
+  check_some_loaded(static_cast<double>(r.count), loader, o.data, o.split.c_str());
   if (loader.skipped_in_epoch() > 0) log << loader.skipped_in_epoch() << " unreadable images skipped\n";
-  TTQ_INPUT_CHECK(r.count > 0) << o.data << ": no readable image in the " << o.split << " split";
   report.result = r;
   return report;
 }

@@ -16,6 +16,7 @@
 #include <set>
 #include <string_view>
 
+#include "engine/io/file.h"
 #include "engine/io/write_file.h"
 
 namespace ttq::io {
@@ -288,14 +289,9 @@ bool pread_all(int fd, void* dst, size_t n, uint64_t offset) {
 }
 
 int open_for_read(const std::string& path, uint64_t* size) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  TTQ_INPUT_CHECK(fd >= 0) << path << ": cannot open: " << std::strerror(errno);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    TTQ_INPUT_ERROR() << path << ": not a regular file";
-  }
-  *size = static_cast<uint64_t>(st.st_size);
+  std::string problem;
+  int fd = open_regular_file(path, size, &problem);
+  TTQ_INPUT_CHECK(fd >= 0) << path << ": " << problem;
   return fd;
 }
 
