@@ -1,13 +1,9 @@
-// DenseNet-BC (small and 121 variants) and the memory-efficient dense layer.
-// Reference: PyTorch's torchvision DenseNet and the seed's small DenseNet (see
-// shared/seed-models/README.md). Tests: tests/test_models.cpp, tests/test_seed_parity.cpp.
-#include "models/densenet.h"
-
-#include "engine/autograd.h"
-#include "engine/backend.h"
-#include "engine/cpu/batchnorm_relu.h"
-#include "engine/ops/ops.h"
-#include "models/trace.h"
+// DenseNet-BC graph builders: the seed's small DenseNet and its DenseNet-121
+// variant (see models/architectures.h). Weights: tests/fixtures/seed (the small
+// DenseNet). Tests: tests/test_models.cpp, tests/test_seed_parity.cpp.
+#include "engine/error.h"
+#include "models/architectures.h"
+#include "models/model.h"
 
 namespace ttq::models {
 
@@ -39,303 +35,48 @@ DenseNetSpec densenet121_spec() {
   return s;
 }
 
-namespace {
-
-// Channel concatenation into a fresh tensor, no autograd.
-Tensor concat_raw(const std::vector<Tensor>& xs, int64_t channels) {
-  const Tensor& x0 = xs[0];
-  Tensor out = Tensor::empty({x0.size(0), channels, x0.size(2), x0.size(3)}, x0.dtype(), x0.device());
-  int64_t off = 0;
-  for (const Tensor& x : xs) {
-    Tensor slot = out.narrow(1, off, x.size(1));
-    TTQ_BACKEND(x0.device(), copy)(x, slot);
-    off += x.size(1);
+Graph densenet_graph(const DenseNetSpec& s, const ModelConfig& config) {
+  // config.dropout (>= 0) replaces every dropout the architecture has.
+  const double layer_drop = s.layer_dropout > 0 && config.dropout >= 0 ? config.dropout : s.layer_dropout;
+  const double cls_drop = config.dropout >= 0 ? config.dropout : s.classifier_dropout;
+  Graph g(s.arch, config.in_channels);
+  for (const char* seg : {"norm", "relu", "conv"}) {
+    for (const char* idx : {"1", "2"})
+      g.add_alias({"denselayer", std::string(seg) + idx, std::string(seg) + "." + idx});
   }
-  return out;
-}
-
-// The CPU form of efficient_bottleneck (below): BN+ReLU read the feature maps in
-// place through the fused kernels of engine/cpu/batchnorm_relu.h, so neither the
-// forward nor the backward copies a concatenation; the backward recomputes the
-// ReLU output from the saved mean and scale (no statistics pass) and writes each
-// feature's gradient directly. Same arithmetic as the generic path, bit for bit.
-Tensor efficient_bottleneck_cpu(const std::vector<Tensor>& features, nn::BatchNorm2d& norm, nn::Conv2d& conv,
-                                const Tensor& weight, const Tensor& bwc, const Tensor& bbc) {
-  const Device dev = features[0].device();
-  const DType dt = features[0].dtype();
-  const int64_t channels = norm.channels();
-  const Tensor wc = weight.contiguous();
-  const Conv2dParams p{};
-  const Shape zs{features[0].size(0), channels, features[0].size(2), features[0].size(3)};
-  std::vector<Tensor> parts;
-  for (const Tensor& f : features) {
-    const bool sample_dense = f.stride(3) == 1 && f.stride(2) == f.size(3) && f.stride(1) == f.size(2) * f.size(3);
-    parts.push_back(sample_dense ? f.detach() : f.contiguous().detach());
-  }
-
-  Tensor mean = Tensor::empty({channels}, dt, dev), invstd = Tensor::empty({channels}, dt, dev);
-  Tensor scale = Tensor::empty({channels}, dt, dev);
-  Tensor out = Tensor::empty({zs[0], conv.out_channels(), zs[2], zs[3]}, dt, dev);
-  {
-    Tensor z = Tensor::empty(zs, dt, dev);
-    cpu::batch_norm_relu_forward_train(parts, bwc, bbc, norm.running_mean(), norm.running_var(), norm.momentum(),
-                                       norm.eps(), z, mean, invstd, scale);
-    cpu::conv2d_forward(z, wc, Tensor(), p, out);
-  }
-
-  std::vector<const Tensor*> inputs;
-  for (const Tensor& f : features) inputs.push_back(&f);
-  inputs.push_back(&norm.weight());
-  inputs.push_back(&norm.bias());
-  inputs.push_back(&weight);
-  bool needs_grad = false;
-  for (const Tensor* t : inputs) needs_grad = needs_grad || autograd::any_requires_grad({t});
-  if (!needs_grad) return out;
-
-  auto backward = [parts, w = bwc.detach(), b = bbc.detach(), cw = wc.detach(), mean, invstd, scale, zs,
-                   p](const std::vector<Tensor>& grads) {
-    const Device dev = parts[0].device();
-    const DType dt = parts[0].dtype();
-    const int64_t channels = zs[1];
-    const Tensor g = grads[0].contiguous();
-    Tensor z = Tensor::empty(zs, dt, dev);
-    cpu::batch_norm_relu_recompute(parts, mean, scale, b, z);
-    Tensor gw = Tensor::empty(cw.shape(), dt, dev);
-    Tensor no_bias;
-    cpu::conv2d_backward_filter(g, z, p, gw, no_bias);
-    Tensor gz = Tensor::empty(zs, dt, dev);
-    cpu::conv2d_backward_data(g, cw, p, gz);
-    std::vector<Tensor> result;
-    for (const Tensor& f : parts) result.push_back(Tensor::empty(f.shape(), dt, dev));
-    Tensor gbw = Tensor::empty({channels}, dt, dev), gbb = Tensor::empty({channels}, dt, dev);
-    cpu::batch_norm_relu_backward(gz, z, parts, w, mean, invstd, result, gbw, gbb);
-    result.push_back(gbw);
-    result.push_back(gbb);
-    result.push_back(gw);
-    return result;
-  };
-  autograd::record("dense_bottleneck", inputs, {&out}, std::move(backward));
-  return out;
-}
-
-// h = conv1(relu(norm1(concat(features)))) in training mode, where only the
-// feature maps (which the block keeps anyway), the BN batch statistics and the
-// parameters are saved: backward recomputes the concatenation, the BN output and
-// the ReLU, so a dense layer holds O(growth) channels instead of O(its input).
-// Recomputing with the same training-mode BN kernel (on scratch running stats,
-// so the real ones are updated once) reproduces the forward bits exactly, and
-// the backward uses the same backend kernels as ops::batch_norm2d / ops::relu /
-// ops::conv2d: both paths give the same gradients.
-Tensor efficient_bottleneck(const std::vector<Tensor>& features, nn::BatchNorm2d& norm, nn::Conv2d& conv) {
-  const Device dev = features[0].device();
-  const DType dt = features[0].dtype();
-  const int64_t channels = norm.channels();
-  int64_t total = 0;
-  for (const Tensor& f : features) {
-    TTQ_CHECK(f.dim() == 4 && f.size(0) == features[0].size(0) && f.size(2) == features[0].size(2) &&
-              f.size(3) == features[0].size(3) && f.device() == dev && f.dtype() == dt)
-        << "dense layer: feature maps must agree in N, H, W, device and dtype";
-    total += f.size(1);
-  }
-  TTQ_CHECK(total == channels) << "dense layer: " << total << " input channels, norm.1 expects " << channels;
-  TTQ_CHECK(features[0].size(0) * features[0].size(2) * features[0].size(3) > 1)
-      << "dense layer: training BN needs more than one value per channel, got "
-      << shape_str(features[0].shape());
-  TTQ_CHECK(conv.kernel_size() == 1 && conv.stride() == 1 && conv.padding() == 0 && !conv.has_bias())
-      << "dense layer: conv.1 must be a 1x1 conv without bias";
-
-  // The effective weight is quantized when a quantizer is set; gradients flow
-  // back through it to the latent weight.
-  Tensor weight = conv.effective_weight();
-  Tensor& bn_w = norm.weight();
-  Tensor& bn_b = norm.bias();
-  const Tensor wc = weight.contiguous(), bwc = bn_w.contiguous(), bbc = bn_b.contiguous();
-  const double eps = norm.eps(), momentum = norm.momentum();
-  const Conv2dParams p{};
-
-  if (dev.is_cpu()) return efficient_bottleneck_cpu(features, norm, conv, weight, bwc, bbc);
-
-  Tensor mean = Tensor::empty({channels}, dt, dev);
-  Tensor invstd = Tensor::empty({channels}, dt, dev);
-  Tensor out;
-  {
-    Tensor cat = concat_raw(features, channels);
-    Tensor y = Tensor::empty(cat.shape(), dt, dev);
-    TTQ_BACKEND(dev, batch_norm_forward_train)
-    (cat, bwc, bbc, norm.running_mean(), norm.running_var(), momentum, eps, y, mean, invstd);
-    cat = Tensor();
-    Tensor z = Tensor::empty(y.shape(), dt, dev);
-    TTQ_BACKEND(dev, relu_forward)(y, z);
-    y = Tensor();
-    const Shape& xs = z.shape();
-    out = Tensor::empty({xs[0], conv.out_channels(), xs[2], xs[3]}, dt, dev);
-    TTQ_BACKEND(dev, conv2d_forward)(z, wc, Tensor(), p, out);
-  }
-
-  std::vector<const Tensor*> inputs;
-  for (const Tensor& f : features) inputs.push_back(&f);
-  inputs.push_back(&bn_w);
-  inputs.push_back(&bn_b);
-  inputs.push_back(&weight);
-  bool needs_grad = false;
-  for (const Tensor* t : inputs) needs_grad = needs_grad || autograd::any_requires_grad({t});
-  if (!needs_grad) return out;
-
-  std::vector<Tensor> saved;
-  for (const Tensor& f : features) saved.push_back(f.detach());
-  auto backward = [saved, w = bwc.detach(), b = bbc.detach(), cw = wc.detach(), mean, invstd, eps, momentum,
-                   channels, p](const std::vector<Tensor>& grads) {
-    const Device dev = saved[0].device();
-    const DType dt = saved[0].dtype();
-    Tensor g = grads[0].contiguous();
-    Tensor cat = concat_raw(saved, channels);
-    Tensor z = Tensor::empty(cat.shape(), dt, dev);
-    {
-      Tensor y = Tensor::empty(cat.shape(), dt, dev);
-      Tensor scratch_mean = Tensor::zeros({channels}, dt, dev),
-             scratch_var = Tensor::ones({channels}, dt, dev);
-      Tensor m2 = Tensor::empty({channels}, dt, dev), s2 = Tensor::empty({channels}, dt, dev);
-      TTQ_BACKEND(dev, batch_norm_forward_train)
-      (cat, w, b, scratch_mean, scratch_var, momentum, eps, y, m2, s2);
-      TTQ_BACKEND(dev, relu_forward)(y, z);
+  int x = g.conv(0, "features.conv0", s.init_features, 3, 1, 1);
+  x = g.batch_norm(x, "features.norm0");
+  x = g.relu(x, "features.relu0");
+  if (s.pool0) x = g.max_pool(x, 3, 2, 1);
+  int64_t c = s.init_features;
+  for (size_t b = 0; b < s.blocks.size(); ++b) {
+    const std::string block = "features.denseblock" + std::to_string(b + 1);
+    std::vector<int> features = {x};
+    for (int j = 0; j < s.blocks[b]; ++j) {
+      const std::string layer = block + ".denselayer" + std::to_string(j + 1);
+      int h = g.concat(features, layer + ".cat");
+      h = g.relu(g.batch_norm(h, layer + ".norm.1"), layer + ".relu.1");
+      h = g.conv(h, layer + ".conv.1", s.bn_size * s.growth, 1);
+      h = g.relu(g.batch_norm(h, layer + ".norm.2"), layer + ".relu.2");
+      h = g.conv(h, layer + ".conv.2", s.growth, 3, 1, 1);
+      if (layer_drop > 0) h = g.dropout(h, layer_drop, layer + ".dropout");
+      features.push_back(h);
     }
-    Tensor gw = Tensor::empty(cw.shape(), dt, dev);
-    Tensor no_bias;
-    TTQ_BACKEND(dev, conv2d_backward_filter)(g, z, p, gw, no_bias);
-    Tensor gz = Tensor::empty(cat.shape(), dt, dev);
-    TTQ_BACKEND(dev, conv2d_backward_data)(g, cw, p, gz);
-    Tensor gy = Tensor::empty(cat.shape(), dt, dev);
-    TTQ_BACKEND(dev, relu_backward)(gz, z, gy);
-    gz = Tensor();
-    z = Tensor();
-    Tensor gx = Tensor::empty(cat.shape(), dt, dev);
-    Tensor gbw = Tensor::empty({channels}, dt, dev), gbb = Tensor::empty({channels}, dt, dev);
-    TTQ_BACKEND(dev, batch_norm_backward)(gy, cat, w, mean, invstd, gx, gbw, gbb);
-    std::vector<Tensor> result;
-    int64_t off = 0;
-    for (const Tensor& f : saved) {
-      result.push_back(gx.narrow(1, off, f.size(1)).contiguous());
-      off += f.size(1);
-    }
-    result.push_back(gbw);
-    result.push_back(gbb);
-    result.push_back(gw);
-    return result;
-  };
-  autograd::record("dense_bottleneck", inputs, {&out}, std::move(backward));
-  return out;
-}
-
-double pick(double configured, double fallback) { return configured < 0 ? fallback : configured; }
-
-}  // namespace
-
-DenseLayer::DenseLayer(int64_t in_channels, int64_t growth, int64_t bn_size, double dropout,
-                       bool memory_efficient, Generator& gen)
-    : m_efficient(memory_efficient) {
-  m_norm1 = register_module("norm.1", std::make_shared<nn::BatchNorm2d>(in_channels));
-  m_relu1 = register_module("relu.1", std::make_shared<nn::ReLU>());
-  m_conv1 = register_module("conv.1",
-                            std::make_shared<nn::Conv2d>(in_channels, bn_size * growth, 1, 1, 0, false, gen));
-  m_norm2 = register_module("norm.2", std::make_shared<nn::BatchNorm2d>(bn_size * growth));
-  m_relu2 = register_module("relu.2", std::make_shared<nn::ReLU>());
-  m_conv2 =
-      register_module("conv.2", std::make_shared<nn::Conv2d>(bn_size * growth, growth, 3, 1, 1, false, gen));
-  if (dropout > 0) m_dropout = register_module("dropout", std::make_shared<nn::Dropout>(dropout));
-}
-
-Tensor DenseLayer::forward_features(const std::vector<Tensor>& features) {
-  TTQ_CHECK(!features.empty()) << "dense layer without input";
-  Tensor h;
-  if (m_efficient && is_training()) {
-    h = efficient_bottleneck(features, *m_norm1, *m_conv1);
-  } else {
-    Tensor cat = features.size() == 1 ? features[0] : ops::concat(features, 1);
-    h = call(*m_conv1, call(*m_relu1, call(*m_norm1, cat)));
-  }
-  h = call(*m_conv2, call(*m_relu2, call(*m_norm2, h)));
-  if (m_dropout) h = call(*m_dropout, h);
-  return h;
-}
-
-DenseBlock::DenseBlock(int num_layers, int64_t in_channels, int64_t growth, int64_t bn_size, double dropout,
-                       bool memory_efficient, Generator& gen) {
-  for (int i = 0; i < num_layers; ++i) {
-    m_layers.push_back(register_module("denselayer" + std::to_string(i + 1),
-                                       std::make_shared<DenseLayer>(in_channels + i * growth, growth, bn_size,
-                                                                    dropout, memory_efficient, gen)));
-  }
-}
-
-Tensor DenseBlock::forward(const Tensor& x) {
-  std::vector<Tensor> features{x};
-  features.reserve(m_layers.size() + 1);
-  for (auto& layer : m_layers) features.push_back(layer->forward_features(features));
-  return ops::concat(features, 1);
-}
-
-Transition::Transition(int64_t in_channels, int64_t out_channels, Generator& gen) {
-  m_norm = register_module("norm", std::make_shared<nn::BatchNorm2d>(in_channels));
-  m_relu = register_module("relu", std::make_shared<nn::ReLU>());
-  m_conv =
-      register_module("conv", std::make_shared<nn::Conv2d>(in_channels, out_channels, 1, 1, 0, false, gen));
-  m_pool = register_module("pool", std::make_shared<nn::AvgPool2d>(2, 2));
-}
-
-Tensor Transition::forward(const Tensor& x) {
-  return call(*m_pool, call(*m_conv, call(*m_relu, call(*m_norm, x))));
-}
-
-DenseNet::DenseNet(const DenseNetSpec& spec, const ModelConfig& config, Generator& gen)
-    : Model(spec.arch, config), m_spec(spec) {
-  const double layer_drop = m_spec.layer_dropout > 0 ? pick(config.dropout, m_spec.layer_dropout) : 0.0;
-  const double cls_drop = pick(config.dropout, m_spec.classifier_dropout);
-  auto features = register_module("features", std::make_shared<nn::Sequential>());
-  auto add = [&](const std::string& name, nn::ModulePtr m) {
-    features->push_back(name, m);
-    m_feature_layers.push_back(std::move(m));
-  };
-  add("conv0", std::make_shared<nn::Conv2d>(config.in_channels, m_spec.init_features, 3, 1, 1, false, gen));
-  add("norm0", std::make_shared<nn::BatchNorm2d>(m_spec.init_features));
-  add("relu0", std::make_shared<nn::ReLU>());
-  if (m_spec.pool0) add("pool0", std::make_shared<nn::MaxPool2d>(3, 2, 1));
-  int64_t c = m_spec.init_features;
-  for (size_t i = 0; i < m_spec.blocks.size(); ++i) {
-    const std::string idx = std::to_string(i + 1);
-    add("denseblock" + idx, std::make_shared<DenseBlock>(m_spec.blocks[i], c, m_spec.growth, m_spec.bn_size,
-                                                         layer_drop, config.memory_efficient, gen));
-    c += m_spec.blocks[i] * m_spec.growth;
-    if (i + 1 < m_spec.blocks.size()) {
-      add("transition" + idx, std::make_shared<Transition>(c, c / 2, gen));
+    x = g.concat(features, block);
+    c += s.blocks[b] * s.growth;
+    if (b + 1 < s.blocks.size()) {
+      const std::string t = "features.transition" + std::to_string(b + 1);
+      x = g.relu(g.batch_norm(x, t + ".norm"), t + ".relu");
+      x = g.conv(x, t + ".conv", c / 2, 1);
+      x = g.avg_pool(x, 2, 2);
       c /= 2;
     }
   }
-  add(m_spec.final_norm, std::make_shared<nn::BatchNorm2d>(c));
-  m_relu = register_module("relu", std::make_shared<nn::ReLU>());
-  m_pool = register_module("pool", std::make_shared<nn::GlobalAvgPool>());
-  if (cls_drop > 0) m_dropout = register_module("dropout", std::make_shared<nn::Dropout>(cls_drop));
-  m_classifier =
-      register_module("classifier", std::make_shared<nn::Linear>(c, config.num_classes, true, gen));
-}
-
-Tensor DenseNet::forward(const Tensor& x) {
-  TTQ_CHECK(x.dim() == 4 && x.size(1) == config().in_channels)
-      << arch() << ": expected input [N, " << config().in_channels << ", H, W], got " << shape_str(x.shape());
-  Tensor h = x;
-  for (auto& layer : m_feature_layers) h = call(*layer, h);
-  h = call(*m_pool, call(*m_relu, h));
-  if (m_dropout) h = call(*m_dropout, h);
-  return call(*m_classifier, h);
-}
-
-int64_t DenseNet::min_input_size() const {
-  for (int64_t size = 1;; ++size) {
-    int64_t s = size;  // conv0 3x3/1 pad 1 keeps the size
-    if (m_spec.pool0) s = detail::pooled_size(s, 3, 2, 1, false);
-    for (size_t i = 0; i + 1 < m_spec.blocks.size() && s >= 1; ++i)
-      s = detail::pooled_size(s, 2, 2, 0, false);
-    if (s >= 1) return size;
-  }
+  x = g.batch_norm(x, "features." + s.final_norm);
+  x = g.global_avg_pool(g.relu(x, "relu"));
+  if (cls_drop > 0) x = g.dropout(x, cls_drop, "dropout");
+  g.set_output(g.linear(x, "classifier", config.num_classes));
+  return g;
 }
 
 }  // namespace ttq::models
