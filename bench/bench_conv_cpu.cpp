@@ -25,7 +25,7 @@ struct Shape {
   int ci, co, k, hw;  // square kernel k, pad k/2, stride 1
 };
 
-// Every distinct conv of the small DenseNet at 3x56x56 (DESIGN.md section 4).
+// Every distinct conv of the small DenseNet at 3x56x56 (docs/architecture.md, "Models").
 std::vector<Shape> densenet_small_shapes() {
   std::vector<Shape> s{{3, 48, 3, 56}};
   for (int c = 48; c <= 132; c += 12) s.push_back({c, 48, 1, 28});

@@ -99,7 +99,7 @@ std::vector<ConvShape> conv_shapes() {
   return out;
 }
 
-// The zero fraction of the model's trained TTQ weights (shared/seed-models/README.md:
+// The zero fraction of the model's trained TTQ weights (tests/fixtures/seed/README.md:
 // small DenseNet 38.2%, SqueezeNet 64.1%; DenseNet-121 has no trained file: 38%).
 double zero_fraction(const ConvShape& s) { return s.models.rfind("squeezenet", 0) == 0 ? 0.641 : 0.382; }
 

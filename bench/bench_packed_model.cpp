@@ -2,7 +2,7 @@
 // engine's float model holding the same ternary values, eval mode, 3x56x56 input:
 // batch-1 latency and batch-32 throughput (images/s), wall-clock time of forward()
 // (input already on the model's device, logits copied back to the host).
-//  - small_densenet, squeezenet: the seed's TTQ files (shared/seed-models), packed in
+//  - small_densenet, squeezenet: the seed's TTQ files (tests/fixtures/seed), packed in
 //    memory with models::pack_tensors;
 //  - densenet121: random weights made ternary (threshold 0.05 * max|W| per layer).
 // CPU: PackedModel (auto micro-kernel) vs models::Model::forward (BLAS convs).
@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/io/safetensors.h"
@@ -33,7 +34,7 @@
 namespace ttq {
 namespace {
 
-const std::string kSeed = TTQ_SEED_DIR;
+const std::string kSeed = bench::seed_dir();
 
 // The float weights of a model (ternary values in the quantized convs).
 io::NamedTensors model_weights(const std::string& arch) {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "engine/tensor.h"
 
@@ -67,6 +68,31 @@ enum class BinaryOp : uint8_t { Add, Sub, Mul };
   void batch_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight,                \
                            const Tensor& save_mean, const Tensor& save_invstd, Tensor& gx,         \
                            Tensor& gweight, Tensor& gbias);                                        \
+  /* Fused BN (training) + ReLU over x = concat(parts, dim 1), never materialised: every part */ \
+  /* [N,C_i,H,W] with dense samples (any batch stride), same N,H,W; sum C_i = C; z, gz [N,C,H,W] */ \
+  /* contiguous; per-channel tensors contiguous [C] (weight / bias / running stats may be */       \
+  /* undefined: 1 / 0 / not updated). Per channel c over its N*H*W values:                 */      \
+  /*   mean, var (biased) accumulated in double; invstd = 1/sqrt(var+eps);                  */     \
+  /*   scale = T(weight * invstd) (one rounding); z = relu((x - T(mean)) * scale + bias),   */     \
+  /*   evaluated in T without contraction; running stats as batch_norm_forward_train.       */     \
+  /* save_mean, save_invstd, save_scale [C] receive T(mean), T(invstd), scale. */                  \
+  void batch_norm_relu_forward_train(const std::vector<Tensor>& parts, const Tensor& weight,       \
+                                     const Tensor& bias, Tensor& running_mean,                     \
+                                     Tensor& running_var, double momentum, double eps, Tensor& z,  \
+                                     Tensor& save_mean, Tensor& save_invstd, Tensor& save_scale);  \
+  /* z = relu((x - save_mean) * save_scale + bias): bit-identical to the forward's z on the */     \
+  /* same device, without a statistics pass. */                                                    \
+  void batch_norm_relu_recompute(const std::vector<Tensor>& parts, const Tensor& save_mean,        \
+                                 const Tensor& save_scale, const Tensor& bias, Tensor& z);         \
+  /* Backward of z = relu(BN_train(x)) given gz and z: g = gz where z > 0, else 0; then, in */     \
+  /* double per channel, sum_g = sum g, sum_gx = sum g * (x - mean); gbias = sum_g; */             \
+  /* gweight = sum_gx * invstd; gx = g*k + (x - mean)*u + v in T (no contraction) with */          \
+  /* k = w*invstd, u = -k*sum_gx*invstd^2/count, v = -k*sum_g/count; gparts[i] (contiguous, */     \
+  /* parts[i]'s shape) receive part i's channels of gx. */                                        \
+  void batch_norm_relu_backward(const Tensor& gz, const Tensor& z, const std::vector<Tensor>& parts, \
+                                const Tensor& weight, const Tensor& save_mean,                     \
+                                const Tensor& save_invstd, std::vector<Tensor>& gparts,            \
+                                Tensor& gweight, Tensor& gbias);                                   \
   void relu_forward(const Tensor& x, Tensor& y);                                                   \
   /* gx = gy where y > 0, else 0. */                                                               \
   void relu_backward(const Tensor& gy, const Tensor& y, Tensor& gx);                               \

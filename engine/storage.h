@@ -1,6 +1,6 @@
 // Storage: one RAII allocation on one device, shared by tensor views through
 // std::shared_ptr. CPU memory is 64-byte aligned; CUDA memory comes from the
-// caching allocator in engine/cuda/allocator (never cudaMalloc per op).
+// caching allocator of engine/cuda/runtime.h (never cudaMalloc per op).
 #pragma once
 
 #include <cstddef>

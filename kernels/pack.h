@@ -1,5 +1,5 @@
 // Packing and unpacking of the canonical 2-bit layout (kernels/packed_format.h,
-// DESIGN.md section 6): codes (one U8 per element, values 0/1/2) <-> packed
+// docs/packed-layout.md): codes (one U8 per element, values 0/1/2) <-> packed
 // bytes (4 codes each), code counts, and decoding to {+Wp, 0, -Wn}.
 // CPU twins here (kernels/pack.cpp), CUDA twins in kernels/pack.cu; tests:
 // tests/test_pack.cpp.

@@ -4,9 +4,10 @@
 // reference: kernels/packed_conv.cpp; tests: tests/test_packed_conv.cpp (CUDA vs CPU);
 // timing: bench/bench_packed_conv.cpp (against cuDNN fp32 and fp16).
 //
-// Layers (STYLE habit 9): __device__ load_input / store_output -> the two __global__
-// kernels -> launch_* (templated tiles, raw pointers, explicit stream) ->
-// packed_conv_cuda (picks the path; the tensor entry is in packed_conv.cpp).
+// Layers (docs/architecture.md, "Twins"): __device__ load_input / store_output ->
+// the two __global__ kernels -> launch_* (templated tiles, raw pointers, explicit
+// stream) -> packed_conv_cuda (picks the path; the tensor entry is in
+// packed_conv.cpp).
 //
 // Tensor-core path: mma.sync.m16n8k16, fp16 operands, fp32 accumulators. A is read
 // straight from global memory in fragment order (relayout_mma: one uint16 per lane

@@ -1,4 +1,4 @@
-// Convolution on packed 2-bit ternary weights (DESIGN.md sections 6 and 8):
+// Convolution on packed 2-bit ternary weights (docs/packed-layout.md):
 //   y = epilogue(conv(prologue(x), Wq)),  Wq[co, k] in {+Wp, 0, -Wn} from 2-bit codes,
 // so each output is Wp * (sum of x over P) - Wn * (sum of x over N). The 1x1 case is
 // the linear layer. Layers: packed_conv_ref (naive, float64 sums) -> packed_conv_cpu

@@ -1,4 +1,4 @@
-// The canonical 2-bit ternary weight layout (DESIGN.md section 6), written down
+// The canonical 2-bit ternary weight layout (docs/packed-layout.md), written down
 // once and shared by C++ and CUDA code. Packers and unpackers: kernels/pack.h;
 // round-trip tests: tests/test_pack.cpp.
 //
@@ -46,7 +46,7 @@ constexpr TTQ_PACK_HD uint8_t pack4(uint8_t c0, uint8_t c1, uint8_t c2, uint8_t 
                               ((c3 & kCodeMask) << 6));
 }
 
-// Code of a latent weight against the threshold delta (DESIGN.md section 3):
+// Code of a latent weight against the threshold delta (docs/ttq.md):
 // P = {w > delta} -> 1, N = {w < -delta} -> 2, otherwise 0. Branch-free.
 constexpr TTQ_PACK_HD uint8_t code_of(float w, float delta) {
   return static_cast<uint8_t>(static_cast<uint8_t>(w > delta) | (static_cast<uint8_t>(w < -delta) << 1));

@@ -1,5 +1,5 @@
-// Gradients of the ternary weight Wq = ternarize(W; delta, Wp, Wn) (DESIGN.md
-// section 3), given G = dL/dWq, in one fused pass:
+// Gradients of the ternary weight Wq = ternarize(W; delta, Wp, Wn) (docs/ttq.md,
+// "Backward"), given G = dL/dWq, in one fused pass:
 //   dL/dWp = sum_P G,  dL/dWn = -sum_N G (exact) or +sum_N G (seed),
 //   dL/dW  = Wp*G on P, Wn*G on N, G on Z,   P = {W > delta}, N = {W < -delta}.
 // Layers: scale_grad_ref -> scale_grad_cpu / scale_grad_cuda (kernels/scale_grad.cu)

@@ -1,4 +1,4 @@
-// Threshold ternarization of a latent weight tensor (DESIGN.md section 3):
+// Threshold ternarization of a latent weight tensor (docs/ttq.md, "Forward"):
 //   delta = float(t) * max|W| (in float), P = {W > delta}, N = {W < -delta},
 //   Wq = +Wp on P, -Wn on N, 0 elsewhere; optional codes (one U8 per element)
 //   or canonical 2-bit packed codes (kernels/packed_format.h), and |P|, |N|, |Z|.
@@ -72,7 +72,7 @@ struct TernarizeOutputs {
 };
 
 // requires latent F32 (any shape, any strides, numel >= 0); wp, wn F32 with one
-// element each on the latent's device; 0 <= t < 1.
+// element each on the latent's device; 0 <= t <= 1.
 // ensures the requested outputs as above, on the latent's device; no autograd.
 TernarizeResult ternarize(const Tensor& latent, double t, const Tensor& wp, const Tensor& wn,
                           TernarizeOutputs outputs = {});
@@ -80,8 +80,9 @@ TernarizeResult ternarize(const Tensor& latent, double t, const Tensor& wp, cons
 // Convenience: counts as host integers (synchronises on CUDA).
 TernaryCounts counts_of(const TernarizeResult& r);
 
-// Keeps the learned scales positive (DESIGN.md section 3): x = max(x, lo) in
-// place, elementwise (NaN becomes lo). requires x F32 contiguous, any device.
+// Keeps the learned scales positive (docs/ttq.md, "Initial scales and the
+// clamp"): x = max(x, lo) in place, elementwise (NaN becomes lo). requires x F32
+// contiguous, any device.
 void clamp_min_(Tensor& x, float lo);
 #ifdef TTQ_HAS_CUDA
 void clamp_min_cuda(float* x, int64_t n, float lo, cudaStream_t stream);

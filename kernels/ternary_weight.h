@@ -13,7 +13,7 @@ namespace ttq::kernels {
 // learnable scales, kept > 0 by the caller), all on one device; 0 <= t <= 1.
 // ensures Wq of latent's shape with Wq = +Wp on {W > delta}, -Wn on {W < -delta},
 // 0 elsewhere, delta = float(t) * max|W|. When grad mode is on and any input
-// requires a gradient, records the backward (DESIGN.md section 3):
+// requires a gradient, records the backward (docs/ttq.md, "Backward"):
 //   dL/dW = Wp*G on P, Wn*G on N, G on Z;  dL/dWp = sum_P G;
 //   dL/dWn = -sum_N G (Exact) or +sum_N G (Seed).
 // delta is held by the recorded node, so the backward uses the forward's sets.

@@ -6,7 +6,6 @@
 #include <set>
 
 #include "engine/ops/ops.h"
-#include "models/dense_bottleneck.h"
 
 namespace ttq::models {
 
@@ -119,7 +118,8 @@ Tensor Model::forward(const Tensor& x) {
       const int bn = nodes[static_cast<size_t>(bottleneck)].inputs[0] - 1;  // relu's input
       auto& norm = dynamic_cast<nn::BatchNorm2d&>(*m_modules[static_cast<size_t>(bn)]);
       auto& conv = dynamic_cast<nn::Conv2d&>(*m_modules[static_cast<size_t>(bottleneck)]);
-      Tensor y = dense_bottleneck(in, norm, conv);
+      Tensor y = ops::dense_bottleneck(in, norm.weight(), norm.bias(), norm.running_mean(), norm.running_var(),
+                                       norm.momentum(), norm.eps(), conv.effective_weight());
       for (int k = i; k < bottleneck; ++k) v[static_cast<size_t>(k)] = Tensor();
       v[static_cast<size_t>(bottleneck)] = y;
     } else {

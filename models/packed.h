@@ -1,4 +1,4 @@
-// Packed 2-bit models (DESIGN.md sections 6 and 7): the library side of ttq_pack
+// Packed 2-bit models (docs/formats.md, "Packed model"): the library side of ttq_pack
 // (a TTQ checkpoint or ternary weights -> a "ttq-packed-2bit" safetensors file) and
 // PackedModel, which runs a whole forward pass on the packed weights (CPU or CUDA)
 // with BN and ReLU fused into the packed convolutions and, on CUDA, the pass

@@ -1,7 +1,7 @@
-// Trained Ternary Quantization of a whole model (DESIGN.md section 3): a
+// Trained Ternary Quantization of a whole model (docs/ttq.md): a
 // WeightQuantizer that makes an nn::Conv2d ternary with learnable scales, the
 // model-level switch, the scale clamp after each optimiser step, the TTQ-phase
-// parameter groups, the checkpoint view of DESIGN.md section 6 and its inverse,
+// parameter groups, the checkpoint view of docs/formats.md and its inverse,
 // and zero-fraction / scale statistics. Implementation: models/ttq.cpp.
 // Tests: tests/test_ttq_layer.cpp.
 #pragma once
@@ -110,17 +110,18 @@ TtqParamGroups ttq_param_groups(nn::Module& model, const TtqModel& ttq);
 std::unique_ptr<optim::Adam> make_ttq_optimizer(nn::Module& model, const TtqModel& ttq, double lr,
                                                 double classifier_weight_decay = 1e-4);
 
-// The checkpoint view (DESIGN.md section 6): the module's state dict where each
-// quantized layer's "<layer>.weight" holds the ternary values {+Wp, 0, -Wn} (so
-// PyTorch loads it as an ordinary model) followed by "<layer>.latent_weight";
-// "<layer>.wp", "<layer>.wn" as in the state dict. Tensors on the module's devices.
+// The checkpoint view (docs/formats.md, "Training checkpoint"): the module's
+// state dict where each quantized layer's "<layer>.weight" holds the ternary
+// values {+Wp, 0, -Wn} (so PyTorch loads it as an ordinary model) followed by
+// "<layer>.latent_weight"; "<layer>.wp", "<layer>.wn" as in the state dict.
+// Tensors on the module's devices.
 io::NamedTensors ttq_checkpoint_view(nn::Module& model, const TtqModel& ttq);
 // The inverse: loads such tensors into a quantized model (strict; names and
 // shapes checked before anything is modified; errors are one ttq::InputError
 // line prefixed by `source`). A layer without "<layer>.latent_weight" (the
 // seed's TTQ files) must have no wp / wn either and at most the three values
-// {+a, 0, -b} in its weight; then latent = weight, Wp = a, Wn = b, which
-// ternarizes back to the same values for any t < 1.
+// {+a, 0, -b} in its weight; then latent = sign(weight) (+1, 0, -1), Wp = a,
+// Wn = b, which ternarizes back to the same values for any t < 1.
 void load_ttq_checkpoint(nn::Module& model, const TtqModel& ttq, const io::NamedTensors& tensors,
                          const std::string& source);
 

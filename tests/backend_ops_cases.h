@@ -236,6 +236,25 @@ inline Tensor zip_ref(const Tensor& a, const Tensor& b, const std::function<doub
   return f64(u, a.shape());
 }
 
+// conv1x1(relu(batch_norm_train(concat(parts)))): inputs = parts..., bn_weight, bn_bias, conv_weight.
+inline Tensor dense_bottleneck_ref(const Inputs& in, size_t parts, double eps) {
+  const int64_t N = in[0].size(0), H = in[0].size(2), W = in[0].size(3);
+  int64_t C = 0;
+  for (size_t p = 0; p < parts; ++p) C += in[p].size(1);
+  std::vector<double> x(N * C * H * W);
+  int64_t c0 = 0;
+  for (size_t p = 0; p < parts; ++p) {
+    const auto v = host(in[p]);
+    const int64_t cp = in[p].size(1);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < cp; ++c)
+        for (int64_t i = 0; i < H * W; ++i) x[((n * C + c0 + c) * H * W) + i] = v[(n * cp + c) * H * W + i];
+    c0 += cp;
+  }
+  const Tensor y = batch_norm_train_ref(f64(x, {N, C, H, W}), in[parts], in[parts + 1], eps);
+  return conv2d_ref(map_ref(y, [](double v) { return v > 0 ? v : 0.0; }), in[parts + 2], Tensor(), 1, 0);
+}
+
 // ---- the cases --------------------------------------------------------------------------------
 
 inline std::string fmt_shape(const Shape& s) {
@@ -402,6 +421,56 @@ inline std::vector<OpCase> backend_op_cases() {
   };
   bn_eval({2, 3, 4, 5});
   bn_eval({3, 7, 3, 1}, 1);
+
+  // dense_bottleneck: conv1x1(relu(BN_train(concat(parts)))), every part and parameter differentiated
+  auto dense = [&](std::vector<int64_t> channels, Shape nhw, int64_t co, int view = 0) {
+    const uint64_t s0 = sd();
+    const size_t parts = channels.size();
+    int64_t c = 0;
+    for (int64_t ci : channels) c += ci;
+    std::ostringstream args;
+    if (parts > 8) {
+      args << "parts=" << parts << ", channels=" << c;
+    } else {
+      args << "channels=" << fmt_shape(channels);
+    }
+    args << ", nhw=" << fmt_shape(nhw) << ", co=" << co;
+    add(
+        "DENSE_BOTTLENECK", args.str(),
+        [=] {
+          Inputs in;
+          // Odd parts centred at 2: an offset mean exercises the variance's cancellation.
+          for (size_t i = 0; i < parts; ++i) {
+            const double lo = i % 2 ? 1.0 : -1.0;
+            in.push_back(uniform_in({nhw[0], channels[i], nhw[1], nhw[2]}, s0 + i, lo, lo + 2));
+          }
+          in.push_back(uniform_in({c}, s0 + parts, 0.5, 1.5));
+          in.push_back(uniform_in({c}, s0 + parts + 1, -0.5, 0.5));
+          in.push_back(uniform_in({co, c, 1, 1}, s0 + parts + 2));
+          return in;
+        },
+        std::vector<bool>(parts + 3, true),
+        [=](const Inputs& in) {
+          const std::vector<Tensor> features(in.begin(), in.begin() + static_cast<int64_t>(parts));
+          const Tensor& x0 = in[0];
+          Tensor rm = Tensor::zeros({c}, x0.dtype(), x0.device()),
+                 rv = Tensor::ones({c}, x0.dtype(), x0.device());
+          return ops::dense_bottleneck(features, in[parts], in[parts + 1], rm, rv, 0.1, 1e-5, in[parts + 2]);
+        },
+        [=](const Inputs& in) { return dense_bottleneck_ref(in, parts, 1e-5); }, view);
+  };
+  dense({3, 5, 1}, {2, 4, 5}, 4);
+  dense({7}, {3, 3, 3}, 5);
+  dense({2, 3}, {2, 3, 3}, 3, 2);     // channel slices of wider buffers: read in place
+  dense({1, 4, 2}, {2, 2, 3}, 6, 1);  // strided rows: copied
+  dense({3, 2}, {7, 1, 1}, 2);        // one value per sample
+  dense({2, 3}, {1, 5, 5}, 3);        // one sample
+  dense({16, 24}, {4, 24, 24}, 8);    // threads over channels; two segments per channel on CUDA
+  {
+    std::vector<int64_t> many;
+    for (int i = 0; i < 35; ++i) many.push_back(i % 3 + 1);
+    dense(many, {2, 2, 2}, 3);  // more parts than one CUDA launch takes
+  }
 
   // relu
   for (auto [xs, view] : std::vector<std::pair<Shape, int>>{{{2, 3, 4, 5}, 0}, {{31}, 0}, {{7, 9}, 1}}) {

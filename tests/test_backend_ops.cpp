@@ -4,7 +4,8 @@
 //  - Backward: F64 gradients of <op(x), R> vs central finite differences in F64,
 //              and the F32 gradients vs the F64 ones;
 //  - on cuda:0 the forward and the gradients vs the CPU twin (skipped without a GPU).
-// Then the checks that do not fit one case: BN running statistics, dropout
+// Then the checks that do not fit one case: BN running statistics, the fused
+// dense bottleneck against the unfused ops (bit for bit on the CPU), dropout
 // statistics and reproducibility, pooling sizes and divisors by hand,
 // topk_correct, and error messages naming both shapes.
 #include <omp.h>
@@ -251,6 +252,55 @@ TEST_P(OpsOnDevice, BatchNormRunningStats) {
   }
 }
 
+// dense_bottleneck against the unfused graph conv2d(relu(batch_norm2d(concat))):
+// on the CPU the same kernels run, so outputs, every gradient and the running
+// statistics agree bit for bit; on CUDA (own kernels vs cuDNN's BN) to rounding.
+// One part is a channel slice of a wider buffer (read in place), and the channel
+// count and N*H*W are large enough for the threaded CPU path and several CUDA
+// segments per channel.
+TEST_P(OpsOnDevice, DenseBottleneckMatchesUnfusedOps) {
+  const Device dev = GetParam();
+  const int64_t n = 4, h = 21, w = 23, co = 9;
+  const Tensor wide = uniform_in({n, 19, h, w}, 31, 0.5, 2.5).to(DType::F32).to(dev);
+  const std::vector<Tensor> base{uniform_in({n, 13, h, w}, 32).to(DType::F32).to(dev), wide.narrow(1, 3, 11),
+                                 uniform_in({n, 5, h, w}, 33).to(DType::F32).to(dev)};
+  const int64_t c = 29;
+  const Tensor bw = uniform_in({c}, 34, 0.5, 1.5).to(DType::F32).to(dev);
+  const Tensor bb = uniform_in({c}, 35, -0.5, 0.5).to(DType::F32).to(dev);
+  const Tensor cw = uniform_in({co, c, 1, 1}, 36).to(DType::F32).to(dev);
+  const Tensor r = uniform_in({n, co, h, w}, 37).to(DType::F32).to(dev);
+  struct Result {
+    Tensor y, rm, rv;
+    std::vector<Tensor> grads;  // parts, bn weight, bn bias, conv weight
+  };
+  auto run = [&](bool fused) {
+    std::vector<Tensor> leaves;
+    for (const Tensor& t : base) leaves.push_back(t.detach().set_requires_grad(true));
+    for (const Tensor& t : {bw, bb, cw}) leaves.push_back(t.clone().set_requires_grad(true));
+    const std::vector<Tensor> parts(leaves.begin(), leaves.begin() + 3);
+    Result res{Tensor(), Tensor::zeros({c}, DType::F32, dev), Tensor::ones({c}, DType::F32, dev), {}};
+    res.y = fused ? ops::dense_bottleneck(parts, leaves[3], leaves[4], res.rm, res.rv, 0.1, 1e-5, leaves[5])
+                  : ops::conv2d(ops::relu(ops::batch_norm2d(ops::concat(parts, 1), leaves[3], leaves[4],
+                                                            res.rm, res.rv, true, 0.1, 1e-5)),
+                                leaves[5], Tensor());
+    res.y.backward(r);
+    for (const Tensor& t : leaves) res.grads.push_back(t.grad());
+    return res;
+  };
+  const Result fused = run(true), naive = run(false);
+  const double tol = dev.is_cpu() ? 0.0 : 1e-5;
+  EXPECT_LE(max_rel_error(fused.y, naive.y), tol) << "output";
+  EXPECT_LE(max_rel_error(fused.rm, naive.rm), tol) << "running mean";
+  EXPECT_LE(max_rel_error(fused.rv, naive.rv), tol) << "running var";
+  ASSERT_EQ(fused.grads.size(), naive.grads.size());
+  for (size_t i = 0; i < fused.grads.size(); ++i) {
+    ASSERT_TRUE(fused.grads[i].defined() && naive.grads[i].defined()) << "gradient " << i;
+    EXPECT_LE(max_rel_error(fused.grads[i], naive.grads[i]), tol) << "gradient " << i;
+  }
+  // The part read in place is not copied by the forward, and its gradient is dense.
+  EXPECT_EQ(fused.grads[1].shape(), (Shape{n, 11, h, w}));
+}
+
 TEST_P(OpsOnDevice, DropoutStatisticsAndReproducibility) {
   const Device dev = GetParam();
   const int64_t n = 200000;
@@ -409,6 +459,19 @@ TEST_P(OpsOnDevice, ErrorsNameBothShapes) {
         ops::batch_norm2d(z({2, 4, 3, 3}), z({4}), z({4}), rm, rv, true);
       },
       "[3]", "[2, 4, 3, 3]");
+  Tensor rm5 = z({5}), rv5 = z({5});
+  expect_both(
+      [&] {
+        ops::dense_bottleneck({z({2, 3, 4, 4}), z({2, 2, 5, 4})}, z({5}), z({5}), rm5, rv5, 0.1, 1e-5,
+                              z({4, 5, 1, 1}));
+      },
+      "[2, 3, 4, 4]", "[2, 2, 5, 4]");
+  expect_both(
+      [&] {
+        ops::dense_bottleneck({z({2, 3, 4, 4}), z({2, 2, 4, 4})}, z({5}), z({5}), rm5, rv5, 0.1, 1e-5,
+                              z({4, 6, 1, 1}));
+      },
+      "[4, 6, 1, 1]", "5");
   EXPECT_THROW(ops::add(z({2}), Tensor::zeros({2}, DType::F64, dev)), Error);
   EXPECT_THROW(ops::relu(Tensor::zeros({2}, DType::I64, dev)), Error);
   EXPECT_THROW(ops::cross_entropy(z({2, 3}), Tensor::from_vector<int64_t>({0, 3}, {2}).to(dev)), Error);

@@ -38,7 +38,7 @@ data::Image random_image(int w, int h, int c, uint64_t seed) {
 }
 
 TEST(InferImages, TopKMatchesTheModelOnTheValidationTransform) {
-  const std::string model = std::string(TTQ_SEED_DIR) + "/small_densenet_ttq.safetensors";
+  const std::string model = test::seed_dir() + "/small_densenet_ttq.safetensors";
   const std::string png = temp_path("a.png"), bmp = temp_path("b.bmp");
   data::save_image(png, random_image(64, 64, 3, 1));
   data::save_image(bmp, random_image(80, 72, 3, 2));  // another size: resized as validation does
@@ -122,7 +122,7 @@ TEST(InferImages, BadImageIsOneLineNamingTheFile) {
   const std::string bad = temp_path("bad.jpg");
   { std::ofstream(bad) << "not an image"; }
   models::ImageInferOptions o;
-  o.model_path = std::string(TTQ_SEED_DIR) + "/squeezenet_fp.safetensors";
+  o.model_path = test::seed_dir() + "/squeezenet_fp.safetensors";
   o.arch = "squeezenet";
   o.device = "cpu";
   o.images = {bad};

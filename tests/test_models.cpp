@@ -1,5 +1,5 @@
 // Tests of models/ (small DenseNet, SqueezeNet, DenseNet-121, registry, weight
-// loading, summaries): parameter counts of DESIGN.md section 4, state-dict names
+// loading, summaries): parameter counts of docs/architecture.md, state-dict names
 // and shapes against the seed files, the memory-efficient dense layer against
 // the naive graph (outputs, gradients, running statistics), never-half-loading
 // imports, input-size limits. Seed-weight parity: tests/test_seed_parity.cpp.
@@ -43,7 +43,7 @@ TEST(Models, RegistryNames) {
 }
 
 TEST(Models, ParameterCountsMatchTheDesign) {
-  // DESIGN.md section 4, 3x56x56 input, 200 classes.
+  // docs/architecture.md, "Models": 3x56x56 input, 200 classes.
   EXPECT_EQ(models::create("small_densenet")->num_parameters(), 440264);
   EXPECT_EQ(models::create("squeezenet")->num_parameters(), 827784);
   EXPECT_EQ(models::create("densenet121")->num_parameters(), 7151176);
@@ -59,7 +59,7 @@ TEST(Models, ParameterCountsMatchTheDesign) {
 }
 
 TEST(Models, StateDictNamesAndShapesAreTheSeeds) {
-  const std::string dir = TTQ_SEED_DIR;
+  const std::string dir = test::seed_dir();
   for (const char* arch : {"small_densenet", "squeezenet"}) {
     auto model = models::create(arch);
     auto theirs = shapes_of(io::read_safetensors(dir + "/" + arch + "_fp.safetensors").tensors());
@@ -294,7 +294,7 @@ TEST(Models, LoadRejectsMissingExtraAndMisshapenTensorsWithoutTouchingTheModel) 
   io::NamedTensors before;
   for (auto& [n, t] : model->state_dict()) before.emplace_back(n, t.clone());
   io::NamedTensors good =
-      io::read_safetensors(std::string(TTQ_SEED_DIR) + "/squeezenet_fp.safetensors").tensors();
+      io::read_safetensors(test::seed_dir() + "/squeezenet_fp.safetensors").tensors();
 
   auto expect_unchanged = [&] {
     auto now = model->state_dict();
@@ -328,7 +328,7 @@ TEST(Models, LoadRejectsMissingExtraAndMisshapenTensorsWithoutTouchingTheModel) 
 }
 
 TEST(Models, ConfigFromWeights) {
-  auto st = io::read_safetensors(std::string(TTQ_SEED_DIR) + "/small_densenet_fp.safetensors");
+  auto st = io::read_safetensors(test::seed_dir() + "/small_densenet_fp.safetensors");
   ModelConfig c = models::config_from_weights("small_densenet", st.tensors(), "f");
   EXPECT_EQ(c.in_channels, 3);
   EXPECT_EQ(c.num_classes, 200);

@@ -1,5 +1,5 @@
 // Packed 2-bit models (models/packed.h) end to end: the seed's two TTQ files pack
-// with the zero fractions of shared/seed-models/README.md and unpack to the same
+// with the zero fractions of tests/fixtures/seed/README.md and unpack to the same
 // weights bit for bit; packed inference reproduces the float TTQ model's logits on
 // reference_io's input within 1e-5 relative on the CPU (and PyTorch's within 1e-4),
 // with either CPU micro-kernel; batch N equals N batches of 1 and a second run gives
@@ -30,12 +30,12 @@
 namespace ttq {
 namespace {
 
-const std::string kSeed = TTQ_SEED_DIR;
+const std::string kSeed = test::seed_dir();
 
 struct SeedFile {
   std::string file, arch;
   int layers;
-  int64_t weights, zeros;  // shared/seed-models/README.md, "Ternary statistics per layer"
+  int64_t weights, zeros;  // tests/fixtures/seed/README.md, "Ternary statistics per layer"
 };
 const std::vector<SeedFile> kSeeds = {{"small_densenet_ttq", "small_densenet", 62, 381024, 145691},
                                       {"squeezenet_ttq", "squeezenet", 24, 717824, 459891}};

@@ -1,5 +1,5 @@
 // Tests of the safetensors reader / writer (engine/io/safetensors.h): round
-// trips, the seed files, every hostile-header case of DESIGN.md section 6 (one
+// trips, the seed files, every hostile-header case of docs/formats.md (one
 // line naming the file and the problem), and atomic writes. Built and run under
 // ASan/UBSan with -DTTQ_SANITIZE=ON.
 #include <dirent.h>
@@ -167,7 +167,7 @@ TEST(Safetensors, ReadsHandWrittenFileWithPaddingAndShuffledOffsets) {
 }
 
 TEST(Safetensors, ReadsSeedFiles) {
-  const std::string dir = TTQ_SEED_DIR;
+  const std::string dir = test::seed_dir();
   io::SafeTensors sd = io::read_safetensors(dir + "/small_densenet_fp.safetensors");
   EXPECT_EQ(sd.tensors().size(), 321u);
   EXPECT_EQ(sd.tensors().front().first, "features.conv0.weight");

@@ -1,5 +1,5 @@
 // Golden end-to-end test against PyTorch: the seed's four trained models
-// (shared/seed-models, small DenseNet and SqueezeNet, fp and TTQ) load with no
+// (tests/fixtures/seed, small DenseNet and SqueezeNet, fp and TTQ) load with no
 // name mapping and reproduce PyTorch's logits for reference_io's input within a
 // relative error of 1e-4 (max|ours - theirs| / max|theirs|), on the CPU and on
 // CUDA when present; batch N equals N batches of 1; eval is bit-reproducible;
@@ -22,7 +22,7 @@
 namespace ttq {
 namespace {
 
-const std::string kSeed = TTQ_SEED_DIR;
+const std::string kSeed = test::seed_dir();
 
 struct SeedCase {
   std::string file;  // e.g. "small_densenet_fp"
@@ -70,7 +70,7 @@ TEST_P(SeedParity, LogitsMatchPyTorch) {
     std::printf("%-20s %s: max rel error %.3g, max abs error %.3g\n", c.file.c_str(), dev.str().c_str(), rel,
                 abs);
     EXPECT_LT(rel, 1e-4) << c.file << " on " << dev.str();
-    // Argmax of image 0 (top5_first_image.json).
+    // Argmax of image 0 (tests/fixtures/seed/README.md, top-5 of image 0).
     std::vector<float> l = ours.to_vector<float>();
     int best = static_cast<int>(std::max_element(l.begin(), l.begin() + 200) - l.begin());
     const int expect = c.file.rfind("small", 0) == 0 ? 134 : 62;

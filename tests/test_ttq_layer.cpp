@@ -343,10 +343,10 @@ TEST(TtqTraining, SmallCnnKeepsAccuracy) {
   EXPECT_EQ(net->at<nn::Conv2d>(0)->weight().to_vector<float>(), first_before.to_vector<float>());
 }
 
-// DESIGN.md section 3: behind BatchNorm the loss does not depend on the layer's
-// scale, so Wp sum_P G = Wn sum_N G. With the seed's sign and Wp = Wn the two
-// scale gradients then coincide and Adam keeps the scales tied (as in the seed's
-// files); with the exact sign they move apart.
+// docs/ttq.md, "The sign of dL/dWn": behind BatchNorm the loss does not depend
+// on the layer's scale, so Wp sum_P G = Wn sum_N G. With the seed's sign and
+// Wp = Wn the two scale gradients then coincide and Adam keeps the scales tied
+// (as in the seed's files); with the exact sign they move apart.
 TEST(TtqTraining, SeedSignKeepsScalesTiedBehindBatchNorm) {
   const Dataset d = make_task(256, 40);
   double gap[2] = {0, 0};
@@ -442,7 +442,7 @@ TEST(TtqCheckpoint, RejectsIncompleteOrNonTernaryState) {
 
 // The seed's TTQ files hold only the ternary values; loaded into a quantized
 // model they ternarize back to the same bits, and the zero counts match
-// shared/seed-models/README.md.
+// tests/fixtures/seed/README.md.
 TEST(TtqCheckpoint, SeedTernaryFilesLoadAndReproduceTheirStatistics) {
   struct Case {
     const char* arch;
@@ -454,7 +454,7 @@ TEST(TtqCheckpoint, SeedTernaryFilesLoadAndReproduceTheirStatistics) {
   const Case cases[] = {{"small_densenet", "small_densenet_ttq.safetensors", 0.05, 62, 381024, 145691},
                         {"squeezenet", "squeezenet_ttq.safetensors", 0.15, 24, 717824, 459891}};
   for (const Case& c : cases) {
-    const std::string path = std::string(TTQ_SEED_DIR) + "/" + c.file;
+    const std::string path = test::seed_dir() + "/" + c.file;
     io::SafeTensors file = io::read_safetensors(path);
     models::ModelPtr m = models::create(c.arch);
     models::TtqOptions o;
@@ -481,7 +481,7 @@ TEST(TtqCheckpoint, SeedTernaryFilesLoadAndReproduceTheirStatistics) {
 }
 
 TEST(TtqCheckpoint, FullPrecisionSeedFileIsNotTernary) {
-  const std::string path = std::string(TTQ_SEED_DIR) + "/squeezenet_fp.safetensors";
+  const std::string path = test::seed_dir() + "/squeezenet_fp.safetensors";
   io::SafeTensors file = io::read_safetensors(path);
   models::ModelPtr m = models::create("squeezenet");
   models::TtqModel ttq = models::quantize_model(*m, models::TtqOptions{});

@@ -13,6 +13,11 @@
 
 namespace ttq::test {
 
+std::string seed_dir() {
+  const char* env = std::getenv("TTQ_SEED_DIR");
+  return env != nullptr && env[0] != '\0' ? std::string(env) : std::string(TTQ_SEED_DIR);
+}
+
 Tensor rand(const Shape& shape, uint64_t seed, DType dtype, Device device) {
   Generator g(seed);
   return Tensor::uniform(shape, g, -1.0, 1.0, dtype, device);

@@ -1,5 +1,6 @@
 // Shared test helpers: seeded random tensors, normalised-error comparisons,
-// device lists for device-parameterised tests, and output poisoning.
+// device lists for device-parameterised tests, output poisoning, the seed
+// fixtures' folder and the runner for the built tools.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -12,6 +13,12 @@
 #include "engine/tensor.h"
 
 namespace ttq::test {
+
+// The folder of the seed fixtures (tests/fixtures/seed/README.md): the
+// environment variable TTQ_SEED_DIR when it is set and not empty, else the
+// source tree's tests/fixtures/seed as configured. The variable serves a test
+// program run from a copy of the repository at another path (tools/gpu_check.sh).
+std::string seed_dir();
 
 // Fresh seeded generator; each call site passes its own seed.
 inline Generator gen(uint64_t seed) { return Generator(seed); }

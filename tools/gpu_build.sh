@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, the bundle that tools/gpu_check.sh runs
-# on a GPU machine (DESIGN.md section 9): a Release build for sm_90 with
-# GoogleTest and the BLAS linked statically (TTQ_STATIC_DEPS=ON), then a stage
+# on a GPU machine (docs/architecture.md, "The GPU check"): a Release build for
+# sm_90 with GoogleTest and the BLAS linked statically (TTQ_STATIC_DEPS=ON), then a stage
 # folder holding the stripped CUDA test programs and every benchmark, the
 # shared libraries they need that a CUDA machine may lack (Google Benchmark,
 # OpenMP, ...), and a manifest. CUDA's own libraries (cudart, cuBLAS, cuDNN)
@@ -72,16 +72,11 @@ rm -f "$build/carry/ttq-gpu-bundle.tar.xz"
 echo "gpu_build: compressing $(du -sh "$stage" | cut -f1) into $build/carry/ttq-gpu-bundle.tar.xz"
 tar -C "$stage" -cf - . | xz --lzma2=preset=6,dict=64MiB -T1 >"$build/carry/ttq-gpu-bundle.tar.xz"
 cp "$stage/MANIFEST.txt" "$build/carry/"
-# The seed models that tests read from a path compiled in (TTQ_SEED_DIR): carried
-# too, for gpu_check.sh to put back at that path when the GPU machine lacks it.
-seed_dir=$(pwd)/../shared/seed-models
+# The seed fixtures are not carried: they are part of the repository
+# (tests/fixtures/seed) and gpu_check.sh points TTQ_SEED_DIR at the copy there.
+# A seed-models/ folder that an earlier bundle left in the carry folder goes.
 chmod -R u+w "$build/carry/seed-models" 2>/dev/null || true
 rm -rf "$build/carry/seed-models"
-if [[ -d $seed_dir ]]; then
-  cp -r "$seed_dir" "$build/carry/seed-models"
-  chmod -R u+w "$build/carry/seed-models"
-  echo "seed dir: $seed_dir" >>"$build/carry/MANIFEST.txt"
-fi
 ls -la "$stage/bin" "$stage/lib" | awk 'NF > 5 && $NF !~ /^\.+$/ {printf "  %10d  %s\n", $5, $NF}'
 size_kib=$(du -sk "$build/carry" | cut -f1)
 echo "gpu_build: $build/carry holds $((size_kib / 1024)) MiB ($size_kib KiB)"

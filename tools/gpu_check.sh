@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check (DESIGN.md section 9): one prepared run on a GPU machine (an
-# H100 / H200 with the CUDA toolkit, CMake, Ninja and PyTorch, maybe without
-# GoogleTest, Google Benchmark, a BLAS or a network). It
+# The GPU check (docs/architecture.md, "The GPU check"): one prepared run on a
+# GPU machine (an H100 / H200 with the CUDA toolkit, CMake, Ninja and PyTorch,
+# maybe without GoogleTest, Google Benchmark, a BLAS or a network). It
 #   1. probes the machine (nvidia-smi, nvcc, where cuDNN / cuBLAS / cudart are,
 #      PyTorch), and picks the binaries: the bundle made elsewhere by
 #      tools/gpu_build.sh ($GPU_STAGE, build-gpu/stage, or the archive
@@ -98,14 +98,9 @@ except TypeError:  # Python before 3.12
   fi
   say "unpacked $(basename "$bundle") ($(du -sh "$stage" | cut -f1))"
 fi
-# Tests read the seed models from the path compiled into them; put the carried
-# copy there when this machine lacks it.
-carry_dir=$root/build-gpu/carry
-seed_path=$(sed -n 's/^seed dir: //p' "$carry_dir/MANIFEST.txt" 2>/dev/null)
-if [[ -n $seed_path && ! -e $seed_path && -d $carry_dir/seed-models ]]; then
-  mkdir -p "$(dirname "$seed_path")" 2>/dev/null && ln -s "$carry_dir/seed-models" "$seed_path" 2>/dev/null &&
-    say "seed models linked at $seed_path"
-fi
+# Tests, benchmarks and peer scripts read the seed fixtures from this copy of the
+# repository: the path compiled into a carried build is the build machine's.
+export TTQ_SEED_DIR=$root/tests/fixtures/seed
 path=""
 if [[ -d $stage/bin ]] && compgen -G "$stage/bin/test_*" >/dev/null; then
   path="carried"
@@ -149,6 +144,8 @@ export TTQ_ALLOW_TF32=0
   [[ -f $stage/MANIFEST.txt && $path == carried ]] && cat "$stage/MANIFEST.txt"
   echo "## LD_LIBRARY_PATH"
   echo "$LD_LIBRARY_PATH"
+  echo "## seed fixtures (TTQ_SEED_DIR)"
+  echo "$TTQ_SEED_DIR: $(find "$TTQ_SEED_DIR" -maxdepth 1 -name '*.safetensors' 2>/dev/null | wc -l) safetensors files"
   echo "## ldd (libraries not found)"
   for f in "$bindir"/*; do
     nf=$(ldd "$f" 2>&1 | grep "not found" | awk '{print $1}' | tr '\n' ' ')

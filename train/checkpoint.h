@@ -1,4 +1,4 @@
-// Training checkpoints (DESIGN.md section 6): a safetensors file holding every
+// Training checkpoints (docs/formats.md): a safetensors file holding every
 // parameter and BN buffer under its PyTorch name (in the TTQ phase the quantized
 // weights hold {+Wp, 0, -Wn}, with latent weights and scales beside them), the
 // optimiser and scheduler state as tensors, and in __metadata__ the model and

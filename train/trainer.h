@@ -1,5 +1,5 @@
 // The training loop behind ttq_train: both phases (full precision, TTQ),
-// the seed's optimisers and schedules (DESIGN.md section 3), run folders
+// the seed's optimisers and schedules (docs/ttq.md), run folders
 // (config.json, metrics.jsonl, last / best checkpoints, all written
 // atomically), exact resume, signal handling and divergence checks.
 // Tests: tests/test_train_loop.cpp (resume equivalence, SIGKILL, NaN).
@@ -57,8 +57,8 @@ struct TrainOptions {
   int64_t stop_after_steps = 0;
 };
 
-// Fills in the seed's defaults (DESIGN.md section 3) for every unset field.
-// Throws ttq::InputError naming the flag for an impossible value.
+// Fills in the seed's defaults (docs/ttq.md, "Defaults of ttq_train") for every
+// unset field. Throws ttq::InputError naming the flag for an impossible value.
 TrainOptions resolve_defaults(TrainOptions o);
 
 struct EpochMetrics {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch peer for bench/bench_packed_model.cpp: eval-mode inference of the
-seed's TTQ small DenseNet and SqueezeNet (shared/seed-models, the seed's state-dict
+seed's TTQ small DenseNet and SqueezeNet (tests/fixtures/seed, the seed's state-dict
 names, ternary weights stored as floats), batch-1 latency and batch-32 throughput
 on the same machine, after checking the logits against reference_io.
 
@@ -60,7 +60,7 @@ class DenseLayer(nn.Module):
 
 
 class SmallDenseNet(nn.Module):
-    """The seed's small DenseNet-BC (DESIGN.md section 4) with its state-dict names."""
+    """The seed's small DenseNet-BC (docs/architecture.md, "Models") with its state-dict names."""
 
     def __init__(self, classes=200, blocks=(8, 12, 10), growth=12, bn_size=4, init=48):
         super().__init__()
@@ -118,7 +118,7 @@ class Fire(nn.Module):
 
 
 class SqueezeNet(nn.Module):
-    """The seed's SqueezeNet variant (shared/seed-models/README.md)."""
+    """The seed's SqueezeNet variant (tests/fixtures/seed/README.md)."""
 
     def __init__(self, classes=200):
         super().__init__()

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""PyTorch peer of ttq's training step for the three models of DESIGN.md
-section 4 (--model): the small DenseNet (the seed's DenseNet-BC: conv0 3x3
+"""PyTorch peer of ttq's training step for the three models of
+docs/architecture.md, "Models" (--model): the small DenseNet (the seed's DenseNet-BC: conv0 3x3
 3->48, BN, ReLU, maxpool 3/2/1; blocks (8, 12, 10), growth 12, bn_size 4,
 dropout 0.25; transitions halve channels + avgpool 2; norm4; ReLU; global
 avgpool; dropout; Linear), DenseNet-121 (the same structure with conv0 3->64,

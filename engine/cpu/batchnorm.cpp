@@ -1,16 +1,19 @@
 // CPU BatchNorm2d (PyTorch semantics): training forward with running-stat
-// update, eval forward, the training backward, and the fused BN+ReLU variants
-// over an unmaterialised channel concatenation (engine/cpu/batchnorm_relu.h).
+// update, eval forward, the training backward, and the fused BN+ReLU
+// (batch_norm_relu_*, engine/backend.h) over an unmaterialised channel
+// concatenation that ops::dense_bottleneck runs; its CUDA twin is
+// engine/cuda/batch_norm_relu.cu (cuDNN's batch_norm.cu for the rest).
 // OpenMP over channels; statistics accumulate in double. Reference: the
-// BATCH_NORM cases and the running-stats test of tests/test_backend_ops.cpp;
-// the fused variants: tests/test_models.cpp (bit-identical to the unfused ops).
+// BATCH_NORM2D / DENSE_BOTTLENECK cases and the running-stats tests of
+// tests/test_backend_ops.cpp; the fused variants are bit-identical to the
+// unfused ops on a concatenated copy (tests/test_models.cpp and
+// OpsOnDevice.DenseBottleneckMatchesUnfusedOps).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
 
 #include "engine/backend.h"
-#include "engine/cpu/batchnorm_relu.h"
 #include "engine/cpu/parallel.h"
 
 // The vector helpers below pass 32-byte vectors by value; they are always

@@ -1,4 +1,4 @@
-// safetensors reader and writer (DESIGN.md section 6): 8-byte little-endian
+// safetensors reader and writer (docs/formats.md): 8-byte little-endian
 // header length N, N bytes of JSON {name: {dtype, shape, data_offsets}, ...,
 // "__metadata__": {string: string}}, then the raw little-endian data.
 // The reader validates every field before it touches the data; the writer is

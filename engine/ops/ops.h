@@ -23,6 +23,29 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
                     Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);
 Tensor relu(const Tensor& x);
+// The bottleneck of a DenseNet-BC dense layer in training mode, with the memory
+// of conv1(relu(norm1(concat(features)))) reduced to the feature maps and three
+// [C] vectors:
+//   x     = concat(features, dim 1), [N, C, H, W], C = sum_i C_i (never materialised)
+//   mu_c  = mean of x[:, c] over (N, H, W); var_c = the biased variance
+//   z     = relu((x - mu_c) * (bn_weight_c / sqrt(var_c + eps)) + bn_bias_c)
+//   out   = conv2d(z, conv_weight), 1x1, stride 1, no padding, no bias: [N, Co, H, W]
+// running_mean / running_var are updated once, as batch_norm2d in training
+// (unbiased variance, running = (1 - momentum) * running + momentum * batch).
+// The backward recomputes z from the saved statistics (the feature maps are kept,
+// not copied, when each sample is dense) and writes every feature's gradient
+// directly; gradients reach every feature map, bn_weight, bn_bias and
+// conv_weight (pass the effective, possibly quantized, weight: its gradient
+// flows on to the latent one through the graph).
+// requires: features non-empty, each [N, C_i, H, W] with the same N, H, W, float
+//           dtype and device, N*H*W > 1; bn_weight, bn_bias [C] or undefined
+//           (1, 0); running stats contiguous [C] or undefined (not tracked);
+//           conv_weight [Co, C, 1, 1]; eps > 0, 0 <= momentum <= 1.
+// ensures:  out as above. On the CPU out, the gradients and the running stats are
+//           bit-identical to conv2d(relu(batch_norm2d(concat(features), training))).
+Tensor dense_bottleneck(const std::vector<Tensor>& features, const Tensor& bn_weight, const Tensor& bn_bias,
+                        Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                        const Tensor& conv_weight);
 Tensor max_pool2d(const Tensor& x, int kernel, int stride, int padding = 0, bool ceil_mode = false);
 Tensor avg_pool2d(const Tensor& x, int kernel, int stride, int padding = 0, bool ceil_mode = false,
                   bool count_include_pad = true);

@@ -53,8 +53,8 @@ class Optimizer {
   void step();
   // Sets every parameter's gradient to undefined (PyTorch's set_to_none).
   void zero_grad();
-  // Hooks run after every step(), e.g. TTQ's "clamp the scales, recompute the
-  // ternary weights".
+  // Hooks run after every step(), e.g. TTQ's scale clamp (the ternary weights are
+  // recomputed by the next forward pass).
   void add_post_step_hook(std::function<void()> hook);
   int64_t steps_taken() const { return m_steps; }
 
