@@ -106,22 +106,24 @@ Tensor Model::forward(const Tensor& x) {
   const int n = m_graph.size();
   const bool fuse = is_training() && m_config.memory_efficient;
   std::vector<Tensor> v(static_cast<size_t>(n));
+  std::vector<char> done(static_cast<size_t>(n), 0);  // computed inside a fused chain
   v[0] = x;
   for (int i = 1; i < n; ++i) {
     const Node& node = nodes[static_cast<size_t>(i)];
-    if (v[static_cast<size_t>(i)].defined()) continue;  // written by a fused chain
+    if (done[static_cast<size_t>(i)]) continue;
     std::vector<Tensor> in;
     for (int j : node.inputs) in.push_back(v[static_cast<size_t>(j)]);
     const int bottleneck = m_bottleneck_conv[static_cast<size_t>(i)];
     if (fuse && bottleneck >= 0) {
-      // Concat -> BN -> ReLU -> conv as one op; the chain's inner nodes stay empty.
-      const int bn = nodes[static_cast<size_t>(bottleneck)].inputs[0] - 1;  // relu's input
+      // Concat -> BN -> ReLU -> conv as one op; the chain's BN and ReLU keep no value.
+      const int relu = nodes[static_cast<size_t>(bottleneck)].inputs[0];
+      const int bn = nodes[static_cast<size_t>(relu)].inputs[0];
       auto& norm = dynamic_cast<nn::BatchNorm2d&>(*m_modules[static_cast<size_t>(bn)]);
       auto& conv = dynamic_cast<nn::Conv2d&>(*m_modules[static_cast<size_t>(bottleneck)]);
-      Tensor y = ops::dense_bottleneck(in, norm.weight(), norm.bias(), norm.running_mean(), norm.running_var(),
-                                       norm.momentum(), norm.eps(), conv.effective_weight());
-      for (int k = i; k < bottleneck; ++k) v[static_cast<size_t>(k)] = Tensor();
-      v[static_cast<size_t>(bottleneck)] = y;
+      v[static_cast<size_t>(bottleneck)] =
+          ops::dense_bottleneck(in, norm.weight(), norm.bias(), norm.running_mean(), norm.running_var(),
+                                norm.momentum(), norm.eps(), conv.effective_weight());
+      done[static_cast<size_t>(bn)] = done[static_cast<size_t>(relu)] = done[static_cast<size_t>(bottleneck)] = 1;
     } else {
       switch (node.kind) {
         case NodeKind::Concat:

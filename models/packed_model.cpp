@@ -770,6 +770,14 @@ void PackedModel::check_input(const Shape& x, const std::string& what) const {
       << m_impl->config.in_channels << ", H, W] with N >= 1 and H, W >= " << min << ")";
 }
 
+int64_t PackedModel::plan_steps(int64_t n, int64_t h, int64_t w) {
+  check_input({n, m_impl->config.in_channels, h, w}, "plan_steps");
+  const std::array<int64_t, 3> key{n, h, w};
+  auto it = m_impl->plans.find(key);
+  if (it != m_impl->plans.end()) return static_cast<int64_t>(it->second->steps.size());
+  return static_cast<int64_t>(m_impl->build(n, h, w)->steps.size());
+}
+
 Tensor PackedModel::forward(const Tensor& x_in) {
   check_input(x_in.shape(), "packed " + m_impl->arch + " input");
   TTQ_CHECK(x_in.dtype() == DType::F32 || x_in.dtype() == DType::F64)

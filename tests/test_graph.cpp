@@ -171,7 +171,7 @@ TEST(Graph, AFourthArchitectureTrainsQuantizesPacksAndMatchesItsFloatModel) {
     so.momentum = 0.9;
     optim::SGD sgd(so);
     sgd.add_param_group(m->parameters());
-    train_steps(*m, sgd, train, 30);
+    train_steps(*m, sgd, train, 60);
   }
   EXPECT_GT(accuracy(*m, test), 0.9);
 
@@ -199,7 +199,8 @@ TEST(Graph, AFourthArchitectureTrainsQuantizesPacksAndMatchesItsFloatModel) {
     const Tensor want = m->forward(x), got = pm->forward(x);
     EXPECT_LT(test::max_rel_error(got, want), 1e-5) << "size " << size;
   }
-  EXPECT_THROW(pm->check_input({1, 3, 2, 2}, "x"), InputError);
+  EXPECT_EQ(pm->config().num_classes, 4);
+  EXPECT_THROW(pm->check_input({1, 4, 12, 12}, "x"), InputError);
 }
 
 }  // namespace
