@@ -36,12 +36,6 @@
 #include "models/packed.h"
 #include "models/packed_internal.h"
 
-#ifdef TTQ_HAS_CUDA
-#include <cuda_runtime.h>
-
-#include "engine/cuda/check.h"
-#endif
-
 namespace ttq::models {
 
 using namespace detail;
@@ -59,20 +53,8 @@ struct Plan {
   std::vector<Tensor> buffers;
   std::vector<std::function<void()>> steps;
   int runs = 0;
-#ifdef TTQ_HAS_CUDA
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
+  cuda::CapturedWork graph;  // the steps as one CUDA graph, once captured
   bool graph_failed = false;
-#endif
-  Plan() = default;
-  Plan(const Plan&) = delete;
-  Plan& operator=(const Plan&) = delete;
-  ~Plan() {
-#ifdef TTQ_HAS_CUDA
-    if (exec) TTQ_CUDA_CHECK_NOTHROW(cudaGraphExecDestroy(exec));
-    if (graph) TTQ_CUDA_CHECK_NOTHROW(cudaGraphDestroy(graph));
-#endif
-  }
 };
 
 // How one node is computed in a plan.
@@ -602,47 +584,16 @@ void PackedModel::Impl::run(Plan& p) {
   auto eager = [&] {
     for (auto& step : p.steps) step();
   };
-#ifdef TTQ_HAS_CUDA
-  if (device.is_cuda() && options.cuda_graph_max_batch > 0 && p.n <= options.cuda_graph_max_batch &&
-      !p.graph_failed) {
-    cudaStream_t stream = static_cast<cudaStream_t>(cuda::current_stream());
-    if (p.exec) {
-      TTQ_CUDA_CHECK(cudaGraphLaunch(p.exec, stream));
+  const bool graphs = device.is_cuda() && options.cuda_graph_max_batch > 0 && p.n <= options.cuda_graph_max_batch;
+  if (graphs && !p.graph_failed) {
+    // The first run of a shape is eager (and checks every launch); the second captures.
+    if (!p.graph.captured() && p.runs > 0) p.graph_failed = !p.graph.capture(eager);
+    if (p.graph.captured()) {
+      p.graph.launch();
       ++graph_replays;
       return;
     }
-    if (p.runs++ == 0) {  // the first run of a shape is eager (and checks every launch)
-      eager();
-      return;
-    }
-    cuda::synchronize();
-    bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-    if (ok) {
-      try {
-        eager();
-      } catch (const std::exception&) {
-        ok = false;
-      }
-      cudaGraph_t graph = nullptr;
-      ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok && graph != nullptr;
-      if (ok) {
-        p.graph = graph;
-        ok = cudaGraphInstantiate(&p.exec, p.graph, 0) == cudaSuccess;
-      } else if (graph) {
-        cudaGraphDestroy(graph);
-      }
-    }
-    if (!ok) {
-      (void)cudaGetLastError();  // clear the capture's error; run eagerly from now on
-      p.graph_failed = true;
-      eager();
-      return;
-    }
-    TTQ_CUDA_CHECK(cudaGraphLaunch(p.exec, stream));
-    ++graph_replays;
-    return;
   }
-#endif
   ++p.runs;
   eager();
 }
