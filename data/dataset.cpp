@@ -11,6 +11,7 @@
 
 #include "data/idx.h"
 #include "engine/error.h"
+#include "engine/io/file.h"
 #include "engine/rng.h"
 
 namespace fs = std::filesystem;
@@ -47,6 +48,13 @@ std::string trim(const std::string& s) {
   return s.substr(b, e - b + 1);
 }
 
+// A classifier needs two classes: with one, every prediction is right and the
+// accuracy says nothing.
+void check_class_count(const std::vector<std::string>& classes, const std::string& where) {
+  TTQ_INPUT_CHECK(classes.size() >= 2) << where << ": only one class ('" << classes.at(0)
+                                       << "'); a classification data set needs at least two";
+}
+
 // Sub-folders of `dir`, sorted by name, hidden ones ('.') left out.
 std::vector<std::string> list_subdirs(const fs::path& dir) {
   std::vector<std::string> out;
@@ -60,24 +68,49 @@ std::vector<std::string> list_subdirs(const fs::path& dir) {
   return out;
 }
 
-// Image files under `dir` (recursively when asked), sorted by path. Other
-// regular files are reported once and ignored; hidden files are ignored.
+// Image files under `dir` (recursively when asked: real sub-folders are entered,
+// symbolic links to folders are not), sorted by path. Every entry named like an
+// image is an item, whatever it is: a directory called x.png, a FIFO, a device
+// or a broken symbolic link fails its decode like a corrupt file, so it is
+// reported, skipped and counted in each epoch that meets it, and never opened
+// (engine/io/file.h). Other entries are reported once here and ignored; hidden
+// entries ('.') are ignored.
 std::vector<std::string> list_images(const fs::path& dir, bool recursive) {
   std::vector<std::string> out;
   std::error_code ec;
+  // Returns true when `e` is a folder to enter.
   auto visit = [&](const fs::directory_entry& e) {
     std::string name = e.path().filename().string();
-    if (name.empty() || name[0] == '.' || !is_file(e.path())) return;
+    if (name.empty() || name[0] == '.') return false;
     if (has_image_extension(name)) {
       out.push_back(e.path().string());
-    } else {
-      report_skipped(e.path().string(), "not an image file (extension)");
+      return false;
     }
+    std::error_code sec;
+    const bool link = e.is_symlink(sec);
+    if (is_dir(e.path())) {
+      if (recursive && !link) return true;
+      report_skipped(e.path().string(), link ? "not an image file (a link to a folder, not followed)"
+                                             : "not an image file (a folder)");
+    } else if (is_file(e.path())) {
+      report_skipped(e.path().string(), "not an image file (extension)");
+    } else {
+      report_skipped(e.path().string(), io::regular_file_problem(e.path().string()));
+    }
+    return false;
   };
   if (recursive) {
-    for (const auto& e : fs::recursive_directory_iterator(dir, ec)) visit(e);
+    fs::recursive_directory_iterator it(dir, ec), end;
+    while (!ec && it != end) {
+      if (!visit(*it)) it.disable_recursion_pending();
+      it.increment(ec);
+    }
   } else {
-    for (const auto& e : fs::directory_iterator(dir, ec)) visit(e);
+    fs::directory_iterator it(dir, ec), end;
+    while (!ec && it != end) {
+      visit(*it);
+      it.increment(ec);
+    }
   }
   TTQ_INPUT_CHECK(!ec) << dir.string() << ": cannot list (" << ec.message() << ")";
   std::sort(out.begin(), out.end());
@@ -120,6 +153,7 @@ TinyClasses tiny_imagenet_classes(const fs::path& root) {
     c.wnids = list_subdirs(train);
     TTQ_INPUT_CHECK(!c.wnids.empty()) << train.string() << ": no class folders";
   }
+  check_class_count(c.wnids, is_file(wnids_path) ? wnids_path.string() : train.string());
   std::map<std::string, std::string> words = read_words(root / "words.txt");
   for (const std::string& w : c.wnids) {
     auto it = words.find(w);
@@ -145,7 +179,7 @@ std::string find_idx(const fs::path& dir, const std::string& name) {
 }  // namespace
 
 void report_skipped(const std::string& path, const std::string& reason) {
-  std::fprintf(stderr, "ttq: skipping %s: %s\n", path.c_str(), reason.c_str());
+  std::fprintf(stderr, "ttq: skipping %s: %s\n", printable(path).c_str(), printable(reason).c_str());
 }
 
 // ---- Dataset ----
@@ -215,8 +249,9 @@ IdxDataset::IdxDataset(const std::string& images_path, const std::string& labels
   IdxArray labels = read_idx(labels_path, 1);
   TTQ_INPUT_CHECK(images.dims[0] == labels.dims[0]) << images_path << ": " << images.dims[0] << " images but "
                                                     << labels_path << " has " << labels.dims[0] << " labels";
-  TTQ_INPUT_CHECK(images.dims[1] == images.dims[2])
-      << images_path << ": images are " << images.dims[1] << "x" << images.dims[2] << ", expected square";
+  TTQ_INPUT_CHECK(images.dims[1] == kIdxImageSize && images.dims[2] == kIdxImageSize)
+      << images_path << ": images are " << images.dims[1] << "x" << images.dims[2] << ", expected "
+      << kIdxImageSize << "x" << kIdxImageSize;
   for (size_t i = 0; i < labels.data.size(); ++i) {
     TTQ_INPUT_CHECK(labels.data[i] < class_names.size())
         << labels_path << ": label " << int(labels.data[i]) << " of item " << i << " outside [0, "
@@ -431,6 +466,7 @@ std::shared_ptr<ImageFileDataset> open_image_folder(const std::string& root_str,
                                                     const std::vector<std::string>* class_names) {
   fs::path root(root_str);
   std::vector<std::string> folders = folder_classes(root);
+  if (class_names == nullptr) check_class_count(folders, root.string());
   std::vector<std::string> classes = class_names ? *class_names : folders;
   std::map<std::string, int64_t> index;
   for (size_t i = 0; i < classes.size(); ++i) index[classes[i]] = static_cast<int64_t>(i);
@@ -569,7 +605,7 @@ Splits open_data(const DataSpec& spec, int image_size, const SplitOptions& split
 
 Preprocess preprocess_for(const DataSpec& spec) {
   if (spec.kind == DataSpec::Kind::FashionMnist || spec.kind == DataSpec::Kind::Mnist)
-    return Preprocess::gray();
+    return Preprocess::gray(kIdxImageSize);
   return Preprocess::seed_rgb();
 }
 
@@ -590,7 +626,9 @@ ClassNames class_names_for(const DataSpec& spec) {
     }
     case DataSpec::Kind::Folder: {
       fs::path root(spec.dir);
-      c.names = folder_classes(is_dir(root / "train") ? root / "train" : root);
+      if (is_dir(root / "train")) root /= "train";
+      c.names = folder_classes(root);
+      check_class_count(c.names, root.string());
       break;
     }
   }

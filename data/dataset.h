@@ -5,15 +5,19 @@
 // Tested in tests/test_data.cpp on trees generated at test time.
 //
 // Bad data. A structural problem is a ttq::InputError naming the path: missing
-// folder or file, a class folder with no images, a label out of range, an IDX
-// header that does not match its data, an annotation naming an unknown class.
-// A single unusable image (corrupt, truncated, not an image, wrong size where a
-// size is required) is reported once on stderr ("ttq: skipping PATH: REASON")
-// and skipped; the loader counts skipped samples per epoch.
+// folder or file, a class folder with no images, a single class, a label out of
+// range, an IDX header that does not match its data or images that are not
+// kIdxImageSize square, an annotation naming an unknown class. A single unusable
+// image (corrupt, truncated, not an image, too large, wrong size where a size is
+// required, or not a file at all: a folder named x.png, a FIFO, a device, a
+// broken link) is reported once on stderr ("ttq: skipping PATH: REASON") and
+// skipped, never opened when it is not a regular file; the loader counts skipped
+// samples per epoch, each once in every epoch that meets it. A split none of
+// whose images can be read is an error of the trainer (train/trainer.cpp).
 //
 // Size policy. Tiny ImageNet and IDX data have a fixed size: a Tiny ImageNet
-// image that is not 64x64 is reported and skipped, IDX data is as its header
-// says. Image folders accept any size: images are resized (shorter side to the
+// image that is not 64x64 is reported and skipped, IDX images must be
+// kIdxImageSize square (28x28) or the files are refused. Image folders accept any size: images are resized (shorter side to the
 // image size, triangle filter, centre square) with resize_cover().
 #pragma once
 
@@ -55,7 +59,8 @@ class Dataset {
   int64_t bad_item_count() const;
 
  protected:
-  // Decodes item i or explains why not (no reporting).
+  // Decodes item i or explains why not (no reporting; `reported` set when a
+  // wrapped dataset has reported the failure already).
   virtual DecodeResult decode(int64_t i, Image* out) const = 0;
 
   std::vector<std::string> m_class_names;
@@ -93,11 +98,14 @@ class ImageFileDataset : public Dataset {
   bool m_fixed_size;
 };
 
-// Images held in memory (IDX data): n images of rows x cols, one channel.
+// The image size of IDX data sets (MNIST, Fashion-MNIST): what preprocess_for gives them.
+inline constexpr int kIdxImageSize = 28;
+
+// Images held in memory (IDX data): n images of kIdxImageSize square, one channel.
 class IdxDataset : public Dataset {
  public:
-  // Throws InputError naming the files when they do not match each other or a
-  // label is not below class_names.size().
+  // Throws InputError naming the files when they do not match each other, the
+  // images are not kIdxImageSize square, or a label is not below class_names.size().
   IdxDataset(const std::string& images_path, const std::string& labels_path,
              std::vector<std::string> class_names);
   int64_t size() const override { return m_count; }
@@ -250,7 +258,8 @@ ClassNames class_names_for(const DataSpec& spec);
 // Throws InputError naming the path when the file cannot be decoded.
 Tensor load_image_tensor(const std::string& path, const Preprocess& p);
 
-// Writes "ttq: skipping PATH: REASON" on stderr (one line).
+// Writes "ttq: skipping PATH: REASON" on stderr (one line: control characters
+// in either are escaped with printable()).
 void report_skipped(const std::string& path, const std::string& reason);
 
 }  // namespace ttq::data

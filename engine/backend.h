@@ -19,9 +19,16 @@
 
 namespace ttq {
 
+// Cross-correlation as PyTorch's conv2d: output (oh, ow) of channel o reads input
+// (oh*stride - pad + i*dilation, ow*stride - pad + j*dilation) of the channels of o's
+// group. groups divides both channel counts; the weight is [Co, Ci/groups, kh, kw] and
+// output channels [g*Co/groups, (g+1)*Co/groups) see input channels
+// [g*Ci/groups, (g+1)*Ci/groups). Depthwise: groups == Ci.
 struct Conv2dParams {
   int stride_h = 1, stride_w = 1;
   int pad_h = 0, pad_w = 0;
+  int dilation_h = 1, dilation_w = 1;
+  int groups = 1;
 };
 
 struct Pool2dParams {
@@ -35,8 +42,10 @@ struct Pool2dParams {
 // PyTorch's output-size rule for pooling (ceil_mode: the last window must start
 // inside the input or left padding).
 int64_t pool_out_size(int64_t in, int kernel, int stride, int pad, bool ceil_mode);
-inline int64_t conv_out_size(int64_t in, int kernel, int stride, int pad) {
-  return (in + 2 * pad - kernel) / stride + 1;
+// requires in + 2*pad >= dilation*(kernel-1) + 1 (the dilated kernel fits the padded input).
+inline int64_t conv_out_size(int64_t in, int kernel, int stride, int pad, int dilation = 1) {
+  const int64_t span = static_cast<int64_t>(dilation) * (kernel - 1) + 1;  // the dilated kernel
+  return (in + 2 * static_cast<int64_t>(pad) - span) / stride + 1;
 }
 
 enum class BinaryOp : uint8_t { Add, Sub, Mul };
@@ -45,7 +54,8 @@ enum class BinaryOp : uint8_t { Add, Sub, Mul };
 
 // clang-format off
 #define TTQ_BACKEND_DECLS                                                                          \
-  /* y[N,Co,Ho,Wo] = conv(x[N,Ci,H,W], w[Co,Ci,kh,kw]) + bias[Co] (bias may be undefined). */      \
+  /* y[N,Co,Ho,Wo] = conv(x[N,Ci,H,W], w[Co,Ci/groups,kh,kw]) + bias[Co] (bias may be undefined), */ \
+  /* Conv2dParams' rule. CPU: x and y may be channel slices (each sample a dense block). */          \
   void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,                        \
                       const Conv2dParams& p, Tensor& y);                                           \
   void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams& p, Tensor& gx); \

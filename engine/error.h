@@ -1,18 +1,29 @@
 // One error family for the whole engine: ttq::Error and the TTQ_CHECK macro.
 // TTQ_CHECK(cond) << "message" throws ttq::Error carrying the condition, file and line.
 // CUDA / cuDNN / cuBLAS checks live in engine/cuda/check.h and throw the same type.
+// printable() and the one-line rule: engine/error.cpp; tests in tests/test_safetensors.cpp.
 #pragma once
 
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace ttq {
 
-// Every failure the engine reports is a ttq::Error. `what()` is one line.
+// `s` made safe to print on one line of a terminal: C0 control characters
+// (newline, carriage return, escape, ...), DEL, the C1 controls U+0080..U+009F and
+// bytes that are not valid UTF-8 are written as \xNN; everything else is kept.
+// For text from files (names in metadata, file names, class names) that reaches
+// stdout or stderr.
+std::string printable(std::string_view s);
+
+// Every failure the engine reports is a ttq::Error. `what()` is one line: the
+// message passes through printable(), so a file name or a metadata value holding
+// a newline cannot split an error into several lines or inject one.
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& msg) : std::runtime_error(msg) {}
+  explicit Error(const std::string& msg) : std::runtime_error(printable(msg)) {}
 };
 
 // Bad user input (a corrupt file, a wrong flag): tools map it to exit code 2.

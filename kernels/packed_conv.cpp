@@ -96,26 +96,60 @@ void relayout_cpu_to_canonical(const CpuCodeLayout& l, uint8_t* canonical) {
   }
 }
 
-MmaCodeLayout relayout_mma(const uint8_t* canonical, int64_t co, int64_t k) {
-  TTQ_CHECK(co >= 0 && k >= 0) << "relayout_mma: bad shape [" << co << ", " << k << "]";
+std::vector<uint8_t> canonical_rows(const uint8_t* canonical, int64_t row0, int64_t rows, int64_t k) {
+  TTQ_CHECK(row0 >= 0 && rows >= 0 && k >= 0) << "canonical_rows: bad rows " << row0 << " + " << rows;
+  std::vector<uint8_t> out(static_cast<size_t>(packed::packed_bytes(rows * k)), 0);
+  const int64_t first = row0 * k;
+  for (int64_t i = 0; i < rows * k; ++i)
+    set_canonical_code(out.data(), i, canonical_code(canonical, first + i));
+  return out;
+}
+
+std::vector<CpuCodeLayout> relayout_cpu_groups(const uint8_t* canonical, int64_t co, int64_t k,
+                                               int64_t groups) {
+  TTQ_CHECK(groups >= 1 && co % groups == 0)
+      << "relayout_cpu_groups: " << groups << " groups for " << co << " rows";
+  std::vector<CpuCodeLayout> out;
+  out.reserve(static_cast<size_t>(groups));
+  const int64_t og = co / groups;
+  if (groups == 1) {
+    out.push_back(relayout_cpu(canonical, co, k));
+    return out;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const std::vector<uint8_t> rows = canonical_rows(canonical, g * og, og, k);
+    out.push_back(relayout_cpu(rows.data(), og, k));
+  }
+  return out;
+}
+
+MmaCodeLayout relayout_mma(const uint8_t* canonical, int64_t co, int64_t k, int64_t groups) {
+  TTQ_CHECK(co >= 0 && k >= 0 && groups >= 1 && co % groups == 0)
+      << "relayout_mma: bad shape [" << co << ", " << k << "] for " << groups << " groups";
   MmaCodeLayout l;
   l.co = co;
   l.k = k;
-  l.mtiles = (co + 15) / 16;
+  l.groups = groups;
+  const int64_t og = co / groups;
+  l.mtiles = (og + 15) / 16;
   l.ksteps = (k + 15) / 16;
-  l.words.assign(static_cast<size_t>(l.mtiles * l.ksteps * 32), 0);
-  auto code = [&](int64_t row, int64_t col) -> unsigned {
-    return row < co && col < k ? canonical_code(canonical, row * k + col) : 0u;
-  };
-  for (int64_t mt = 0; mt < l.mtiles; ++mt) {
-    for (int64_t ks = 0; ks < l.ksteps; ++ks) {
-      for (int lane = 0; lane < 32; ++lane) {
-        const int64_t g = lane / 4, t = lane % 4;
-        const int64_t r0 = mt * 16 + g, r1 = r0 + 8, c0 = ks * 16 + 2 * t, c1 = c0 + 8;
-        const unsigned w = code(r0, c0) | code(r0, c0 + 1) << 2 | code(r1, c0) << 4 | code(r1, c0 + 1) << 6 |
-                           code(r0, c1) << 8 | code(r0, c1 + 1) << 10 | code(r1, c1) << 12 |
-                           code(r1, c1 + 1) << 14;
-        l.words[(mt * l.ksteps + ks) * 32 + lane] = static_cast<uint16_t>(w);
+  l.words.assign(static_cast<size_t>(groups * l.group_words()), 0);
+  for (int64_t grp = 0; grp < groups; ++grp) {
+    // Rows relative to the group; rows past the group's last are padding.
+    auto code = [&](int64_t row, int64_t col) -> unsigned {
+      return row < og && col < k ? canonical_code(canonical, (grp * og + row) * k + col) : 0u;
+    };
+    uint16_t* words = l.words.data() + grp * l.group_words();
+    for (int64_t mt = 0; mt < l.mtiles; ++mt) {
+      for (int64_t ks = 0; ks < l.ksteps; ++ks) {
+        for (int lane = 0; lane < 32; ++lane) {
+          const int64_t g = lane / 4, t = lane % 4;
+          const int64_t r0 = mt * 16 + g, r1 = r0 + 8, c0 = ks * 16 + 2 * t, c1 = c0 + 8;
+          const unsigned w = code(r0, c0) | code(r0, c0 + 1) << 2 | code(r1, c0) << 4 |
+                             code(r1, c0 + 1) << 6 | code(r0, c1) << 8 | code(r0, c1 + 1) << 10 |
+                             code(r1, c1) << 12 | code(r1, c1 + 1) << 14;
+          words[(mt * l.ksteps + ks) * 32 + lane] = static_cast<uint16_t>(w);
+        }
       }
     }
   }
@@ -124,22 +158,26 @@ MmaCodeLayout relayout_mma(const uint8_t* canonical, int64_t co, int64_t k) {
 
 void relayout_mma_to_canonical(const MmaCodeLayout& l, uint8_t* canonical) {
   std::memset(canonical, 0, static_cast<size_t>(packed::packed_bytes(l.co * l.k)));
-  for (int64_t mt = 0; mt < l.mtiles; ++mt) {
-    for (int64_t ks = 0; ks < l.ksteps; ++ks) {
-      for (int lane = 0; lane < 32; ++lane) {
-        const unsigned w = l.words[(mt * l.ksteps + ks) * 32 + lane];
-        const int64_t g = lane / 4, t = lane % 4;
-        const int64_t rows[2] = {mt * 16 + g, mt * 16 + g + 8};
-        const int64_t cols[2] = {ks * 16 + 2 * t, ks * 16 + 2 * t + 8};
-        for (int half = 0; half < 2; ++half) {  // k 2t.. then 2t+8..
-          for (int rr = 0; rr < 2; ++rr) {      // row g then g+8
-            for (int e = 0; e < 2; ++e) {       // the two adjacent k
-              const unsigned c = (w >> (8 * half + 4 * rr + 2 * e)) & 3u;
-              const int64_t row = rows[rr], col = cols[half] + e;
-              if (row < l.co && col < l.k) {
-                set_canonical_code(canonical, row * l.k + col, static_cast<uint8_t>(c));
-              } else {
-                TTQ_CHECK(c == 0) << "relayout_mma_to_canonical: non-zero padding code";
+  const int64_t og = l.co / l.groups;
+  for (int64_t grp = 0; grp < l.groups; ++grp) {
+    const uint16_t* words = l.words.data() + grp * l.group_words();
+    for (int64_t mt = 0; mt < l.mtiles; ++mt) {
+      for (int64_t ks = 0; ks < l.ksteps; ++ks) {
+        for (int lane = 0; lane < 32; ++lane) {
+          const unsigned w = words[(mt * l.ksteps + ks) * 32 + lane];
+          const int64_t g = lane / 4, t = lane % 4;
+          const int64_t rows[2] = {mt * 16 + g, mt * 16 + g + 8};
+          const int64_t cols[2] = {ks * 16 + 2 * t, ks * 16 + 2 * t + 8};
+          for (int half = 0; half < 2; ++half) {  // k 2t.. then 2t+8..
+            for (int rr = 0; rr < 2; ++rr) {      // row g then g+8
+              for (int e = 0; e < 2; ++e) {       // the two adjacent k
+                const unsigned c = (w >> (8 * half + 4 * rr + 2 * e)) & 3u;
+                const int64_t row = rows[rr], col = cols[half] + e;
+                if (row < og && col < l.k) {
+                  set_canonical_code(canonical, (grp * og + row) * l.k + col, static_cast<uint8_t>(c));
+                } else {
+                  TTQ_CHECK(c == 0) << "relayout_mma_to_canonical: non-zero padding code";
+                }
               }
             }
           }
@@ -242,6 +280,9 @@ void check_args(const PackedConvArgs& a) {
   TTQ_CHECK(s.n >= 0 && s.ci >= 1 && s.h >= 1 && s.w >= 1 && s.co >= 1 && s.kh >= 1 && s.kw >= 1 &&
             s.stride >= 1 && s.pad >= 0)
       << "packed conv: bad shape";
+  TTQ_CHECK(s.groups >= 1 && s.ci % s.groups == 0 && s.co % s.groups == 0)
+      << "packed conv: " << s.groups << " groups do not divide " << s.ci << " input and " << s.co
+      << " output channels";
   TTQ_CHECK(!s.pool2 || (s.h >= 2 && s.w >= 2)) << "packed conv: pool2 needs at least 2x2 input";
   TTQ_CHECK(s.ho() >= 1 && s.wo() >= 1) << "packed conv: empty output (kernel larger than the padded input)";
   TTQ_CHECK(a.x && a.y) << "packed conv: null x or y";
@@ -255,17 +296,18 @@ void packed_conv_ref(const PackedConvArgs& a, const uint8_t* canonical) {
   const int64_t ho = s.ho(), wo = s.wo(), hs = s.hs(), ws = s.ws(), k = s.k();
   for (int64_t n = 0; n < s.n; ++n) {
     for (int64_t co = 0; co < s.co; ++co) {
+      const int64_t c0 = co / s.og() * s.cg();  // the group's first input channel
       for (int64_t oh = 0; oh < ho; ++oh) {
         for (int64_t ow = 0; ow < wo; ++ow) {
           double acc = 0;
-          for (int64_t c = 0; c < s.ci; ++c) {
+          for (int64_t c = 0; c < s.cg(); ++c) {
             for (int64_t i = 0; i < s.kh; ++i) {
               for (int64_t j = 0; j < s.kw; ++j) {
                 const int64_t ih = oh * s.stride - s.pad + i, iw = ow * s.stride - s.pad + j;
                 if (ih < 0 || ih >= hs || iw < 0 || iw >= ws) continue;
                 const uint8_t code = canonical_code(canonical, co * k + (c * s.kh + i) * s.kw + j);
                 const double wv = code == packed::kPos ? a.wp : (code == packed::kNeg ? -double(a.wn) : 0.0);
-                acc += wv * input_value(a, n, c, ih, iw);
+                acc += wv * input_value(a, n, c0 + c, ih, iw);
               }
             }
           }
@@ -705,6 +747,8 @@ void grow(std::vector<float>& v, size_t n) {
 void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const float* lut, CpuIsa isa) {
   check_args(a);
   const PackedConvShape& s = a.shape;
+  TTQ_CHECK(s.groups == 1) << "packed_conv_cpu: a conv of " << s.groups
+                           << " groups takes one layout per group (relayout_cpu_groups)";
   TTQ_CHECK(layout.co == s.co && layout.k == s.k())
       << "packed_conv_cpu: layout [" << layout.co << ", " << layout.k << "] for a conv [" << s.co << ", "
       << s.k() << "]";
@@ -791,8 +835,9 @@ void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const
   const int64_t items = P.tiles * P.groups;
   const int threads = omp_get_max_threads();
   // Threads pay off only above tens of microseconds of work: a fork / join costs
-  // microseconds on an idle machine and far more on a busy one.
-  const bool parallel = s.macs() >= kParallelMacs && threads > 1;
+  // microseconds on an idle machine and far more on a busy one. A call from inside a
+  // parallel region (the groups of a grouped conv) runs on its own thread.
+  const bool parallel = s.macs() >= kParallelMacs && threads > 1 && !omp_in_parallel();
 
   if (parallel && s.n >= 2 * threads) {
     // Whole samples per thread: each X' (and im2col) stays in its thread's cache, no
@@ -847,12 +892,49 @@ void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const
   }
 }
 
+void packed_conv_cpu(const PackedConvArgs& a, const std::vector<CpuCodeLayout>& group_layouts,
+                     const float* lut, CpuIsa isa) {
+  check_args(a);
+  const PackedConvShape& s = a.shape;
+  TTQ_CHECK(static_cast<int64_t>(group_layouts.size()) == s.groups)
+      << "packed_conv_cpu: " << group_layouts.size() << " layouts for " << s.groups << " groups";
+  if (s.groups == 1) return packed_conv_cpu(a, group_layouts[0], lut, isa);
+  const int64_t cg = s.cg(), og = s.og();
+  // Group g: a one-group conv on channel slices [g*cg, (g+1)*cg) of x and the prologue,
+  // [g*og, (g+1)*og) of y, the residual and the epilogue (the kernels take channel
+  // strides, so nothing is copied).
+  auto run_group = [&](int64_t g) {
+    PackedConvArgs ag = a;
+    ag.shape.ci = cg;
+    ag.shape.co = og;
+    ag.shape.groups = 1;
+    ag.x = a.x + g * cg * a.x_sc;
+    ag.y = a.y + g * og * a.y_sc;
+    if (a.residual) ag.residual = a.residual + g * og * a.r_sc;
+    if (a.pre.scale) ag.pre.scale = a.pre.scale + g * cg;
+    if (a.pre.shift) ag.pre.shift = a.pre.shift + g * cg;
+    if (a.post.scale) ag.post.scale = a.post.scale + g * og;
+    if (a.post.shift) ag.post.shift = a.post.shift + g * og;
+    packed_conv_cpu(ag, group_layouts[static_cast<size_t>(g)], lut, isa);
+  };
+  // Many groups (depthwise): whole groups per thread, each run on its thread (the
+  // one-group twin does not fork inside a parallel region). Few groups: one after
+  // another, each multithreaded when large enough.
+  const int threads = omp_get_max_threads();
+  const bool by_group = threads > 1 && s.groups >= threads && s.macs() >= kParallelMacs && !omp_in_parallel();
+#pragma omp parallel for schedule(dynamic, 1) if (by_group)
+  for (int64_t g = 0; g < s.groups; ++g) run_group(g);
+}
+
 // ---- PackedConvWeight ----------------------------------------------------------------
 
 PackedConvWeight PackedConvWeight::from_codes(const Tensor& codes, const Shape& weight_shape, float wp,
-                                              float wn, Device device, const std::string& what) {
+                                              float wn, Device device, const std::string& what,
+                                              int64_t groups) {
   TTQ_CHECK(weight_shape.size() == 4)
       << what << ": weight shape " << shape_str(weight_shape) << " is not 4-d";
+  TTQ_INPUT_CHECK(groups >= 1 && weight_shape[0] % groups == 0)
+      << what << ": " << groups << " groups do not divide the " << weight_shape[0] << " output channels";
   const int64_t n = shape_numel(weight_shape);
   TTQ_CHECK(codes.defined() && codes.dtype() == DType::U8) << what << ": codes must be U8";
   TTQ_INPUT_CHECK(codes.numel() == packed::packed_bytes(n))
@@ -869,16 +951,17 @@ PackedConvWeight PackedConvWeight::from_codes(const Tensor& codes, const Shape& 
   }
   PackedConvWeight w;
   w.m_shape = weight_shape;
+  w.m_groups = groups;
   w.m_wp = wp;
   w.m_wn = wn;
   w.m_device = device;
   w.m_codes = host.to(device);
   const int64_t co = weight_shape[0], k = n / std::max<int64_t>(co, 1);
   if (device.is_cpu()) {
-    w.m_cpu = relayout_cpu(bytes, co, k);
+    w.m_cpu = relayout_cpu_groups(bytes, co, k, groups);
     w.m_lut = cpu_code_lut(wp, wn);
   } else {
-    const MmaCodeLayout mma = relayout_mma(bytes, co, k);
+    const MmaCodeLayout mma = relayout_mma(bytes, co, k, groups);
     Tensor words = Tensor::empty({static_cast<int64_t>(mma.words.size() * 2)}, DType::U8);
     std::memcpy(words.data<uint8_t>(), mma.words.data(), mma.words.size() * 2);
     w.m_mma = words.to(device);
@@ -886,7 +969,8 @@ PackedConvWeight PackedConvWeight::from_codes(const Tensor& codes, const Shape& 
   return w;
 }
 
-PackedConvWeight PackedConvWeight::from_dense(const Tensor& weight, Device device, const std::string& what) {
+PackedConvWeight PackedConvWeight::from_dense(const Tensor& weight, Device device, const std::string& what,
+                                              int64_t groups) {
   TTQ_CHECK(weight.dim() == 4 && weight.dtype() == DType::F32) << what << ": F32 [co, ci, kh, kw] expected";
   const Tensor w = weight.to(Device::cpu()).contiguous();
   const float* v = w.data<float>();
@@ -906,8 +990,8 @@ PackedConvWeight PackedConvWeight::from_dense(const Tensor& weight, Device devic
   Tensor codes = Tensor::empty({n}, DType::U8);
   uint8_t* c = codes.data<uint8_t>();
   for (int64_t i = 0; i < n; ++i) c[i] = v[i] > 0 ? packed::kPos : (v[i] < 0 ? packed::kNeg : packed::kZero);
-  return from_codes(pack_codes(codes), w.shape(), pos == 0 ? 1.0f : pos, neg == 0 ? 1.0f : -neg, device,
-                    what);
+  return from_codes(pack_codes(codes), w.shape(), pos == 0 ? 1.0f : pos, neg == 0 ? 1.0f : -neg, device, what,
+                    groups);
 }
 
 Tensor PackedConvWeight::decode() const {
@@ -919,8 +1003,10 @@ Tensor PackedConvWeight::decode() const {
 int64_t PackedConvWeight::bytes() const {
   if (!defined()) return 0;
   if (m_device.is_cpu()) {
-    return static_cast<int64_t>(m_cpu.codes.size() + m_cpu.mask.size() * 8 + m_cpu.start.size() * 8 +
-                                m_lut.size() * 4);
+    int64_t b = static_cast<int64_t>(m_lut.size() * 4);
+    for (const CpuCodeLayout& l : m_cpu)
+      b += static_cast<int64_t>(l.codes.size() + l.mask.size() * 8 + l.start.size() * 8);
+    return b;
   }
   return m_codes.numel() + m_mma.numel();
 }
@@ -955,6 +1041,7 @@ PackedConvArgs make_args(const Tensor& x, const PackedConvWeight& w, const Packe
   a.shape.stride = o.stride;
   a.shape.pad = o.pad;
   a.shape.pool2 = o.pool2;
+  a.shape.groups = w.groups();
   a.x = x.data<float>();
   a.x_sn = x.stride(0);
   a.x_sc = x.stride(1);
@@ -1004,7 +1091,7 @@ void packed_conv2d_out(const Tensor& x_in, const PackedConvWeight& w, const Pack
   const Tensor x = dense_planes(x_in) ? x_in : x_in.contiguous();
   const PackedConvArgs a = make_args(x, w, o, y);
   if (w.device().is_cpu()) {
-    packed_conv_cpu(a, w.cpu_layout(), w.cpu_lut().data(), o.cpu_isa);
+    packed_conv_cpu(a, w.cpu_layouts(), w.cpu_lut().data(), o.cpu_isa);
     return;
   }
 #ifdef TTQ_HAS_CUDA
@@ -1032,7 +1119,8 @@ Tensor packed_conv2d_ref(const Tensor& x_in, const PackedConvWeight& w, const Pa
   Tensor y = Tensor::empty(packed_conv_output_shape(x, w, o), DType::F32, cpu);
   // make_args checks devices against the weight's: describe a CPU-side twin of it.
   PackedConvArgs a;
-  a.shape = {x.size(0), x.size(1), x.size(2), x.size(3), w.co(), w.kh(), w.kw(), o.stride, o.pad, o.pool2};
+  a.shape = {x.size(0), x.size(1), x.size(2), x.size(3), w.co(),    w.kh(),
+             w.kw(),    o.stride,  o.pad,     o.pool2,   w.groups()};
   TTQ_CHECK(x.size(1) == w.ci()) << "packed_conv2d_ref: x has " << x.size(1) << " channels, the weight "
                                  << w.ci();
   a.x = x.data<float>();

@@ -22,6 +22,9 @@
 // These convs are small (a batch-1 DenseNet layer is 2-30 MFLOP), so the kernel is
 // latency-bound: tiles are chosen to put at least one block on every SM when the
 // problem allows, and the weights (a few KB per layer) stay in L2.
+// Grouped convs: blockIdx.z is the group; a block computes output channels of its
+// group only (rows relative to the group, co/groups of them) from the group's input
+// channels, so every tile, offset and fragment of the one-group kernel is unchanged.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -39,8 +42,10 @@ namespace ttq::kernels {
 namespace {
 
 // Everything a kernel needs, precomputed on the host (passed by value).
+// co / ci: all channels; og / cg: per group (equal to co / ci with one group); k = cg*kh*kw.
 struct Geo {
   int n, ci, h, w, co, kh, kw, stride, pad, hs, ws, ho, wo, k, pixels;
+  int groups, cg, og;
   bool pool2, pre_relu, post_relu;
   int64_t x_sn, x_sc, y_sn, y_sc, r_sn, r_sc;
   const float* x;
@@ -68,8 +73,10 @@ __device__ __forceinline__ float load_input(const Geo& g, int n, int c, int ih, 
   return s * 0.25f;
 }
 
-__device__ __forceinline__ void store_output(const Geo& g, float v, int co, int pix) {
-  if (co >= g.co || pix >= g.pixels) return;
+// co: the output channel within group grp.
+__device__ __forceinline__ void store_output(const Geo& g, float v, int grp, int co, int pix) {
+  if (co >= g.og || pix >= g.pixels) return;
+  co += grp * g.og;
   const int plane = g.ho * g.wo;
   const int n = pix / plane, p = pix - n * plane;
   if (g.post_scale) v = v * __ldg(g.post_scale + co);
@@ -79,12 +86,13 @@ __device__ __forceinline__ void store_output(const Geo& g, float v, int co, int 
   g.y[n * g.y_sn + co * g.y_sc + p] = v;
 }
 
-// Tap k = (c, i, j) of pixel (n, oh, ow); KS = kernel size when known at compile time.
+// Tap k = (c, i, j) of pixel (n, oh, ow), c counted from the group's first input
+// channel c0; KS = kernel size when known at compile time.
 template <int KS>
-__device__ __forceinline__ float im2col_value(const Geo& g, int n, int ih0, int iw0, int k) {
+__device__ __forceinline__ float im2col_value(const Geo& g, int n, int c0, int ih0, int iw0, int k) {
   const int kh = KS > 0 ? KS : g.kh, kw = KS > 0 ? KS : g.kw;
   const int c = k / (kh * kw), rem = k - c * (kh * kw), i = rem / kw, j = rem - i * kw;
-  return load_input(g, n, c, ih0 + i, iw0 + j);
+  return load_input(g, n, c0 + c, ih0 + i, iw0 + j);
 }
 
 // ---- CUDA-core fallback: any shape, fp32 FMA ----------------------------------------------
@@ -97,7 +105,8 @@ __global__ void __launch_bounds__(kSimtThreads)
   __shared__ float as[kSimtBK][kSimtBM];
   __shared__ float bs[kSimtBK][kSimtBN];
   const int tid = threadIdx.x;
-  const int co0 = blockIdx.y * kSimtBM, pix0 = blockIdx.x * kSimtBN;
+  const int co0 = blockIdx.y * kSimtBM, pix0 = blockIdx.x * kSimtBN, grp = blockIdx.z;
+  const int c0 = grp * g.cg;
   const int tx = tid % (kSimtBN / kSimtTN), ty = tid / (kSimtBN / kSimtTN);
   float acc[kSimtTM][kSimtTN] = {};
   const int plane = g.ho * g.wo;
@@ -105,8 +114,9 @@ __global__ void __launch_bounds__(kSimtThreads)
     for (int e = tid; e < kSimtBK * kSimtBM; e += kSimtThreads) {
       const int kk = e / kSimtBM, m = e % kSimtBM, co = co0 + m, k = k0 + kk;
       float v = 0.0f;
-      if (co < g.co && k < g.k) {
-        const int64_t idx = static_cast<int64_t>(co) * g.k + k;
+      if (co < g.og && k < g.k) {
+        // Row grp*og + co of the layer's [co, k] canonical matrix.
+        const int64_t idx = (static_cast<int64_t>(grp) * g.og + co) * g.k + k;
         v = packed::value_of(packed::code_at(codes[packed::byte_of(idx)], idx), g.wp, g.wn);
       }
       as[kk][m] = v;
@@ -116,7 +126,7 @@ __global__ void __launch_bounds__(kSimtThreads)
       float v = 0.0f;
       if (pix < g.pixels && k < g.k) {
         const int n = pix / plane, p = pix - n * plane, oh = p / g.wo, ow = p - oh * g.wo;
-        v = im2col_value<0>(g, n, oh * g.stride - g.pad, ow * g.stride - g.pad, k);
+        v = im2col_value<0>(g, n, c0, oh * g.stride - g.pad, ow * g.stride - g.pad, k);
       }
       bs[kk][nn] = v;
     }
@@ -139,7 +149,7 @@ __global__ void __launch_bounds__(kSimtThreads)
   for (int i = 0; i < kSimtTM; ++i)
 #pragma unroll
     for (int j = 0; j < kSimtTN; ++j)
-      store_output(g, acc[i][j], co0 + ty * kSimtTM + i, pix0 + tx * kSimtTN + j);
+      store_output(g, acc[i][j], grp, co0 + ty * kSimtTM + i, pix0 + tx * kSimtTN + j);
 }
 
 // ---- tensor-core path ----------------------------------------------------------------
@@ -169,8 +179,9 @@ constexpr int kMmaThreads = 128;  // 4 warps
 constexpr int kMmaBK = 32;        // two k16 steps per stage
 constexpr int kMmaPad = 8;        // halves of padding per B row: conflict-free fragment reads
 
-// Block tile (16*MT*WM) output channels x (8*NT*WN) pixels; warp (wm, wn) owns MT x NT
-// m16n8 tiles. KS: kernel size (0: read from g).
+// Block tile (16*MT*WM) output channels x (8*NT*WN) pixels of group blockIdx.z; warp
+// (wm, wn) owns MT x NT m16n8 tiles. KS: kernel size (0: read from g). words: every
+// group's fragments, mtiles * ksteps * 32 per group.
 template <int MT, int NT, int WM, int WN, int KS>
 __global__ void __launch_bounds__(kMmaThreads)
     packed_conv_mma_kernel(Geo g, const uint16_t* __restrict__ words, int mtiles, int ksteps) {
@@ -184,8 +195,10 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp / WN, wn = warp % WN;
   const int gq = lane / 4, tq = lane % 4;
-  const int mt0 = blockIdx.y * (BM / 16) + wm * MT;  // first m-tile of this warp
+  const int mt0 = blockIdx.y * (BM / 16) + wm * MT;  // first m-tile of this warp (in its group)
   const int pix0 = blockIdx.x * BN;
+  const int grp = blockIdx.z, c0 = grp * g.cg;
+  words += static_cast<int64_t>(grp) * mtiles * ksteps * 32;
 
   // This thread's B pixel (fixed for the whole K loop).
   const int my_n = tid % BN, my_k = tid / BN;
@@ -215,7 +228,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
     for (int r = 0; r < kLoads; ++r) {
       const int k = k0 + my_k + r * kRowsPerPass;
-      b_next[r] = pix_ok && k < g.k ? im2col_value<KS>(g, n, ih0, iw0, k) : 0.0f;
+      b_next[r] = pix_ok && k < g.k ? im2col_value<KS>(g, n, c0, ih0, iw0, k) : 0.0f;
     }
 #pragma unroll
     for (int i = 0; i < MT; ++i)
@@ -284,7 +297,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const float v = g.wp * acc_p[i][j][e] - g.wn * acc_n[i][j][e];
-        store_output(g, v, co_base + (e >= 2 ? 8 : 0), p_base + (e & 1));
+        store_output(g, v, grp, co_base + (e >= 2 ? 8 : 0), p_base + (e & 1));
       }
     }
   }
@@ -293,7 +306,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 template <int MT, int NT, int WM, int WN>
 void launch_mma(const Geo& g, const uint16_t* words, int mtiles, int ksteps, cudaStream_t stream) {
   constexpr int BM = 16 * MT * WM, BN = 8 * NT * WN;
-  const dim3 grid((g.pixels + BN - 1) / BN, (g.co + BM - 1) / BM);
+  const dim3 grid((g.pixels + BN - 1) / BN, (g.og + BM - 1) / BM, g.groups);
   if (g.kh == 1 && g.kw == 1) {
     packed_conv_mma_kernel<MT, NT, WM, WN, 1><<<grid, kMmaThreads, 0, stream>>>(g, words, mtiles, ksteps);
   } else if (g.kh == 3 && g.kw == 3) {
@@ -304,20 +317,20 @@ void launch_mma(const Geo& g, const uint16_t* words, int mtiles, int ksteps, cud
   TTQ_CUDA_CHECK_LAUNCH();
 }
 
-// Tile choice: BM from the channel count (16, 32 or 64 rows), then the widest BN in
-// {128, 64, 32} (as the BM allows) that still gives every SM a block; the narrowest
-// otherwise (batch-1 layers are too small to fill the GPU at any tile).
+// Tile choice: BM from the channel count of a group (16, 32 or 64 rows), then the
+// widest BN in {128, 64, 32} (as the BM allows) that still gives every SM a block; the
+// narrowest otherwise (batch-1 layers are too small to fill the GPU at any tile).
 void launch_tensor_core(const Geo& g, const uint16_t* words, int mtiles, int ksteps, cudaStream_t stream) {
   const int sms = cuda::sm_count();
   auto blocks = [&](int bm, int bn) {
-    return static_cast<int64_t>((g.co + bm - 1) / bm) * ((g.pixels + bn - 1) / bn);
+    return static_cast<int64_t>(g.groups) * ((g.og + bm - 1) / bm) * ((g.pixels + bn - 1) / bn);
   };
-  if (g.co <= 16) {
+  if (g.og <= 16) {
     if (blocks(16, 128) >= sms) return launch_mma<1, 4, 1, 4>(g, words, mtiles, ksteps, stream);
     if (blocks(16, 64) >= sms) return launch_mma<1, 2, 1, 4>(g, words, mtiles, ksteps, stream);
     return launch_mma<1, 1, 1, 4>(g, words, mtiles, ksteps, stream);
   }
-  if (g.co <= 32) {
+  if (g.og <= 32) {
     if (blocks(32, 64) >= sms) return launch_mma<2, 2, 1, 4>(g, words, mtiles, ksteps, stream);
     return launch_mma<2, 1, 1, 4>(g, words, mtiles, ksteps, stream);
   }
@@ -326,7 +339,7 @@ void launch_tensor_core(const Geo& g, const uint16_t* words, int mtiles, int kst
 }
 
 void launch_simt(const Geo& g, const uint8_t* codes, cudaStream_t stream) {
-  const dim3 grid((g.pixels + kSimtBN - 1) / kSimtBN, (g.co + kSimtBM - 1) / kSimtBM);
+  const dim3 grid((g.pixels + kSimtBN - 1) / kSimtBN, (g.og + kSimtBM - 1) / kSimtBM, g.groups);
   packed_conv_simt_kernel<<<grid, kSimtThreads, 0, stream>>>(g, codes);
   TTQ_CUDA_CHECK_LAUNCH();
 }
@@ -361,6 +374,9 @@ void packed_conv_cuda(const PackedConvArgs& a, const uint8_t* canonical, const u
   const PackedConvShape& s = a.shape;
   TTQ_CHECK(s.n >= 0 && s.ci >= 1 && s.co >= 1 && s.kh >= 1 && s.kw >= 1 && s.stride >= 1 && s.pad >= 0)
       << "packed_conv_cuda: bad shape";
+  TTQ_CHECK(s.groups >= 1 && s.groups <= 65535 && s.ci % s.groups == 0 && s.co % s.groups == 0)
+      << "packed_conv_cuda: " << s.groups << " groups for " << s.ci << " -> " << s.co
+      << " channels (at most 65535, dividing both)";
   TTQ_CHECK(s.ho() >= 1 && s.wo() >= 1) << "packed_conv_cuda: empty output";
   TTQ_CHECK(a.x && a.y && canonical) << "packed_conv_cuda: null operand";
   Geo g{};
@@ -378,6 +394,9 @@ void packed_conv_cuda(const PackedConvArgs& a, const uint8_t* canonical, const u
   g.ho = checked_int(s.ho(), "ho");
   g.wo = checked_int(s.wo(), "wo");
   g.k = checked_int(s.k(), "k");
+  g.groups = checked_int(s.groups, "groups");
+  g.cg = checked_int(s.cg(), "ci/groups");
+  g.og = checked_int(s.og(), "co/groups");
   g.pixels = checked_int(s.n * s.ho() * s.wo(), "pixels");
   checked_int(s.co * s.k(), "co*k");
   checked_int(s.h * s.w, "h*w");  // load_input indexes a plane in int
@@ -406,7 +425,7 @@ void packed_conv_cuda(const PackedConvArgs& a, const uint8_t* canonical, const u
     TTQ_CHECK(mma != nullptr) << "packed_conv_cuda: the tensor-core path needs the fragment-order codes";
     TTQ_CHECK(packed_conv_tensor_cores_supported())
         << "packed_conv_cuda: the tensor-core path needs a build and a device of compute capability >= 8.0";
-    launch_tensor_core(g, mma, (g.co + 15) / 16, (g.k + 15) / 16, stream);
+    launch_tensor_core(g, mma, (g.og + 15) / 16, (g.k + 15) / 16, stream);
     return;
   }
   launch_simt(g, canonical, stream);

@@ -6,8 +6,11 @@
 // and packed_conv_cuda (kernels/packed_conv.cu: fp16 tensor-core implicit GEMM or an
 // fp32 CUDA-core fallback) -> the tensor entry packed_conv2d(). The weights stay 2-bit
 // in memory; each kernel re-lays the canonical codes out once, at load time, through
-// relayout_cpu / relayout_mma (round trips tested). Tests: tests/test_packed_conv.cpp;
-// benchmarks: bench/bench_packed_conv.cpp.
+// relayout_cpu / relayout_mma (round trips tested). A grouped conv (groups > 1, weight
+// [co, ci/groups, kh, kw]; depthwise when ci/groups == 1) keeps the canonical codes of
+// its [co, ci/groups*kh*kw] matrix and one layout per group: the CPU twin runs each
+// group as a conv of its own on channel slices, the CUDA twin takes the group from the
+// grid. Tests: tests/test_packed_conv.cpp; benchmarks: bench/bench_packed_conv.cpp.
 #pragma once
 
 #include <cstdint>
@@ -41,6 +44,13 @@ struct CpuCodeLayout {
 CpuCodeLayout relayout_cpu(const uint8_t* canonical, int64_t co, int64_t k);
 // The inverse: writes ceil(co*k/4) canonical bytes (padding codes 0).
 void relayout_cpu_to_canonical(const CpuCodeLayout& layout, uint8_t* canonical);
+// A grouped layer: requires groups >= 1 divides co. ensures element g is
+// relayout_cpu of rows [g*co/groups, (g+1)*co/groups) of the [co, k] matrix.
+std::vector<CpuCodeLayout> relayout_cpu_groups(const uint8_t* canonical, int64_t co, int64_t k,
+                                               int64_t groups);
+// ensures the canonical bytes of rows [row0, row0 + rows) of a [*, k] code matrix (a
+// group's own canonical codes; padding codes 0).
+std::vector<uint8_t> canonical_rows(const uint8_t* canonical, int64_t row0, int64_t rows, int64_t k);
 
 // Tensor-core layout: the A operand of mma.m16n8k16 in fragment order. Rows are
 // padded to 16 (m-tiles), k to 16 (k-steps); for m-tile mt and k-step ks, lane L
@@ -48,12 +58,18 @@ void relayout_cpu_to_canonical(const CpuCodeLayout& layout, uint8_t* canonical);
 // the codes of (row g, k 2t..2t+1), (row g+8, k 2t..2t+1), (row g, k 2t+8..2t+9),
 // (row g+8, k 2t+8..2t+9), 2 bits each, in that order from bit 0: exactly the
 // registers a0..a3 of the instruction, so decoding is a few bit operations.
+// A grouped layer (groups > 1) lays out each group's co/groups rows on their own, one
+// group after another: mtiles = ceil(co/groups / 16) per group, and group g's words
+// start at g * mtiles * ksteps * 32.
 struct MmaCodeLayout {
-  int64_t co = 0, k = 0;
-  int64_t mtiles = 0, ksteps = 0;
-  std::vector<uint16_t> words;  // [mtiles][ksteps][32]
+  int64_t co = 0, k = 0;  // co: all rows of the layer
+  int64_t groups = 1;
+  int64_t mtiles = 0, ksteps = 0;  // per group
+  std::vector<uint16_t> words;     // [groups][mtiles][ksteps][32]
+  int64_t group_words() const { return mtiles * ksteps * 32; }
 };
-MmaCodeLayout relayout_mma(const uint8_t* canonical, int64_t co, int64_t k);
+// requires groups >= 1 divides co.
+MmaCodeLayout relayout_mma(const uint8_t* canonical, int64_t co, int64_t k, int64_t groups = 1);
 void relayout_mma_to_canonical(const MmaCodeLayout& layout, uint8_t* canonical);
 
 // ---- the operation ------------------------------------------------------------------
@@ -78,16 +94,22 @@ struct ChannelAffine {
 //   y = post(conv(pool2?(pre(x)))) + residual.
 // DenseNet's BN-ReLU-conv is pre; conv followed by BN-ReLU is post; a transition's
 // conv1x1-avgpool equals pool2 before the 1x1 conv.
+// With groups > 1 (dividing ci and co), output channel o sees input channels
+// [gi*ci/groups, (gi+1)*ci/groups) for gi = o / (co/groups), the weight matrix is
+// [co, ci/groups*kh*kw] and each group is a conv of its own on channel slices.
 struct PackedConvShape {
   int64_t n = 1, ci = 1, h = 1, w = 1;
   int64_t co = 1, kh = 1, kw = 1;
   int stride = 1, pad = 0;
   bool pool2 = false;
+  int64_t groups = 1;
   int64_t hs() const { return pool2 ? h / 2 : h; }  // spatial size the conv sees
   int64_t ws() const { return pool2 ? w / 2 : w; }
   int64_t ho() const { return (hs() + 2 * pad - kh) / stride + 1; }
   int64_t wo() const { return (ws() + 2 * pad - kw) / stride + 1; }
-  int64_t k() const { return ci * kh * kw; }
+  int64_t cg() const { return ci / groups; }    // input channels per group
+  int64_t og() const { return co / groups; }    // output channels per group
+  int64_t k() const { return cg() * kh * kw; }  // taps per output: the GEMM's K
   int64_t macs() const { return n * co * k() * ho() * wo(); }
 };
 
@@ -118,13 +140,20 @@ const char* cpu_isa_name(CpuIsa isa);
 // goes. requires args.y not overlapping x or residual. ensures every y element written.
 void packed_conv_ref(const PackedConvArgs& args, const uint8_t* canonical);
 
-// The CPU twin. requires layout = relayout_cpu(codes of [co, ci*kh*kw]), lut = the
-// 256 x 4 table cpu_code_lut(wp, wn). Any stride and padding; stride 1 reads the
-// prepared input in place, other strides go through an explicit im2col.
-// ensures y as packed_conv_ref up to float summation order (bit-identical when every
-// partial sum is exact). Multithreaded (OpenMP) above ~2 M multiply-adds.
+// The CPU twin. requires args.shape.groups == 1, layout = relayout_cpu(codes of
+// [co, ci*kh*kw]), lut = the 256 x 4 table cpu_code_lut(wp, wn). Any stride and
+// padding; stride 1 reads the prepared input in place, other strides go through an
+// explicit im2col. ensures y as packed_conv_ref up to float summation order
+// (bit-identical when every partial sum is exact). Multithreaded (OpenMP) above ~2 M
+// multiply-adds.
 void packed_conv_cpu(const PackedConvArgs& args, const CpuCodeLayout& layout, const float* lut,
                      CpuIsa isa = CpuIsa::Auto);
+// Any group count. requires group_layouts = relayout_cpu_groups(codes, co, k(), groups).
+// ensures each group's outputs are those of the one-group twin on the group's channel
+// slices of x, y, the residual and the affines (the same bits); groups go to threads
+// when there are many small ones, else each group's conv is itself multithreaded.
+void packed_conv_cpu(const PackedConvArgs& args, const std::vector<CpuCodeLayout>& group_layouts,
+                     const float* lut, CpuIsa isa = CpuIsa::Auto);
 // lut[byte * 4 + r] = value of code r of `byte`: +wp, -wn or 0 (code 3: 0).
 std::vector<float> cpu_code_lut(float wp, float wn);
 
@@ -140,8 +169,9 @@ bool packed_conv_tensor_cores_supported();
 // accumulation, y = Wp * acc_P - Wn * acc_N (about 1e-3 relative to the fp32 result;
 // exact on small integers). Simt: fp32 FMA on CUDA cores, any shape. Auto picks the
 // tensor cores when supported. requires canonical: ceil(co*k/4) device bytes; mma:
-// relayout_mma's words on the device (TensorCore only, may be null for Simt);
-// ChannelAffine pointers on the device. Throws ttq::Error for an unsupported request.
+// relayout_mma's words (with args.shape.groups) on the device (TensorCore only, may be
+// null for Simt); ChannelAffine pointers on the device. Groups: one launch, the group
+// in the grid's z (at most 65535 groups). Throws ttq::Error for an unsupported request.
 void packed_conv_cuda(const PackedConvArgs& args, const uint8_t* canonical, const uint16_t* mma,
                       CudaPath path, cudaStream_t stream);
 #endif
@@ -149,33 +179,39 @@ void packed_conv_cuda(const PackedConvArgs& args, const uint8_t* canonical, cons
 // ---- tensor entries -----------------------------------------------------------------
 
 // One quantized conv layer held packed on one device: the canonical codes plus the
-// layout the device's kernel reads (CPU: CpuCodeLayout + LUT; CUDA: canonical bytes
-// and the fragment-order words, both on the device).
+// layout the device's kernel reads (CPU: one CpuCodeLayout per group + LUT; CUDA:
+// canonical bytes and the fragment-order words of every group, both on the device).
 class PackedConvWeight {
  public:
   PackedConvWeight() = default;
-  // requires codes: U8 [ceil(co*ci*kh*kw / 4)] canonical bytes (any device), no code 3
-  // among the first co*ci*kh*kw (throws ttq::InputError naming `what` otherwise), wp and
-  // wn finite. ensures the layouts for `device` are built.
+  // requires weight_shape [co, ci/groups, kh, kw]; codes: U8 [ceil(numel / 4)] canonical
+  // bytes of that shape (any device; the layout does not depend on groups), no code 3
+  // among the first numel, groups >= 1 dividing co (throws ttq::InputError naming `what`
+  // otherwise), wp and wn finite. ensures the layouts for `device` are built.
   static PackedConvWeight from_codes(const Tensor& codes, const Shape& weight_shape, float wp, float wn,
-                                     Device device, const std::string& what = "packed weight");
-  // Packs dense ternary values ({+a, 0, -b} per tensor; F32 [co, ci, kh, kw]); used by
-  // tests and benchmarks. Throws ttq::InputError naming `what` on a fourth value.
-  static PackedConvWeight from_dense(const Tensor& weight, Device device, const std::string& what = "weight");
+                                     Device device, const std::string& what = "packed weight",
+                                     int64_t groups = 1);
+  // Packs dense ternary values ({+a, 0, -b} per tensor; F32 [co, ci/groups, kh, kw]); used
+  // by tests and benchmarks. Throws ttq::InputError naming `what` on a fourth value.
+  static PackedConvWeight from_dense(const Tensor& weight, Device device, const std::string& what = "weight",
+                                     int64_t groups = 1);
 
   bool defined() const { return m_codes.defined(); }
-  const Shape& weight_shape() const { return m_shape; }
+  const Shape& weight_shape() const { return m_shape; }  // [co, ci/groups, kh, kw]
   int64_t co() const { return m_shape[0]; }
-  int64_t ci() const { return m_shape[1]; }
+  int64_t ci() const { return m_shape[1] * m_groups; }  // input channels of the conv
+  int64_t ci_per_group() const { return m_shape[1]; }
+  int64_t groups() const { return m_groups; }
   int64_t kh() const { return m_shape[2]; }
   int64_t kw() const { return m_shape[3]; }
   float wp() const { return m_wp; }
   float wn() const { return m_wn; }
   Device device() const { return m_device; }
   const Tensor& codes() const { return m_codes; }  // canonical, on device()
-  const CpuCodeLayout& cpu_layout() const { return m_cpu; }
+  const CpuCodeLayout& cpu_layout(int64_t group = 0) const { return m_cpu[static_cast<size_t>(group)]; }
+  const std::vector<CpuCodeLayout>& cpu_layouts() const { return m_cpu; }  // one per group (CPU)
   const std::vector<float>& cpu_lut() const { return m_lut; }
-  const Tensor& mma_words() const { return m_mma; }  // U8 view of the uint16 words (CUDA)
+  const Tensor& mma_words() const { return m_mma; }  // U8 view of the uint16 words of every group (CUDA)
   // The dense F32 weight these codes stand for (on device()).
   Tensor decode() const;
   // Bytes the device holds for this layer (codes and kernel layout).
@@ -183,16 +219,17 @@ class PackedConvWeight {
 
  private:
   Shape m_shape;
+  int64_t m_groups = 1;
   float m_wp = 1, m_wn = 1;
   Device m_device;
   Tensor m_codes;
-  CpuCodeLayout m_cpu;
+  std::vector<CpuCodeLayout> m_cpu;
   std::vector<float> m_lut;
   Tensor m_mma;
 };
 
 // Tensor-level options. pre_* / post_* are F32 [ci] / [co] on the weight's device
-// (undefined = absent); residual has y's shape.
+// (undefined = absent); residual has y's shape. The group count is the weight's.
 struct PackedConvOptions {
   int stride = 1, pad = 0;
   bool pool2 = false;

@@ -488,9 +488,7 @@ Graph build_graph(const std::string& name, const ModelConfig& config) {
     }
   }
   TTQ_INPUT_CHECK(builder != nullptr) << "unknown model '" << name << "' (known: " << known << ")";
-  TTQ_INPUT_CHECK(config.in_channels >= 1 && config.num_classes >= 1 && config.input_size >= 1)
-      << name << ": in_channels, num_classes and input_size must be positive";
-  TTQ_INPUT_CHECK(config.dropout < 1) << name << ": dropout must be below 1, got " << config.dropout;
+  check_config(config, name);
   Graph g = builder(config);
   TTQ_CHECK(g.output() >= 0) << name << ": the builder set no output";
   TTQ_CHECK(g.in_channels() == config.in_channels && g.num_classes() == config.num_classes)

@@ -87,25 +87,49 @@ Tensor run_tensor_inference(const TensorInferOptions& o, std::ostream& log) {
 
 namespace {
 
-// The validation transform a model file asks for.
+// An integer field of the preprocess metadata inside [lo, hi].
+int preprocess_int(const nlohmann::json& j, const char* key, int lo, int hi, const std::string& path) {
+  const nlohmann::json& v = j.at(key);
+  TTQ_INPUT_CHECK(v.is_number_integer() && v.get<int64_t>() >= lo && v.get<int64_t>() <= hi)
+      << path << ": preprocess metadata: " << key << " is " << v.dump() << ", expected an integer in [" << lo
+      << ", " << hi << "]";
+  return static_cast<int>(v.get<int64_t>());
+}
+
+// The validation transform a model file asks for: the "preprocess" metadata
+// ttq_train writes, else the default for the model's input. Either way it must
+// make sense for images (1 or 3 channels, the model's) and for the model (a crop
+// the architecture accepts, checked by the caller); mean finite, std finite and
+// positive (it divides).
 data::Preprocess preprocess_from(const io::Metadata& meta, const ModelConfig& config, const std::string& path) {
+  TTQ_INPUT_CHECK(config.in_channels == 1 || config.in_channels == 3)
+      << path << ": the model takes " << config.in_channels
+      << " input channels; image files are read as 1 (gray) or 3 (RGB)";
   auto it = meta.find("preprocess");
   data::Preprocess p = data::Preprocess::for_input(static_cast<int>(config.in_channels),
                                                    static_cast<int>(config.input_size));
   if (it == meta.end()) return p;
   try {
     auto j = nlohmann::json::parse(it->second);
-    p.channels = j.at("channels").get<int>();
-    p.image_size = j.at("image_size").get<int>();
-    p.crop = j.at("crop").get<int>();
+    const int max_size = static_cast<int>(kMaxInputSize);
+    p.channels = preprocess_int(j, "channels", 1, 3, path);
+    p.image_size = preprocess_int(j, "image_size", 1, max_size, path);
+    p.crop = preprocess_int(j, "crop", 1, p.image_size, path);
     auto mean = j.at("mean").get<std::vector<float>>();
-    auto std = j.at("std").get<std::vector<float>>();
-    TTQ_INPUT_CHECK(static_cast<int>(mean.size()) == p.channels && static_cast<int>(std.size()) == p.channels &&
-                    p.channels == config.in_channels && p.crop >= 1 && p.image_size >= p.crop)
-        << path << ": inconsistent preprocess metadata";
+    auto stdev = j.at("std").get<std::vector<float>>();
+    TTQ_INPUT_CHECK(p.channels == config.in_channels) << path << ": preprocess metadata says " << p.channels
+                                                      << " channels, the model takes " << config.in_channels;
+    TTQ_INPUT_CHECK(static_cast<int>(mean.size()) == p.channels &&
+                    static_cast<int>(stdev.size()) == p.channels)
+        << path << ": preprocess metadata: mean and std need " << p.channels << " values each";
     for (int c = 0; c < p.channels; ++c) {
+      TTQ_INPUT_CHECK(std::isfinite(mean[c]))
+          << path << ": preprocess metadata: mean[" << c << "] is not finite";
+      TTQ_INPUT_CHECK(std::isfinite(stdev[c]) && stdev[c] > 0)
+          << path << ": preprocess metadata: std[" << c << "] is " << stdev[c]
+          << ", expected a positive number";
       p.mean[c] = mean[c];
-      p.std[c] = std[c];
+      p.std[c] = stdev[c];
     }
   } catch (const nlohmann::json::exception& e) {
     TTQ_INPUT_ERROR() << path << ": bad preprocess metadata: " << e.what();
@@ -158,6 +182,11 @@ std::vector<ImagePrediction> run_image_inference(const ImageInferOptions& o, std
     config = model->config();
   }
   const data::Preprocess pre = preprocess_from(meta, config, o.model_path);
+  {
+    const Shape in{1, pre.channels, pre.crop, pre.crop};
+    const std::string what = o.model_path + ": preprocess crop " + std::to_string(pre.crop);
+    packed ? packed->check_input(in, what) : model->check_input(in, what);
+  }
   const data::ClassNames names = class_names_from(meta, config.num_classes, o.data, o.model_path);
   std::vector<Tensor> inputs;
   for (const auto& path : o.images) inputs.push_back(data::load_image_tensor(path, pre));
@@ -195,11 +224,12 @@ std::vector<ImagePrediction> run_image_inference(const ImageInferOptions& o, std
 std::string format_predictions(const std::vector<ImagePrediction>& predictions) {
   std::ostringstream os;
   for (const auto& p : predictions) {
-    os << p.path << "\n";
+    // Paths and class names come from outside (file names, metadata): one line each, whatever they hold.
+    os << printable(p.path) << "\n";
     for (size_t j = 0; j < p.classes.size(); ++j) {
       os << "  " << j + 1 << ". " << std::fixed << std::setprecision(4) << p.probabilities[j] << "  "
-         << p.names[j];
-      if (p.descriptions[j] != p.names[j]) os << " (" << p.descriptions[j] << ")";
+         << printable(p.names[j]);
+      if (p.descriptions[j] != p.names[j]) os << " (" << printable(p.descriptions[j]) << ")";
       os << "  [" << p.classes[j] << "]\n";
     }
   }

@@ -62,6 +62,9 @@ struct ImagePrediction {
 // names come from the file's "classes" metadata, else from `data`, else
 // "class N". A file that cannot be decoded is a ttq::InputError naming it.
 std::vector<ImagePrediction> run_image_inference(const ImageInferOptions& options, std::ostream& log);
+// The text ttq_infer prints: per image its path, then one line per class. Paths,
+// names and descriptions pass through printable(): a class name holding a
+// newline cannot add a line.
 std::string format_predictions(const std::vector<ImagePrediction>& predictions);
 
 }  // namespace ttq::models

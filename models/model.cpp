@@ -20,9 +20,8 @@ std::shared_ptr<nn::Module> make_module(const Node& n, Generator& gen) {
   switch (n.kind) {
     case NodeKind::Conv2d: {
       const ConvAttrs& c = n.conv;
-      TTQ_CHECK(c.groups == 1 && c.dilation == 1)
-          << n.name << ": grouped and dilated convolutions are not supported by nn::Conv2d";
-      return std::make_shared<nn::Conv2d>(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.bias, gen);
+      return std::make_shared<nn::Conv2d>(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.bias, gen,
+                                          c.dilation, c.groups);
     }
     case NodeKind::BatchNorm2d:
       return std::make_shared<nn::BatchNorm2d>(n.channels, n.eps, n.momentum);
@@ -178,6 +177,16 @@ void Model::check_input(const Shape& x, const std::string& what) const {
 
 std::vector<std::string> names() { return architecture_names(); }
 
+void check_config(const ModelConfig& c, const std::string& what) {
+  TTQ_INPUT_CHECK(c.in_channels >= 1 && c.in_channels <= kMaxInChannels)
+      << what << ": in_channels " << c.in_channels << " outside [1, " << kMaxInChannels << "]";
+  TTQ_INPUT_CHECK(c.num_classes >= 1 && c.num_classes <= kMaxClasses)
+      << what << ": num_classes " << c.num_classes << " outside [1, " << kMaxClasses << "]";
+  TTQ_INPUT_CHECK(c.input_size >= 1 && c.input_size <= kMaxInputSize)
+      << what << ": input_size " << c.input_size << " outside [1, " << kMaxInputSize << "]";
+  TTQ_INPUT_CHECK(c.dropout < 1) << what << ": dropout must be below 1, got " << c.dropout;
+}
+
 ModelPtr create(Graph graph, const ModelConfig& config, Generator& gen) {
   auto model = std::make_shared<Model>(std::move(graph), config, gen);
   // The seed's init: Kaiming-uniform (gain sqrt(2), fan_in) weights, zero biases.
@@ -260,6 +269,7 @@ ModelConfig config_from_weights(const std::string& arch, const io::NamedTensors&
       << ", expected [classes, ...]";
   base.in_channels = conv->size(1);
   base.num_classes = cls->size(0);
+  check_config(base, source + ": the weights of " + arch);
   return base;
 }
 

@@ -32,6 +32,16 @@ struct ModelConfig {
   bool memory_efficient = true;
 };
 
+// Bounds on a configuration, wherever it comes from (flags, a file's metadata, the
+// weights' shapes): a nonsense value is a one-line InputError, never a classifier
+// of a trillion outputs that ends in bad_alloc.
+inline constexpr int64_t kMaxInChannels = 1024;
+inline constexpr int64_t kMaxClasses = int64_t(1) << 17;  // 131072: ImageNet-21k has 21841
+inline constexpr int64_t kMaxInputSize = 2048;            // H = W; the seed's models take 56
+// Throws ttq::InputError "<what>: ..." unless 1 <= in_channels <= kMaxInChannels,
+// 1 <= num_classes <= kMaxClasses, 1 <= input_size <= kMaxInputSize and dropout < 1.
+void check_config(const ModelConfig& config, const std::string& what);
+
 // A trainable model: the modules of a Graph (models/graph.h), each registered
 // under its node's module name so that parameter names are the graph's PyTorch
 // state-dict names, and a forward pass that runs the nodes in order. Input
@@ -95,7 +105,7 @@ std::vector<std::string> names();
 // classifier weights Kaiming-uniform (PyTorch's kaiming_uniform_ with a = 0, the
 // seed's init), biases 0, BN weight 1, bias 0, running stats (0, 1); draws from
 // `gen`. Throws ttq::InputError for an unknown name (listing the known ones) or a
-// non-positive size in `config`.
+// `config` that check_config refuses.
 ModelPtr create(const std::string& name, const ModelConfig& config = {},
                 Generator& gen = nn::global_generator());
 // The same for a graph built elsewhere.
@@ -119,7 +129,8 @@ void load_weights(Model& model, const std::string& path, const LoadOptions& opti
 
 // The model config implied by a state dict: in_channels from the first conv's
 // weight, num_classes from the classifier's weight, both found by the graph's rule
-// (input_size left as given). Throws ttq::InputError when either is absent.
+// (input_size left as given). Throws ttq::InputError when either is absent or the
+// config they imply fails check_config.
 ModelConfig config_from_weights(const std::string& arch, const io::NamedTensors& tensors,
                                 const std::string& source, ModelConfig base = {});
 

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "engine/io/values.h"
 #include "kernels/pack.h"
 #include "kernels/packed_format.h"
 #include "models/packed.h"
@@ -55,6 +56,7 @@ ModelConfig config_of(const std::string& arch, const io::NamedTensors& tensors, 
       // The shapes are authoritative; a malformed optional entry changes nothing.
     }
   }
+  check_config(c, source + ": model_config in metadata");
   return c;
 }
 
@@ -120,6 +122,8 @@ PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& me
     if (!layer_of(name, ".latent_weight", qnames).empty()) continue;
     if (!layer_of(name, ".wp", qnames).empty() || !layer_of(name, ".wn", qnames).empty()) {
       TTQ_INPUT_CHECK(t.numel() == 1) << source << ": " << io::quoted_name(name) << " must hold one value";
+      const std::string why = io::load_value_problem(t, DType::F32);
+      TTQ_INPUT_CHECK(why.empty()) << source << ": " << io::quoted_name(name) << " " << why;
       scale_hint[name] = static_cast<float>(t.item());
       continue;
     }

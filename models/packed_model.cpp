@@ -31,6 +31,7 @@
 #include <set>
 
 #include "engine/cuda/runtime.h"
+#include "engine/io/values.h"
 #include "kernels/packed_format.h"
 #include "kernels/packed_ops.h"
 #include "models/packed.h"
@@ -650,7 +651,11 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
   for (const auto& [name, shape] : g.state_shapes()) {
     const std::string layer = layer_of(name, ".weight", qnames);
     if (layer.empty()) {
-      host[name] = fetch(name, DType::F32, shape, false);
+      const Tensor& t = fetch(name, DType::F32, shape, false);
+      const bool non_negative = detail::ends_with(name, ".running_var");  // BatchNorm variances
+      const std::string why = io::load_value_problem(t, DType::F32, non_negative);
+      TTQ_INPUT_CHECK(why.empty()) << source << ": tensor " << io::quoted_name(name) << " " << why;
+      host[name] = t;
       continue;
     }
     fetch(layer + ".codes", DType::U8, {kernels::packed::packed_bytes(shape_numel(shape))}, false);

@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "engine/autograd.h"
+#include "engine/io/values.h"
 #include "kernels/ternarize.h"
 #include "kernels/ternary_weight.h"
 #include "models/model.h"
@@ -253,8 +254,9 @@ void load_ttq_checkpoint(nn::Module& model, const TtqModel& ttq, const io::Named
     auto it = in.find(wname);
     if (it == in.end()) continue;  // load_state_dict reports it as missing
     // A file holding only the ternary values (the seed's): latent = sign, scales = the values.
-    TTQ_INPUT_CHECK(is_floating(it->second.dtype()))
-        << source << ": " << io::quoted_name(wname) << " has dtype " << dtype_name(it->second.dtype());
+    // Values checked here as load_state_dict would, since only their signs reach it.
+    const std::string why = io::load_value_problem(it->second, DType::F32);
+    TTQ_INPUT_CHECK(why.empty()) << source << ": " << io::quoted_name(wname) << " " << why;
     std::vector<float> w = it->second.to(DType::F32).to_vector<float>();
     std::set<float> pos, neg;
     for (float v : w) {

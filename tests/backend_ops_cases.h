@@ -74,25 +74,36 @@ inline Tensor labels_in(int64_t n, int64_t c, uint64_t seed) {
 inline std::vector<double> host(const Tensor& t) { return t.to_vector<double>(); }
 inline Tensor f64(const std::vector<double>& v, const Shape& s) { return Tensor::from_vector<double>(v, s); }
 
-inline Tensor conv2d_ref(const Tensor& x, const Tensor& w, const Tensor& b, int s, int p) {
+// PyTorch's conv2d(x, w, b, stride s, padding p, dilation d, groups g): output channel o
+// sums the channels of its group, o / (O/g); output sizes counted window by window.
+inline Tensor conv2d_ref(const Tensor& x, const Tensor& w, const Tensor& b, int s, int p, int d = 1,
+                         int g = 1) {
   const auto X = host(x), W = host(w);
   const auto B = b.defined() ? host(b) : std::vector<double>(w.size(0), 0.0);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), Wd = x.size(3);
-  const int64_t O = w.size(0), KH = w.size(2), KW = w.size(3);
-  const int64_t HO = (H + 2 * p - KH) / s + 1, WO = (Wd + 2 * p - KW) / s + 1;
+  const int64_t O = w.size(0), CG = w.size(1), KH = w.size(2), KW = w.size(3), OG = O / g;
+  // Windows whose last tap (dilated) stays inside the padded input.
+  auto count = [&](int64_t in, int64_t k) {
+    int64_t n = 0;
+    while (n * s + d * (k - 1) < in + 2 * p) ++n;
+    return n;
+  };
+  const int64_t HO = count(H, KH), WO = count(Wd, KW);
   std::vector<double> y(N * O * HO * WO);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t o = 0; o < O; ++o)
       for (int64_t oh = 0; oh < HO; ++oh)
         for (int64_t ow = 0; ow < WO; ++ow) {
           double acc = B[o];
-          for (int64_t c = 0; c < C; ++c)
+          for (int64_t cg = 0; cg < CG; ++cg) {
+            const int64_t c = (o / OG) * CG + cg;
             for (int64_t i = 0; i < KH; ++i)
               for (int64_t j = 0; j < KW; ++j) {
-                const int64_t ih = oh * s - p + i, iw = ow * s - p + j;
+                const int64_t ih = oh * s - p + i * d, iw = ow * s - p + j * d;
                 if (ih < 0 || ih >= H || iw < 0 || iw >= Wd) continue;
-                acc += X[((n * C + c) * H + ih) * Wd + iw] * W[((o * C + c) * KH + i) * KW + j];
+                acc += X[((n * C + c) * H + ih) * Wd + iw] * W[((o * CG + cg) * KH + i) * KW + j];
               }
+          }
           y[((n * O + o) * HO + oh) * WO + ow] = acc;
         }
   return f64(y, {N, O, HO, WO});
@@ -312,6 +323,35 @@ inline std::vector<OpCase> backend_op_cases() {
   conv({2, 32, 20, 20}, {8, 32, 3, 3}, 1, 1, true);   // several row tiles per sample
   conv({2, 32, 21, 21}, {8, 32, 3, 3}, 2, 1, false);  // ... with stride
   conv({1, 3, 9, 9}, {8, 3, 3, 3}, 2, 1, false, 1);
+  // Groups (2, 3, depthwise) and dilation, with strides, paddings, odd sizes and views.
+  auto gconv = [&](Shape xs, Shape ws, int s, int p, int d, int g, bool bias, int view = 0) {
+    const uint64_t s0 = sd();
+    std::string args = "x=" + fmt_shape(xs) + ", w=" + fmt_shape(ws) + ", s=" + std::to_string(s) +
+                       ", p=" + std::to_string(p) + ", d=" + std::to_string(d) + ", g=" + std::to_string(g) +
+                       (bias ? ", bias" : "");
+    add(
+        "GROUPED_CONV2D", args,
+        [=] {
+          return Inputs{uniform_in(xs, s0), uniform_in(ws, s0 + 1),
+                        bias ? uniform_in({ws[0]}, s0 + 2) : Tensor()};
+        },
+        {true, true, bias}, [=](const Inputs& in) { return ops::conv2d(in[0], in[1], in[2], s, p, d, g); },
+        [=](const Inputs& in) { return conv2d_ref(in[0], in[1], in[2], s, p, d, g); }, view);
+  };
+  gconv({2, 3, 7, 7}, {5, 3, 3, 3}, 1, 2, 2, 1, true);       // dilation alone
+  gconv({2, 3, 9, 8}, {4, 3, 3, 2}, 2, 1, 2, 1, false, 1);   // dilated, strided, rectangular kernel
+  gconv({2, 4, 7, 5}, {6, 2, 3, 3}, 1, 1, 1, 2, true);       // 2 groups
+  gconv({1, 6, 9, 9}, {4, 3, 3, 3}, 2, 1, 2, 2, false, 2);   // 2 groups, dilated, strided, channel slice
+  gconv({2, 9, 6, 7}, {6, 3, 3, 3}, 1, 0, 1, 3, true, 1);    // 3 groups
+  gconv({3, 6, 8, 8}, {9, 2, 1, 1}, 1, 0, 1, 3, false);      // 3 groups, 1x1 (direct GEMM)
+  gconv({1, 6, 11, 9}, {3, 2, 3, 3}, 3, 2, 2, 3, true);      // 3 groups, dilation 2, stride 3
+  gconv({2, 5, 7, 7}, {5, 1, 3, 3}, 1, 1, 1, 5, true);       // depthwise
+  gconv({2, 5, 9, 7}, {10, 1, 3, 3}, 2, 2, 2, 5, false, 2);  // depthwise x2, dilated, strided, slice
+  gconv({1, 7, 5, 5}, {7, 1, 1, 1}, 1, 0, 1, 7, false);      // depthwise 1x1
+  // One sample above the threading threshold: the split paths.
+  gconv({1, 32, 32, 32}, {32, 1, 3, 3}, 1, 1, 1, 32, true);
+  gconv({1, 8, 32, 32}, {8, 4, 3, 3}, 1, 2, 2, 2, false);
+  gconv({4, 12, 14, 14}, {12, 1, 3, 3}, 2, 1, 1, 12, false);  // several samples, depthwise, strided
 
   // linear / matmul / raw gemm
   auto linear = [&](int64_t n, int64_t in, int64_t out, bool bias, int view = 0) {

@@ -510,5 +510,84 @@ TEST(BackendOpsCpu, ConvBatchEqualsSingles) {
   EXPECT_EQ(ops::conv2d(x, w, b, 1, 1).to_vector<float>(), batch[0].to_vector<float>());
 }
 
+// Cross-path check on the CPU: a grouped conv equals its groups run as separate convs
+// on channel slices, forward and backward, whatever the thread count (1 thread: no
+// split; 3 and 4 threads with one sample: the split GEMMs for 2 groups, the groups
+// spread over threads for 8; depthwise layers, run by direct loops, against one-channel
+// GEMM convs), and groups = 1 / dilation = 1 give the bits of the plain call.
+TEST(BackendOpsCpu, GroupedConvEqualsItsGroupsAsSeparateConvs) {
+  struct Case {
+    int64_t n, c, hw, co, k;
+    int stride, pad, dilation, groups;
+  };
+  const int threads = omp_get_max_threads();
+  for (const Case& cs : {Case{1, 8, 33, 8, 3, 1, 2, 2, 2}, Case{1, 16, 30, 16, 3, 2, 1, 1, 8},
+                         Case{3, 12, 17, 6, 3, 1, 1, 1, 3}, Case{1, 8, 40, 16, 1, 1, 0, 1, 2},
+                         Case{2, 8, 15, 16, 3, 2, 1, 1, 8}, Case{1, 6, 13, 6, 3, 1, 2, 2, 6}}) {
+    const Tensor x = uniform_in({cs.n, cs.c, cs.hw, cs.hw}, 21).to(DType::F32);
+    const Tensor w = uniform_in({cs.co, cs.c / cs.groups, cs.k, cs.k}, 22).to(DType::F32);
+    const Tensor b = uniform_in({cs.co}, 23).to(DType::F32);
+    const int64_t ho = conv_out_size(cs.hw, static_cast<int>(cs.k), cs.stride, cs.pad, cs.dilation);
+    const Tensor r = uniform_in({cs.n, cs.co, ho, ho}, 24).to(DType::F32);
+    for (int t : {1, 3, 4}) {
+      omp_set_num_threads(t);
+      Tensor xg = x.clone(), wg = w.clone(), bg = b.clone();
+      xg.set_requires_grad(true), wg.set_requires_grad(true), bg.set_requires_grad(true);
+      Tensor y = ops::conv2d(xg, wg, bg, cs.stride, cs.pad, cs.dilation, cs.groups);
+      y.backward(r);
+      const int64_t cg = cs.c / cs.groups, og = cs.co / cs.groups;
+      for (int64_t g = 0; g < cs.groups; ++g) {
+        Tensor xs = x.narrow(1, g * cg, cg).contiguous(), ws = w.narrow(0, g * og, og).contiguous(),
+               bs = b.narrow(0, g * og, og).contiguous();
+        xs.set_requires_grad(true), ws.set_requires_grad(true), bs.set_requires_grad(true);
+        Tensor ys = ops::conv2d(xs, ws, bs, cs.stride, cs.pad, cs.dilation, 1);
+        ys.backward(r.narrow(1, g * og, og).contiguous());
+        const std::string what = "groups " + std::to_string(cs.groups) + ", group " + std::to_string(g) +
+                                 ", threads " + std::to_string(t);
+        EXPECT_LE(max_rel_error(y.detach().narrow(1, g * og, og).contiguous(), ys.detach()), 1e-6) << what;
+        EXPECT_LE(max_rel_error(xg.grad().narrow(1, g * cg, cg).contiguous(), xs.grad()), 1e-6) << what;
+        EXPECT_LE(max_rel_error(wg.grad().narrow(0, g * og, og).contiguous(), ws.grad()), 1e-5) << what;
+        EXPECT_LE(max_rel_error(bg.grad().narrow(0, g * og, og).contiguous(), bs.grad()), 1e-5) << what;
+      }
+    }
+    omp_set_num_threads(threads);
+  }
+  // The defaults are the plain call, bit for bit.
+  const Tensor x = uniform_in({2, 5, 9, 9}, 25).to(DType::F32),
+               w = uniform_in({4, 5, 3, 3}, 26).to(DType::F32);
+  Conv2dParams p;
+  p.stride_h = p.stride_w = 2;
+  p.pad_h = p.pad_w = 1;
+  EXPECT_EQ(ops::conv2d(x, w, Tensor(), p).to_vector<float>(),
+            ops::conv2d(x, w, Tensor(), 2, 1).to_vector<float>());
+  EXPECT_EQ(ops::conv2d(x, w, Tensor(), 2, 1, 1, 1).to_vector<float>(),
+            ops::conv2d(x, w, Tensor(), 2, 1).to_vector<float>());
+}
+
+// Groups that do not divide the channels, a weight of the wrong per-group width and a
+// dilated kernel that does not fit are refused with both shapes named.
+TEST(BackendOpsCpu, GroupedConvChecks) {
+  auto z = [](const Shape& s) { return Tensor::zeros(s, DType::F32); };
+  auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string m = message([&] { ops::conv2d(z({1, 6, 5, 5}), z({4, 3, 3, 3}), Tensor(), 1, 0, 1, 4); });
+  EXPECT_NE(m.find("4 groups"), std::string::npos) << m;
+  m = message([&] { ops::conv2d(z({1, 6, 5, 5}), z({4, 2, 3, 3}), Tensor(), 1, 0, 1, 2); });
+  EXPECT_NE(m.find("[1, 6, 5, 5]"), std::string::npos) << m;
+  EXPECT_NE(m.find("[4, 2, 3, 3]"), std::string::npos) << m;
+  m = message([&] { ops::conv2d(z({1, 2, 5, 5}), z({2, 2, 3, 3}), Tensor(), 1, 0, 3, 1); });
+  EXPECT_NE(m.find("does not fit"), std::string::npos) << m;
+  EXPECT_EQ(ops::conv2d(z({1, 2, 5, 5}), z({2, 2, 3, 3}), Tensor(), 1, 0, 2, 1).shape(), Shape({1, 2, 1, 1}));
+  // A kernel that fits only because the stride would round the size up is refused too.
+  EXPECT_THROW(ops::conv2d(z({1, 1, 2, 2}), z({1, 1, 3, 3}), Tensor(), 2, 0), Error);
+  EXPECT_THROW(ops::conv2d(z({1, 4, 5, 5}), z({4, 1, 3, 3}), Tensor(), 1, 0, 0, 4), Error);
+}
+
 }  // namespace
 }  // namespace ttq::test

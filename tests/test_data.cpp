@@ -1,17 +1,23 @@
-// Data pipeline: codecs (round trips, truncated and non-image files), IDX files
-// (plain, gzipped, bad headers), dataset layouts generated here at test time
-// (Tiny ImageNet as shipped, image folders), spec strings, the loader's
-// determinism across worker counts and exact mid-epoch resume, and the
-// inference input API. The real Fashion-MNIST is checked when installed.
+// Data pipeline: codecs (round trips, truncated and non-image files, pixel
+// bombs, FIFOs and devices), IDX files (plain, gzipped, bad headers, gzip
+// bombs), dataset layouts generated here at test time (Tiny ImageNet as shipped,
+// image folders with non-file entries, one class), spec strings, the loader's
+// determinism across worker counts, exact skip counts and exact mid-epoch
+// resume, and the inference input API. The real Fashion-MNIST is checked when installed.
 // Augmentation itself is tested in tests/test_augment.cpp.
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <map>
 #include <numeric>
 #include <set>
@@ -139,6 +145,12 @@ TEST(ImageCodec, RejectsTruncatedCorruptAndNonImages) {
   rejects({png.begin(), png.begin() + png.size() / 2}, "half PNG");
   EXPECT_NE(rejects({bmp.begin(), bmp.begin() + bmp.size() - 100}, "short BMP").find("truncated"),
             std::string::npos);
+  // A BMP whose header claims a small file but whose rows need more (stb would read
+  // the missing pixels as zeros: 64 x 1064 from a few hundred bytes).
+  std::vector<uint8_t> tall_bmp = bmp;
+  tall_bmp[22] = 0x28;  // height 64 -> 0x428 = 1064
+  tall_bmp[23] = 0x04;
+  EXPECT_NE(rejects(tall_bmp, "BMP rows past the end").find("truncated BMP"), std::string::npos);
   std::string text = "this is a text file, not an image\n";
   rejects({text.begin(), text.end()}, "text");
   rejects({}, "empty");
@@ -151,6 +163,156 @@ TEST(ImageCodec, RejectsTruncatedCorruptAndNonImages) {
   bad.insert(bad.end(), noise.begin(), noise.end());
   rejects(bad, "JPEG header + noise");
   EXPECT_NE(decode_image_file(dir / "missing.png", 3, &out).error.find("cannot open"), std::string::npos);
+}
+
+// A PNG whose IHDR declares w x h (the CRC recomputed), around a 2x2 image's data.
+std::vector<uint8_t> png_declaring(uint32_t w, uint32_t h) {
+  std::vector<uint8_t> png = encode_image(make_image(2, 2, 1, 1), "png");
+  // Signature (8), IHDR length (4), "IHDR" (4), width (4), height (4), ..., CRC over type + data.
+  for (int k = 0; k < 4; ++k) {
+    png[16 + k] = static_cast<uint8_t>(w >> (24 - 8 * k));
+    png[20 + k] = static_cast<uint8_t>(h >> (24 - 8 * k));
+  }
+  const uint32_t crc = static_cast<uint32_t>(crc32(0, png.data() + 12, 17));
+  for (int k = 0; k < 4; ++k) png[29 + k] = static_cast<uint8_t>(crc >> (24 - 8 * k));
+  return png;
+}
+
+// The size a header declares is checked before anything is decoded: a real
+// 1 x 2,000,000 PNG of some kilobytes (2.6 GB when decoded and resized without
+// the check), and headers declaring more pixels or longer sides than the limits.
+TEST(ImageCodec, PixelBombsAreRefusedBeforeDecoding) {
+  Image out;
+  std::vector<uint8_t> tall = encode_image(Image(1, 2000000, 1), "png");
+  EXPECT_LT(tall.size(), 100000u);
+  DecodeResult r = decode_image(tall.data(), tall.size(), 3, &out);
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.error.find("image too large: 1x2000000"), std::string::npos) << r.error;
+  for (auto [w, h] : std::vector<std::pair<uint32_t, uint32_t>>{{8200, 8200}, {20000, 20}, {20, 16385}}) {
+    std::vector<uint8_t> png = png_declaring(w, h);
+    r = decode_image(png.data(), png.size(), 3, &out);
+    EXPECT_FALSE(r.ok) << w << "x" << h;
+    EXPECT_NE(r.error.find("image too large"), std::string::npos) << w << "x" << h << ": " << r.error;
+  }
+  // At the limits the header passes (the data, a 2x2 image's, then fails to decode).
+  std::vector<uint8_t> edge = png_declaring(8192, 8192);
+  r = decode_image(edge.data(), edge.size(), 3, &out);
+  EXPECT_EQ(r.error.find("too large"), std::string::npos) << r.error;
+  EXPECT_EQ(int64_t(8192) * 8192, kMaxImagePixels);
+}
+
+// A PNG of `w` x `h` gray pixels whose IDAT chunk holds `idat` and declares `declared` bytes.
+std::vector<uint8_t> png_with_idat(uint32_t w, uint32_t h, const std::vector<uint8_t>& idat,
+                                   uint32_t declared) {
+  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
+  auto chunk = [&](const char* type, const std::vector<uint8_t>& body, uint32_t length) {
+    for (int k = 24; k >= 0; k -= 8) png.push_back(static_cast<uint8_t>(length >> k));
+    std::vector<uint8_t> typed(type, type + 4);
+    typed.insert(typed.end(), body.begin(), body.end());
+    png.insert(png.end(), typed.begin(), typed.end());
+    const uint32_t crc = static_cast<uint32_t>(crc32(0, typed.data(), static_cast<uInt>(typed.size())));
+    for (int k = 24; k >= 0; k -= 8) png.push_back(static_cast<uint8_t>(crc >> k));
+  };
+  std::vector<uint8_t> ihdr;
+  for (uint32_t v : {w, h})
+    for (int k = 24; k >= 0; k -= 8) ihdr.push_back(static_cast<uint8_t>(v >> k));
+  ihdr.insert(ihdr.end(), {8, 0, 0, 0, 0});  // 8-bit gray, no interlace
+  chunk("IHDR", ihdr, 13);
+  chunk("IDAT", idat, declared);
+  chunk("IEND", {}, 0);
+  return png;
+}
+
+// Decompression bombs inside a PNG: a chunk declaring 2 GB behind a few bytes
+// (refused by the chunk walk), and a zlib stream inflating to 64 MB behind a 1x1
+// header (refused by stb's allocation budget). stb would allocate both.
+TEST(ImageCodec, PngDataBeyondItsDeclaredSizeIsRefused) {
+  Image out;
+  const std::vector<uint8_t> row = {0, 7, 7, 7, 7};  // filter byte + 4 pixels
+  std::vector<uint8_t> rows;
+  for (int y = 0; y < 3; ++y) rows.insert(rows.end(), row.begin(), row.end());
+  std::vector<uint8_t> z(compressBound(static_cast<uLong>(rows.size())));
+  uLongf zn = static_cast<uLongf>(z.size());
+  ASSERT_EQ(compress(z.data(), &zn, rows.data(), static_cast<uLong>(rows.size())), Z_OK);
+  z.resize(zn);
+  std::vector<uint8_t> good = png_with_idat(4, 3, z, static_cast<uint32_t>(z.size()));
+  ASSERT_TRUE(decode_image(good.data(), good.size(), 1, &out).ok)
+      << decode_image(good.data(), good.size(), 1, &out).error;
+  EXPECT_EQ(out.at(2, 3, 0), 7);
+
+  std::vector<uint8_t> long_chunk = png_with_idat(4, 3, z, 0x7ffffff0u);
+  DecodeResult r = decode_image(long_chunk.data(), long_chunk.size(), 1, &out);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error, "truncated or corrupt PNG (a chunk runs past the end)");
+  // An empty IDAT before any image data (stb would copy to a null buffer).
+  std::vector<uint8_t> empty_first = png_with_idat(4, 3, {}, 0);
+  r = decode_image(empty_first.data(), empty_first.size(), 1, &out);
+  EXPECT_EQ(r.error, "corrupt PNG (empty image data chunk)");
+
+  std::vector<uint8_t> zeros(64 << 20, 0);
+  std::vector<uint8_t> bomb(compressBound(static_cast<uLong>(zeros.size())));
+  uLongf bn = static_cast<uLongf>(bomb.size());
+  ASSERT_EQ(compress2(bomb.data(), &bn, zeros.data(), static_cast<uLong>(zeros.size()), 9), Z_OK);
+  bomb.resize(bn);
+  std::vector<uint8_t> png = png_with_idat(1, 1, bomb, static_cast<uint32_t>(bomb.size()));
+  EXPECT_LT(png.size(), 100000u);
+  r = decode_image(png.data(), png.size(), 1, &out);
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.error.find("more data than a 1x1 image holds"), std::string::npos) << r.error;
+}
+
+// A JPEG Huffman table declaring more than 256 codes made stb before 2.28 write
+// past its tables (found by fuzz/fuzz_image.cpp): refused before stb sees it.
+TEST(ImageCodec, JpegWithAnOversizedHuffmanTableIsRefused) {
+  std::vector<uint8_t> jpg = encode_image(make_image(16, 16, 3, 2), "jpg", 80);
+  size_t dht = 0;
+  for (size_t i = 2; i + 1 < jpg.size(); ++i)
+    if (jpg[i] == 0xFF && jpg[i + 1] == 0xC4) {
+      dht = i;
+      break;
+    }
+  ASSERT_NE(dht, 0u);
+  Image out;
+  ASSERT_TRUE(decode_image(jpg.data(), jpg.size(), 3, &out).ok);
+  for (int k = 0; k < 16; ++k) jpg[dht + 5 + k] = 17;  // 16 x 17 = 272 codes
+  DecodeResult r = decode_image(jpg.data(), jpg.size(), 3, &out);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error, "corrupt JPEG (bad Huffman table)");
+  // stb takes fill bytes (0xFF) before the start-of-image marker: the check does too.
+  jpg.insert(jpg.begin(), 5, 0xFF);
+  r = decode_image(jpg.data(), jpg.size(), 3, &out);
+  EXPECT_EQ(r.error, "corrupt JPEG (bad Huffman table)");
+}
+
+// Only regular files are read: a FIFO, a device, a folder or a broken link is a
+// failed decode saying so, and a FIFO does not block the reader.
+TEST(ImageCodec, NonFilesAreFailedDecodesWithoutReading) {
+  TempDir dir;
+  const std::string fifo = dir / "p.png", link = dir / "gone.png";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  fs::create_symlink(dir / "nowhere", link);
+  fs::create_directories(dir / "d.png");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {fifo, "not a regular file (a FIFO)"},
+      {"/dev/zero", "not a regular file (a character device)"},
+      {dir / "d.png", "not a regular file (a directory)"},
+      {link, "broken symbolic link"},
+      {dir / "absent.png", "cannot open: no such file"},
+  };
+  for (const auto& [path, reason] : cases) {
+    auto result = std::async(std::launch::async, [&] {
+      Image out;
+      return decode_image_file(path, 3, &out);
+    });
+    if (result.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+      const int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);  // gives the blocked reader an end of file
+      if (w >= 0) ::close(w);
+      ADD_FAILURE() << path << ": the reader blocked";
+    }
+    DecodeResult r = result.get();
+    EXPECT_FALSE(r.ok) << path;
+    EXPECT_EQ(r.error, reason) << path;
+  }
 }
 
 TEST(ImageCodec, ResizeCoverKeepsAspectAndCentres) {
@@ -168,6 +330,15 @@ TEST(ImageCodec, ResizeCoverKeepsAspectAndCentres) {
   EXPECT_EQ(r.at(10, 30, 0), 0);
   EXPECT_EQ(r.at(10, 34, 0), 200);
   EXPECT_EQ(r.at(10, 63, 0), 200);
+  // An image longer than kMaxCoverAspect : 1 is first cut to its central part of
+  // that aspect: the result is the cover of that part (a 3 x 3000 image scaled to
+  // a width of 64 would otherwise be 64 x 64000).
+  Image stripe = make_image(3, 3000, 3, 7);
+  const int keep = 3 * kMaxCoverAspect;
+  EXPECT_EQ(resize_cover(stripe, 64), resize_cover(crop(stripe, (3000 - keep) / 2, 0, keep, 3), 64));
+  Image band = make_image(5000, 2, 1, 8);
+  EXPECT_EQ(resize_cover(band, 28), resize_cover(crop(band, 0, (5000 - 32) / 2, 2, 32), 28));
+  EXPECT_EQ(resize_cover(band, 28).width, 28);
   // A flat image stays flat at any scale.
   Image flat(100, 80, 3);
   std::fill(flat.pixels.begin(), flat.pixels.end(), 77);
@@ -234,6 +405,74 @@ TEST(Idx, BadHeadersNameThePath) {
   EXPECT_INPUT_ERROR_MENTIONS(read_idx(dir / "cut.gz"), dir / "cut.gz");
 }
 
+// gzip bytes of `parts`, each its own gzip member (one member when there is one part).
+std::vector<uint8_t> gzip_members(const std::vector<std::vector<uint8_t>>& parts) {
+  std::vector<uint8_t> out;
+  for (const auto& p : parts) {
+    z_stream zs{};
+    EXPECT_EQ(deflateInit2(&zs, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    std::vector<uint8_t> buf(deflateBound(&zs, p.size()));
+    zs.next_in = const_cast<Bytef*>(p.data());
+    zs.avail_in = static_cast<uInt>(p.size());
+    zs.next_out = buf.data();
+    zs.avail_out = static_cast<uInt>(buf.size());
+    EXPECT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
+    out.insert(out.end(), buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(zs.total_out));
+    deflateEnd(&zs);
+  }
+  return out;
+}
+
+std::vector<uint8_t> idx_header(const std::vector<uint32_t>& dims) {
+  std::vector<uint8_t> h = {0, 0, 8, static_cast<uint8_t>(dims.size())};
+  for (uint32_t d : dims)
+    for (int s = 24; s >= 0; s -= 8) h.push_back(static_cast<uint8_t>(d >> s));
+  return h;
+}
+
+// A gzipped file is inflated header first, then exactly the promised bytes: a
+// stream with 64 MB more than its header says is refused after inflating one
+// byte past the data, not after inflating it all; a header promising more than
+// the stream can hold or more than kMaxIdxBytes is refused before any allocation.
+TEST(Idx, GzipIsInflatedOnlyAsFarAsTheHeaderPromises) {
+  std::vector<uint8_t> body = idx_header({1, 28, 28});
+  body.resize(body.size() + 784 + (64 << 20), 0);
+  std::vector<uint8_t> bomb = gzip_members({body});
+  EXPECT_LT(bomb.size(), 200000u);
+  EXPECT_INPUT_ERROR_MENTIONS(parse_idx(bomb.data(), bomb.size(), "bomb.gz", 3),
+                              "bomb.gz: IDX data is longer than the 784 bytes its header says");
+  std::vector<uint8_t> liar = gzip_members({idx_header({1000, 1000, 1000})});
+  EXPECT_INPUT_ERROR_MENTIONS(parse_idx(liar.data(), liar.size(), "liar.gz"),
+                              "liar.gz: IDX header promises 1000000000 bytes, more than a gzip stream of");
+  std::vector<uint8_t> huge = idx_header({65536, 65536});
+  EXPECT_INPUT_ERROR_MENTIONS(parse_idx(huge.data(), huge.size(), "huge"),
+                              "huge: IDX header promises more than");
+  std::vector<uint8_t> huge_gz = gzip_members({huge});
+  EXPECT_INPUT_ERROR_MENTIONS(parse_idx(huge_gz.data(), huge_gz.size(), "huge.gz"), "(the limit)");
+
+  // Two members (header, then data) are one stream; bytes after the last member are not.
+  std::vector<uint8_t> data(6 * 4);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i);
+  std::vector<uint8_t> two = gzip_members({idx_header({6, 4}), data});
+  IdxArray a = parse_idx(two.data(), two.size(), "two.gz", 2);
+  EXPECT_EQ(a.dims, (std::vector<int64_t>{6, 4}));
+  EXPECT_EQ(a.data, data);
+  two.push_back(0);
+  EXPECT_INPUT_ERROR_MENTIONS(parse_idx(two.data(), two.size(), "trail.gz"), "trail.gz: 1 trailing bytes");
+  std::vector<uint8_t> cut = gzip_members({idx_header({6, 4}), data});
+  cut.resize(cut.size() - 4);  // no ISIZE: the data is there but the stream is not complete
+  EXPECT_INPUT_ERROR_MENTIONS(parse_idx(cut.data(), cut.size(), "cut.gz"), "cut.gz: corrupt gzip stream");
+}
+
+// Non-files are refused by type, before anything is read.
+TEST(Idx, NonFilesAreRefused) {
+  TempDir dir;
+  ASSERT_EQ(::mkfifo((dir / "pipe").c_str(), 0600), 0);
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(dir / "pipe"), dir / "pipe" + ": not a regular file (a FIFO)");
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx("/dev/zero"), "/dev/zero: not a regular file (a character device)");
+  EXPECT_INPUT_ERROR_MENTIONS(read_idx(dir.path().string()), "not a regular file (a directory)");
+}
+
 TEST(Idx, DatasetChecksCountsAndLabels) {
   TempDir dir;
   std::vector<uint8_t> px(6 * 28 * 28, 9);
@@ -250,6 +489,12 @@ TEST(Idx, DatasetChecksCountsAndLabels) {
   EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "img", dir / "lab_bad", mnist_classes()), dir / "lab_bad");
   EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "lab", dir / "lab", mnist_classes()),
                               "1 dimensions, expected 3");
+  // The data sets' image size is 28x28: any other is refused when opening.
+  write_idx(dir / "img10", {6, 10, 10}, std::vector<uint8_t>(600, 1), false);
+  EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "img10", dir / "lab", mnist_classes()),
+                              dir / "img10" + ": images are 10x10, expected 28x28");
+  write_idx(dir / "img_rect", {6, 28, 30}, std::vector<uint8_t>(6 * 28 * 30, 1), false);
+  EXPECT_INPUT_ERROR_MENTIONS(IdxDataset(dir / "img_rect", dir / "lab", mnist_classes()), "28x30");
 }
 
 TEST(FashionMnist, RealDataFromTheDebianPackage) {
@@ -529,6 +774,11 @@ TEST(TinyImageNet, StructuralErrorsNameThePath) {
     fs::remove(t.dir.path() / "val" / "val_annotations.txt");
     EXPECT_INPUT_ERROR_MENTIONS(open_tiny_imagenet(t.root()), "val_annotations.txt: missing");
   }
+  {
+    TinyTree t;  // one class: every prediction would be right
+    write_text(t.dir.path() / "wnids.txt", "n01\n");
+    EXPECT_INPUT_ERROR_MENTIONS(open_tiny_imagenet(t.root()), "wnids.txt: only one class ('n01')");
+  }
 }
 
 // ---------------------------------------------------------------- image folders
@@ -579,6 +829,17 @@ TEST(ImageFolder, TrainValSplitsResizeAndErrors) {
   fs::create_directories(root / "train" / "empty");
   EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits(root.string()), "empty: no images");
   EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits((root / "none").string()), (root / "none").string());
+  // One class folder is not a classification data set (a validation split with one
+  // of the training classes is fine).
+  TempDir one;
+  write_image(one.path() / "only" / "a.png", make_image(64, 64, 3, 6));
+  EXPECT_INPUT_ERROR_MENTIONS(open_folder_splits(one.path().string()),
+                              one.path().string() + ": only one class ('only')");
+  EXPECT_INPUT_ERROR_MENTIONS(class_names_for(parse_data_spec("folder:" + one.path().string())),
+                              "only one class");
+  fs::remove_all(root / "train" / "empty");
+  fs::remove_all(root / "val" / "bird");
+  EXPECT_EQ(open_folder_splits(root.string()).val->size(), 1);
 }
 
 TEST(ImageFolder, HoldoutWithoutTrainFolder) {
@@ -815,6 +1076,87 @@ TEST(Loader, BadFilesAreSkippedCountedAndReportedOnce) {
     ASSERT_NE(at, std::string::npos) << p;
     EXPECT_EQ(log.find(p, at + 1), std::string::npos) << "reported twice: " << p;
   }
+}
+
+// Entries of an image folder that are not image files: everything named like an
+// image is an item (a folder x.png, a FIFO, a link to /dev/zero, a broken link, a
+// text file) that fails its decode, is reported once and counted in every epoch
+// that meets it, exactly, also when a whole batch is bad (the loader passes over
+// such a batch, but counts it); other entries are reported once when listing.
+TEST(ImageFolder, NonFilesAreItemsThatAreSkippedAndCountedExactly) {
+  TempDir dir;
+  fs::path a = dir.path() / "a";
+  fs::create_directories(a / "0folder.png");
+  write_image(a / "0folder.png" / "inside.png", make_image(64, 64, 3, 1));  // not entered
+  ASSERT_EQ(::mkfifo((a / "1fifo.png").c_str(), 0600), 0);
+  fs::create_symlink(dir / "nowhere", a / "2gone.jpg");
+  fs::create_symlink("/dev/zero", a / "3zero.png");
+  write_text(a / "4text.png", "not an image\n");
+  ASSERT_EQ(::mkfifo((a / "pipe").c_str(), 0600), 0);
+  write_text(a / "notes.txt", "notes\n");
+  TempDir elsewhere;
+  fs::create_directory_symlink(elsewhere.path(), a / "link_to_folder");
+  for (int k = 0; k < 3; ++k) write_image(a / ("g" + std::to_string(k) + ".png"), make_image(64, 64, 3, k));
+  write_image(a / "sub" / "s.png", make_image(64, 64, 3, 7));  // a real sub-folder is entered
+  for (int k = 0; k < 4; ++k)
+    write_image(dir.path() / "b" / ("g" + std::to_string(k) + ".png"), make_image(64, 64, 3, k));
+
+  testing::internal::CaptureStderr();
+  auto ds = open_image_folder(dir.path().string());
+  std::string log = testing::internal::GetCapturedStderr();
+  const std::vector<std::string> bad = {(a / "0folder.png").string(), (a / "1fifo.png").string(),
+                                        (a / "2gone.jpg").string(), (a / "3zero.png").string(),
+                                        (a / "4text.png").string()};
+  ASSERT_EQ(ds->size(), 5 + 4 + 4);
+  for (size_t k = 0; k < bad.size(); ++k) EXPECT_EQ(ds->item_name(static_cast<int64_t>(k)), bad[k]);
+  EXPECT_EQ(test::count_lines(log), 3) << log;
+  EXPECT_NE(log.find("skipping " + (a / "pipe").string() + ": not a regular file (a FIFO)"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("skipping " + (a / "notes.txt").string() + ": not an image file (extension)"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("link_to_folder: not an image file (a link to a folder, not followed)"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("inside.png"), std::string::npos) << log;
+
+  LoaderOptions o;
+  o.batch_size = 5;  // batch 0 holds the five bad items and nothing else
+  o.shuffle = false;
+  Loader loader(ds, Preprocess::seed_rgb(), o);
+  testing::internal::CaptureStderr();
+  for (int64_t epoch : {0, 1}) {
+    auto e = run_epoch(loader, epoch);
+    int64_t n = 0;
+    for (const Batch& b : e) n += b.size();
+    EXPECT_EQ(n, 8) << "epoch " << epoch;
+    EXPECT_EQ(e.size(), 2u) << "the all-bad batch is passed over";
+    EXPECT_EQ(loader.skipped_in_epoch(), 5) << "epoch " << epoch;
+  }
+  log = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(test::count_lines(log), 5) << log;
+  const std::vector<std::string> reasons = {"not a regular file (a directory)", "not a regular file (a FIFO)",
+                                            "broken symbolic link", "not a regular file (a character device)",
+                                            "cannot decode"};
+  for (size_t k = 0; k < bad.size(); ++k)
+    EXPECT_NE(log.find("skipping " + bad[k] + ": " + reasons[k]), std::string::npos) << log;
+  EXPECT_EQ(ds->bad_item_count(), 5);
+}
+
+// A file name holding a newline is reported on one line.
+TEST(ImageFolder, SkipLinesStayOneLine) {
+  TempDir dir;
+  write_text(dir.path() / "a" / "bad\nname.png", "x");
+  write_image(dir.path() / "a" / "good.png", make_image(64, 64, 3, 1));
+  write_image(dir.path() / "b" / "good.png", make_image(64, 64, 3, 2));
+  testing::internal::CaptureStderr();
+  auto ds = open_image_folder(dir.path().string());
+  Image img;
+  for (int64_t i = 0; i < ds->size(); ++i) ds->load(i, &img);
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(test::count_lines(log), 1) << log;
+  EXPECT_NE(log.find("bad\\x0aname.png: cannot decode"), std::string::npos) << log;
 }
 
 // A dataset whose item 5 throws: the loader hands the error to the consumer.

@@ -3,6 +3,8 @@
 // and shapes against the seed files, the memory-efficient dense layer against
 // the naive graph (outputs, gradients, running statistics), never-half-loading
 // imports, input-size limits. Seed-weight parity: tests/test_seed_parity.cpp.
+#include <cmath>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -326,6 +328,102 @@ TEST(Models, LoadRejectsMissingExtraAndMisshapenTensorsWithoutTouchingTheModel) 
   // And the good set loads.
   models::load_weights(*model, good, "w.safetensors");
   EXPECT_EQ(test::max_abs_diff(model->state_dict().back().second, good.back().second), 0.0);
+}
+
+// Values are checked with names and shapes, before anything is copied: non-finite
+// numbers, a negative running variance, integer or F16 tensors where the model
+// keeps F32, F64 beyond the F32 range. F64 within range loads.
+TEST(Models, LoadRejectsNonFiniteNegativeVarianceAndWrongDtypesWithoutTouchingTheModel) {
+  Generator g(9);
+  auto model = models::create("squeezenet", {}, g);
+  io::NamedTensors good =
+      io::read_safetensors(test::seed_dir() + "/squeezenet_fp.safetensors").tensors();
+  models::load_weights(*model, good, "w.safetensors");
+  io::NamedTensors before;
+  for (auto& [n, t] : model->state_dict()) before.emplace_back(n, t.clone());
+  auto with = [&](const std::string& name, const std::function<Tensor(const Tensor&)>& f) {
+    io::NamedTensors t;
+    for (const auto& [n, v] : good) t.emplace_back(n, n == name ? f(v) : v);
+    return t;
+  };
+  auto poke = [](float value, int64_t at) {
+    return [=](const Tensor& v) {
+      Tensor c = v.clone();
+      c.data<float>()[at] = value;
+      return c;
+    };
+  };
+  auto expect_error = [&](const io::NamedTensors& ts, const std::string& needle) {
+    try {
+      models::load_weights(*model, ts, "w.safetensors");
+      ADD_FAILURE() << "accepted weights that should fail with " << needle;
+    } catch (const InputError& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.rfind("w.safetensors: ", 0), 0u) << msg;
+      EXPECT_NE(msg.find(needle), std::string::npos) << "expected '" << needle << "' in: " << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
+    auto now = model->state_dict();
+    for (size_t i = 0; i < now.size(); ++i)
+      ASSERT_EQ(test::max_abs_diff(now[i].second, before[i].second), 0.0) << "half-loaded " << now[i].first;
+  };
+  expect_error(with("features.4.squeeze.weight", poke(NAN, 5)),
+               "features.4.squeeze.weight (holds NaN at element 5)");
+  expect_error(with("classifier.1.bias", poke(INFINITY, 0)), "classifier.1.bias (holds +Inf at element 0)");
+  expect_error(with("features.1.bias", poke(-INFINITY, 2)), "features.1.bias (holds -Inf at element 2)");
+  expect_error(with("features.1.running_mean", poke(NAN, 0)), "features.1.running_mean");
+  expect_error(with("features.1.running_var", poke(-0.5f, 3)),
+               "features.1.running_var (holds -0.5 at element 3, below zero");
+  expect_error(with("features.0.weight", [](const Tensor& v) { return v.to(DType::I64); }),
+               "features.0.weight (is I64, expected F32 values)");
+  expect_error(with("features.0.weight",
+                    [](const Tensor& v) {
+                      Tensor d = v.to(DType::F64);
+                      d.data<double>()[1] = 1e300;
+                      return d;
+                    }),
+               "features.0.weight (holds 1e+300 at element 1, outside the range");
+  // F16 / BF16 are not converted by the engine: refused, not an internal error.
+  expect_error(
+      with("classifier.1.weight", [](const Tensor& v) { return Tensor::empty(v.shape(), DType::F16); }),
+      "classifier.1.weight (is F16, expected F32 values)");
+  // A zero variance is allowed (eps keeps the root finite); F64 within range
+  // rounds to nearest as PyTorch's copy_ does.
+  models::load_weights(*model, with("features.1.running_var", poke(0.0f, 0)), "w.safetensors");
+  models::load_weights(*model, with("classifier.1.weight", [](const Tensor& v) { return v.to(DType::F64); }),
+                       "w.safetensors");
+  EXPECT_EQ(test::max_abs_diff(model->state_dict().back().second, good.back().second), 0.0);
+}
+
+TEST(Models, ConfigBoundsAndConfigFromWeights) {
+  ModelConfig c;
+  EXPECT_NO_THROW(models::check_config(c, "x"));
+  for (auto bad : std::vector<std::function<void(ModelConfig&)>>{
+           [](ModelConfig& m) { m.num_classes = 0; },
+           [](ModelConfig& m) { m.num_classes = models::kMaxClasses + 1; },
+           [](ModelConfig& m) { m.in_channels = -1; },
+           [](ModelConfig& m) { m.in_channels = int64_t(1) << 40; },
+           [](ModelConfig& m) { m.input_size = models::kMaxInputSize + 1; },
+           [](ModelConfig& m) { m.dropout = NAN; },
+       }) {
+    ModelConfig m;
+    bad(m);
+    EXPECT_THROW(models::check_config(m, "x"), InputError);
+    EXPECT_THROW(models::create("small_densenet", m), InputError);
+  }
+  // A classifier shape that claims 2^40 classes with no bytes behind it.
+  io::NamedTensors ts =
+      io::read_safetensors(test::seed_dir() + "/small_densenet_fp.safetensors").tensors();
+  for (auto& [n, t] : ts)
+    if (n == "classifier.weight") t = Tensor::empty({int64_t(1) << 40, 0});
+  try {
+    models::config_from_weights("small_densenet", ts, "f.safetensors");
+    ADD_FAILURE() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("f.safetensors: the weights of small_densenet: num_classes"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Models, ConfigFromWeights) {

@@ -147,8 +147,9 @@ TEST(Module, StateDictRoundTripCopiesIntoExistingTensors) {
   auto a = small_tree();
   nn::manual_seed(2);
   auto b = small_tree();
-  // Make the buffers differ too.
-  for (auto& [n, t] : a->named_buffers()) t->copy_(test::rand(t->shape(), 7));
+  // Make the buffers differ too (positive: a running variance cannot be negative).
+  Generator g(7);
+  for (auto& [n, t] : a->named_buffers()) t->copy_(Tensor::uniform(t->shape(), g, 0.5, 1.5));
   ASSERT_NE(values_of(*a), values_of(*b));
 
   std::vector<void*> storages_before;
@@ -327,6 +328,60 @@ TEST(Layers, ConvAndLinearMatchNaive) {
       zr[i * 3 + o] = acc;
     }
   EXPECT_LT(test::max_rel_error(z, Tensor::from_vector<double>(zr, {4, 3})), 1e-5);
+}
+
+// Grouped and dilated convs: PyTorch's weight shape [out, in/groups, k, k], parameter
+// count out * (in/groups * k*k) + out (bias) and output size floor((H + 2p - d(k-1) - 1)/s)
+// + 1, its init bound 1/sqrt(in/groups * k*k), its repr, and each group's outputs equal a
+// plain conv of the group's channels.
+TEST(Layers, GroupedAndDilatedConvShapesCountsAndInit) {
+  struct Case {
+    int64_t in, out;
+    int k, stride, pad, dilation, groups;
+    bool bias;
+    int64_t params;  // sum(p.numel() for p in nn.Conv2d(...).parameters())
+  };
+  const std::vector<Case> cases = {
+      {32, 32, 3, 1, 1, 1, 32, false, 288},   // MobileNet depthwise 3x3
+      {64, 128, 3, 2, 1, 1, 4, true, 18560},  // 128*16*9 + 128
+      {16, 48, 3, 1, 2, 2, 1, false, 6912},   // dilated, 48*16*9
+      {12, 24, 5, 2, 4, 2, 6, true, 1224},    // 24*2*25 + 24
+      {6, 6, 1, 1, 0, 1, 3, false, 12},       // grouped 1x1 (a ShuffleNet-style pointwise)
+  };
+  Generator g(11);
+  for (const Case& c : cases) {
+    Conv2d conv(c.in, c.out, c.k, c.stride, c.pad, c.bias, g, c.dilation, c.groups);
+    const std::string what = conv.extra_repr();
+    EXPECT_EQ(conv.weight().shape(), (Shape{c.out, c.in / c.groups, c.k, c.k})) << what;
+    EXPECT_EQ(conv.num_parameters(), c.params) << what;
+    EXPECT_EQ(conv.groups(), c.groups);
+    EXPECT_EQ(conv.dilation(), c.dilation);
+    const double bound = 1.0 / std::sqrt(double(c.in / c.groups * c.k * c.k));
+    for (float v : conv.weight().to_vector<float>()) ASSERT_LE(std::fabs(v), bound) << what;
+    if (c.bias) {
+      for (float v : conv.bias().to_vector<float>()) ASSERT_LE(std::fabs(v), bound) << what;
+    }
+    const int64_t h = 13, w = 10;
+    const Tensor x = test::rand({2, c.in, h, w}, 12);
+    const Tensor y = conv(x);
+    const int64_t span = int64_t{c.dilation} * (c.k - 1) + 1;
+    EXPECT_EQ(y.shape(),
+              (Shape{2, c.out, (h + 2 * c.pad - span) / c.stride + 1, (w + 2 * c.pad - span) / c.stride + 1}))
+        << what;
+    const int64_t cg = c.in / c.groups, og = c.out / c.groups;
+    for (int64_t gi = 0; gi < c.groups; ++gi) {
+      const Tensor yg =
+          ops::conv2d(x.narrow(1, gi * cg, cg), conv.weight().narrow(0, gi * og, og),
+                      c.bias ? conv.bias().narrow(0, gi * og, og) : Tensor(), c.stride, c.pad, c.dilation, 1);
+      EXPECT_LT(test::max_rel_error(y.narrow(1, gi * og, og).contiguous(), yg), 1e-6)
+          << what << " group " << gi;
+    }
+  }
+  EXPECT_EQ(Conv2d(8, 8, 3, 1, 2, false, g, 2, 8).extra_repr(),
+            "8, 8, kernel_size=(3, 3), stride=(1, 1), padding=(2, 2), dilation=(2, 2), groups=8, bias=False");
+  EXPECT_THROW(Conv2d(6, 4, 3, 1, 0, false, g, 1, 4), Error);  // 4 groups do not divide 6 channels
+  EXPECT_THROW(Conv2d(4, 6, 3, 1, 0, false, g, 1, 4), Error);
+  EXPECT_THROW(Conv2d(4, 4, 3, 1, 0, false, g, 0, 1), Error);
 }
 
 TEST(Layers, PoolsFlattenAndShapes) {

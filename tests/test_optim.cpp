@@ -489,6 +489,20 @@ TEST(Optim, LoadStateRefusesBadEntriesAndChangesNothing) {
   auto bad_values = before_t;
   bad_values["group0.param0.exp_avg"] = Tensor::full({5}, 42.0);  // valid, but must not be applied
   expect_refused(bad_values, s, {"missing group0.lr", "group3.lr", "not a count"});
+
+  // Values: non-finite moments, a negative second moment (its root is taken), integer or F16 state.
+  auto nan_state = before_t;
+  nan_state["group0.param0.exp_avg"] = Tensor::full({5}, NAN);
+  expect_refused(nan_state, before_s, {"'group0.param0.exp_avg' holds NaN at element 0"});
+  auto negative = before_t;
+  negative["group0.param0.exp_avg_sq"] = Tensor::full({5}, -1.0);
+  expect_refused(negative, before_s, {"'group0.param0.exp_avg_sq' holds -1 at element 0, below zero"});
+  auto integer = before_t;
+  integer["group0.param0.exp_avg"] = Tensor::zeros({5}, DType::I64);
+  expect_refused(integer, before_s, {"'group0.param0.exp_avg' is I64, expected F32 values"});
+  auto half = before_t;
+  half["group0.param0.exp_avg"] = Tensor::empty({5}, DType::F16);
+  expect_refused(half, before_s, {"is F16"});
 }
 
 // ---- ReduceLROnPlateau --------------------------------------------------------------------

@@ -4,8 +4,12 @@
 // paddings and odd channel counts with poisoned outputs; an exact case (small
 // integers, codes in {-1, 0, +1}, power-of-two scales) is bit-identical on every path;
 // the fused prologue / epilogue / residual equal the unfused ops; batch N equals N
-// batches of 1; a channel slice of a wider buffer is written and nothing else; the
+// batches of 1; a channel slice of a wider buffer is written and nothing else; grouped
+// and depthwise convs (per-group layouts round-trip; against the dense grouped conv, the
+// reference and the groups run as separate packed convs, on every thread count); the
 // CUDA paths (tensor cores, CUDA cores) match the CPU twin (skipped without a GPU).
+#include <omp.h>
+
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -41,10 +45,10 @@ std::vector<uint8_t> canonical_of(const std::vector<uint8_t>& codes) {
 }
 
 PackedConvWeight random_weight(const Shape& shape, double zero_frac, float wp, float wn, uint64_t seed,
-                               Device dev = Device::cpu()) {
+                               Device dev = Device::cpu(), int64_t groups = 1) {
   const auto packed = canonical_of(random_codes(shape_numel(shape), zero_frac, seed));
   Tensor t = Tensor::from_vector(packed, {static_cast<int64_t>(packed.size())});
-  return PackedConvWeight::from_codes(t, shape, wp, wn, dev);
+  return PackedConvWeight::from_codes(t, shape, wp, wn, dev, "packed weight", groups);
 }
 
 // Every micro-kernel this machine can run.
@@ -127,6 +131,49 @@ TEST(PackedRelayout, LutHoldsTheFourWeightsOfEachByte) {
   EXPECT_EQ(lut[b * 4 + 3], 0.75f);
 }
 
+TEST(PackedRelayout, GroupLayoutsRoundTripToTheirRowsOfTheCanonicalMatrix) {
+  for (int64_t groups : {1, 2, 3, 8}) {
+    for (int64_t og : {1, 3, 4, 17}) {
+      for (int64_t k : {1, 9, 18, 65}) {
+        const int64_t co = groups * og;
+        SCOPED_TRACE(testing::Message()
+                     << "RELAYOUT_GROUPS(co=" << co << ", k=" << k << ", groups=" << groups << ")");
+        const auto codes = random_codes(co * k, 0.4, 300 + co * 13 + k);
+        const auto canon = canonical_of(codes);
+        // CPU: one layout per group, each back to the group's rows.
+        const std::vector<kernels::CpuCodeLayout> ls =
+            kernels::relayout_cpu_groups(canon.data(), co, k, groups);
+        ASSERT_EQ(static_cast<int64_t>(ls.size()), groups);
+        for (int64_t g = 0; g < groups; ++g) {
+          const std::vector<uint8_t> rows(codes.begin() + g * og * k, codes.begin() + (g + 1) * og * k);
+          EXPECT_EQ(kernels::canonical_rows(canon.data(), g * og, og, k), canonical_of(rows))
+              << "group " << g;
+          ASSERT_EQ(ls[g].co, og);
+          ASSERT_EQ(ls[g].k, k);
+          std::vector<uint8_t> back(static_cast<size_t>(kernels::packed::packed_bytes(og * k)), 0xAB);
+          kernels::relayout_cpu_to_canonical(ls[g], back.data());
+          EXPECT_EQ(back, canonical_of(rows)) << "group " << g;
+        }
+        // Tensor cores: group g's fragments are relayout_mma of its rows, one group after another.
+        const kernels::MmaCodeLayout m = kernels::relayout_mma(canon.data(), co, k, groups);
+        ASSERT_EQ(m.mtiles, (og + 15) / 16);
+        ASSERT_EQ(static_cast<int64_t>(m.words.size()), groups * m.group_words());
+        for (int64_t g = 0; g < groups; ++g) {
+          const auto rows = kernels::canonical_rows(canon.data(), g * og, og, k);
+          const kernels::MmaCodeLayout one = kernels::relayout_mma(rows.data(), og, k);
+          EXPECT_TRUE(std::equal(one.words.begin(), one.words.end(), m.words.begin() + g * m.group_words()))
+              << "group " << g;
+        }
+        std::vector<uint8_t> back(canon.size(), 0xAB);
+        kernels::relayout_mma_to_canonical(m, back.data());
+        EXPECT_EQ(back, canon);
+      }
+    }
+  }
+  EXPECT_THROW(kernels::relayout_cpu_groups(nullptr, 6, 9, 4), Error);
+  EXPECT_THROW(kernels::relayout_mma(nullptr, 6, 9, 4), Error);
+}
+
 TEST(PackedWeight, RejectsInvalidCodesAndBadSizes) {
   std::vector<uint8_t> bytes = {0x00, 0x0C};  // element 5 has code 3
   EXPECT_THROW(
@@ -147,6 +194,18 @@ TEST(PackedWeight, RejectsInvalidCodesAndBadSizes) {
   EXPECT_EQ(w.wp(), 0.5f);
   EXPECT_EQ(w.wn(), 2.0f);
   EXPECT_EQ(w.decode().to_vector<float>(), three.to_vector<float>());
+  // Groups must divide the output channels; the input channels of the conv are
+  // weight_shape[1] * groups.
+  const Tensor six = Tensor::from_vector<float>({1, 0, -1, 1, 1, 0}, {6, 1, 1, 1});
+  EXPECT_THROW(PackedConvWeight::from_dense(six, Device::cpu(), "w", 4), InputError);
+  const PackedConvWeight dw = PackedConvWeight::from_dense(six, Device::cpu(), "w", 3);
+  EXPECT_EQ(dw.groups(), 3);
+  EXPECT_EQ(dw.ci(), 3);
+  EXPECT_EQ(dw.ci_per_group(), 1);
+  EXPECT_EQ(dw.cpu_layouts().size(), 3u);
+  EXPECT_EQ(dw.weight_shape(), Shape({6, 1, 1, 1}));
+  EXPECT_EQ(dw.decode().to_vector<float>(), six.to_vector<float>());
+  EXPECT_THROW(kernels::packed_conv2d(Tensor::zeros({1, 6, 2, 2}), dw), Error);  // 3 channels expected
 }
 
 // ---- the CPU twin against the dense conv --------------------------------------------------
@@ -418,6 +477,160 @@ TEST(PackedConvCpu, WritesAChannelSliceOfAWiderBufferAndNothingElse) {
   }
 }
 
+// ---- grouped and depthwise convs ---------------------------------------------------------------
+
+struct GroupCase {
+  int64_t n, ci, h, w, co, k;
+  int stride, pad;
+  int64_t groups;
+};
+std::string case_str(const GroupCase& c) {
+  return "PACKED_CONV(n=" + std::to_string(c.n) + ", ci=" + std::to_string(c.ci) +
+         ", hw=" + std::to_string(c.h) + "x" + std::to_string(c.w) + ", co=" + std::to_string(c.co) +
+         ", k=" + std::to_string(c.k) + ", stride=" + std::to_string(c.stride) +
+         ", pad=" + std::to_string(c.pad) + ", groups=" + std::to_string(c.groups) + ")";
+}
+const std::vector<GroupCase> kGroupCases = {
+    {2, 8, 9, 7, 8, 3, 1, 1, 8},       // depthwise
+    {1, 6, 11, 10, 12, 3, 2, 1, 6},    // depthwise x2, strided
+    {2, 12, 7, 7, 9, 3, 1, 1, 3},      // 3 groups
+    {3, 4, 8, 9, 6, 1, 1, 0, 2},       // grouped 1x1, read in place
+    {1, 10, 12, 12, 10, 5, 1, 2, 5},   // 5x5, 2 channels per group
+    {2, 6, 13, 5, 6, 3, 3, 0, 3},      // stride 3, odd sizes
+    {1, 32, 20, 20, 32, 3, 1, 1, 32},  // a larger depthwise layer: above the threading threshold
+    {2, 16, 10, 10, 48, 1, 1, 0, 4},   // 4 groups of 4 -> 12, several register blocks per group
+};
+
+TEST(PackedConvCpu, GroupedAndDepthwiseMatchTheDenseConvAndTheReference) {
+  for (size_t i = 0; i < kGroupCases.size(); ++i) {
+    const GroupCase& c = kGroupCases[i];
+    const PackedConvWeight w = random_weight({c.co, c.ci / c.groups, c.k, c.k}, 0.4, 0.93f, 1.07f, 2000 + i,
+                                             Device::cpu(), c.groups);
+    ASSERT_EQ(w.ci(), c.ci);
+    const Tensor x = test::rand({c.n, c.ci, c.h, c.w}, 2100 + i);
+    PackedConvOptions o;
+    o.stride = c.stride;
+    o.pad = c.pad;
+    const Tensor dense = ops::conv2d(x, w.decode(), Tensor(), c.stride, c.pad, 1, static_cast<int>(c.groups));
+    const Tensor ref = kernels::packed_conv2d_ref(x, w, o);
+    EXPECT_LT(test::max_rel_error(ref, dense), 1e-6) << case_str(c) << " reference vs ops::conv2d";
+    std::map<CpuIsa, Tensor> out;
+    for (CpuIsa isa : cpu_isas()) {
+      o.cpu_isa = isa;
+      Tensor y = Tensor::empty(dense.shape());
+      test::poison(y);
+      kernels::packed_conv2d_out(x, w, o, y);
+      EXPECT_TRUE(test::all_finite(y)) << case_str(c) << " " << kernels::cpu_isa_name(isa) << ": unwritten";
+      EXPECT_LT(test::max_rel_error(y, dense), 1e-5) << case_str(c) << " " << kernels::cpu_isa_name(isa);
+      EXPECT_LT(test::max_rel_error(y, ref), 1e-5) << case_str(c) << " " << kernels::cpu_isa_name(isa);
+      out[isa] = y;
+    }
+    if (out.count(CpuIsa::Avx2) && out.count(CpuIsa::Avx512)) {
+      EXPECT_EQ(test::max_abs_diff(out[CpuIsa::Avx2], out[CpuIsa::Avx512]), 0.0) << case_str(c);
+    }
+  }
+}
+
+// Small integers and power-of-two scales: every ISA gives the reference's bits (so the
+// scalar kernel's), fused or not, and the dense grouped conv's when not fused.
+TEST(PackedConvCpu, GroupedExactCaseIsBitIdenticalOnEveryIsa) {
+  for (size_t i = 0; i < kGroupCases.size(); ++i) {
+    const GroupCase& c = kGroupCases[i];
+    for (bool fused : {false, true}) {
+      const PackedConvWeight w = random_weight({c.co, c.ci / c.groups, c.k, c.k}, 0.3, 0.5f, 2.0f, 2200 + i,
+                                               Device::cpu(), c.groups);
+      const Tensor x = small_integers({c.n, c.ci, c.h, c.w}, 2300 + i);
+      PackedConvOptions o;
+      o.stride = c.stride;
+      o.pad = c.pad;
+      if (fused) {
+        Fusion f = power_of_two_affines(c.ci, c.co, 2400 + i);
+        o.pre_scale = f.pre_scale;
+        o.pre_shift = f.pre_shift;
+        o.pre_relu = true;
+        o.post_scale = f.post_scale;
+        o.post_shift = f.post_shift;
+        o.post_relu = i % 2 == 0;
+        o.residual = small_integers(
+            {c.n, c.co, (c.h + 2 * c.pad - c.k) / c.stride + 1, (c.w + 2 * c.pad - c.k) / c.stride + 1},
+            2500 + i);
+      }
+      const Tensor ref = kernels::packed_conv2d_ref(x, w, o);
+      if (!fused) {
+        EXPECT_EQ(
+            test::max_abs_diff(
+                ops::conv2d(x, w.decode(), Tensor(), c.stride, c.pad, 1, static_cast<int>(c.groups)), ref),
+            0.0)
+            << case_str(c);
+      }
+      for (CpuIsa isa : cpu_isas()) {
+        o.cpu_isa = isa;
+        Tensor y = Tensor::empty(ref.shape());
+        test::poison(y);
+        kernels::packed_conv2d_out(x, w, o, y);
+        EXPECT_EQ(test::max_abs_diff(y, ref), 0.0)
+            << case_str(c) << " fused=" << fused << " " << kernels::cpu_isa_name(isa);
+      }
+    }
+  }
+}
+
+// A grouped conv with prologue, epilogue and residual, reading a channel slice of one
+// buffer and writing a channel slice of another, gives the bits of its groups run as
+// one-group packed convs (weights: the group's rows) on the groups' slices, on 1, 3 and
+// 4 threads; nothing outside the output slice is written.
+TEST(PackedConvCpu, GroupedEqualsItsGroupsAsSeparatePackedConvsOnEveryThreadCount) {
+  const int threads = omp_get_max_threads();
+  for (const GroupCase& c :
+       {GroupCase{2, 12, 9, 9, 6, 3, 1, 1, 3}, GroupCase{1, 64, 24, 24, 64, 3, 1, 1, 64},
+        GroupCase{8, 16, 12, 12, 16, 3, 2, 1, 16}, GroupCase{1, 8, 8, 8, 16, 1, 1, 0, 2}}) {
+    const PackedConvWeight w = random_weight({c.co, c.ci / c.groups, c.k, c.k}, 0.35, 1.25f, 0.75f,
+                                             2600 + c.ci, Device::cpu(), c.groups);
+    const int64_t cg = c.ci / c.groups, og = c.co / c.groups;
+    const int64_t ho = (c.h + 2 * c.pad - c.k) / c.stride + 1, wo = (c.w + 2 * c.pad - c.k) / c.stride + 1;
+    Tensor xbuf = test::rand({c.n, c.ci + 4, c.h, c.w}, 2601);
+    const Tensor x = xbuf.narrow(1, 3, c.ci);
+    const Tensor residual = test::rand({c.n, c.co, ho, wo}, 2602);
+    PackedConvOptions o;
+    o.stride = c.stride;
+    o.pad = c.pad;
+    o.pre_scale = test::rand({c.ci}, 2603);
+    o.pre_shift = test::rand({c.ci}, 2604);
+    o.pre_relu = true;
+    o.post_scale = test::rand({c.co}, 2605);
+    o.post_shift = test::rand({c.co}, 2606);
+    o.post_relu = true;
+    o.residual = residual;
+    // The groups one by one, from the decoded weight's rows.
+    const Tensor dense_w = w.decode();
+    Tensor expect = Tensor::empty({c.n, c.co, ho, wo});
+    for (int64_t g = 0; g < c.groups; ++g) {
+      const PackedConvWeight wg =
+          PackedConvWeight::from_dense(dense_w.narrow(0, g * og, og).contiguous(), Device::cpu());
+      PackedConvOptions og_o = o;
+      og_o.pre_scale = o.pre_scale.narrow(0, g * cg, cg).contiguous();
+      og_o.pre_shift = o.pre_shift.narrow(0, g * cg, cg).contiguous();
+      og_o.post_scale = o.post_scale.narrow(0, g * og, og).contiguous();
+      og_o.post_shift = o.post_shift.narrow(0, g * og, og).contiguous();
+      og_o.residual = residual.narrow(1, g * og, og);
+      Tensor yg = expect.narrow(1, g * og, og);
+      kernels::packed_conv2d_out(x.narrow(1, g * cg, cg), wg, og_o, yg);
+    }
+    EXPECT_LT(test::max_rel_error(expect, kernels::packed_conv2d_ref(x.contiguous(), w, o)), 1e-5)
+        << case_str(c);
+    for (int t : {1, 3, 4}) {
+      omp_set_num_threads(t);
+      Tensor ybuf = Tensor::full({c.n, c.co + 5, ho, wo}, 0.5f);
+      Tensor y = ybuf.narrow(1, 2, c.co);
+      kernels::packed_conv2d_out(x, w, o, y);
+      EXPECT_EQ(test::max_abs_diff(y.contiguous(), expect), 0.0) << case_str(c) << " threads " << t;
+      for (auto [c0, len] : {std::pair<int64_t, int64_t>{0, 2}, {2 + c.co, 3}})
+        for (float v : ybuf.narrow(1, c0, len).contiguous().to_vector<float>()) ASSERT_EQ(v, 0.5f) << t;
+    }
+    omp_set_num_threads(threads);
+  }
+}
+
 // ---- CUDA twins against the CPU --------------------------------------------------------------
 
 #ifdef TTQ_HAS_CUDA
@@ -529,6 +742,53 @@ TEST_P(PackedConvCuda, ResidualAndChannelSlice) {
   EXPECT_EQ(test::max_abs_diff(after.narrow(1, used + co, total - used - co).contiguous(),
                                buffer_cpu.narrow(1, used + co, total - used - co).contiguous()),
             0.0);
+}
+
+TEST_P(PackedConvCuda, GroupedAndDepthwiseMatchTheCpuTwin) {
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device";
+  const kernels::CudaPath path = GetParam();
+  if (path == kernels::CudaPath::TensorCore && !kernels::packed_conv_tensor_cores_supported())
+    GTEST_SKIP() << "no tensor-core support in this build or device";
+  const Device gpu = Device::cuda(0);
+  for (size_t i = 0; i < kGroupCases.size(); ++i) {
+    const GroupCase& c = kGroupCases[i];
+    for (bool exact : {false, true}) {
+      const Shape ws = {c.co, c.ci / c.groups, c.k, c.k};
+      const float wp = exact ? 0.5f : 0.93f, wn = exact ? 2.0f : 1.07f;
+      const PackedConvWeight wc = random_weight(ws, 0.4, wp, wn, 2700 + i, Device::cpu(), c.groups);
+      const PackedConvWeight wg = random_weight(ws, 0.4, wp, wn, 2700 + i, gpu, c.groups);
+      const Tensor x = exact ? small_integers({c.n, c.ci, c.h, c.w}, 2800 + i)
+                             : test::rand({c.n, c.ci, c.h, c.w}, 2800 + i);
+      Fusion f = power_of_two_affines(c.ci, c.co, 2900 + i);
+      PackedConvOptions o;
+      o.stride = c.stride;
+      o.pad = c.pad;
+      o.pre_scale = f.pre_scale;
+      o.pre_shift = f.pre_shift;
+      o.pre_relu = true;
+      o.post_scale = f.post_scale;
+      o.post_shift = f.post_shift;
+      o.cuda_path = path;
+      const Tensor expect = exact ? kernels::packed_conv2d_ref(x, wc, o) : kernels::packed_conv2d(x, wc, o);
+      PackedConvOptions og = o;
+      for (Tensor* t : {&og.pre_scale, &og.pre_shift, &og.post_scale, &og.post_shift}) *t = t->to(gpu);
+      // Output into a channel slice of a wider buffer.
+      Tensor buffer = Tensor::full({c.n, c.co + 3, expect.size(2), expect.size(3)}, 0.5f, DType::F32, gpu);
+      Tensor y = buffer.narrow(1, 1, c.co);
+      kernels::packed_conv2d_out(x.to(gpu), wg, og, y);
+      const Tensor got = y.to(Device::cpu()).contiguous();
+      if (exact) {
+        EXPECT_EQ(test::max_abs_diff(got, expect), 0.0)
+            << case_str(c) << " " << kernels::cuda_path_name(path);
+      } else {
+        EXPECT_LT(test::max_rel_error(got, expect), path == kernels::CudaPath::TensorCore ? 3e-3 : 1e-5)
+            << case_str(c) << " " << kernels::cuda_path_name(path);
+      }
+      const Tensor after = buffer.to(Device::cpu());
+      for (float v : after.narrow(1, 0, 1).contiguous().to_vector<float>()) ASSERT_EQ(v, 0.5f);
+      for (float v : after.narrow(1, 1 + c.co, 2).contiguous().to_vector<float>()) ASSERT_EQ(v, 0.5f);
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, PackedConvCuda,

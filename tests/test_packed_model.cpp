@@ -189,6 +189,17 @@ TEST(PackSeed, RefusesALayerWithFourValuesAndTheFullPrecisionFile) {
   }
   EXPECT_THROW(models::pack_tensors(seed("small_densenet_fp").tensors(), {}, "small_densenet", "fp"),
                InputError);
+  // A checkpoint's scale that is not finite is refused, not replaced by 1.
+  io::NamedTensors nan_scale = seed("squeezenet_ttq").tensors();
+  nan_scale.emplace_back("features.7.expand3x3.wp", Tensor::full({1}, NAN));
+  try {
+    models::pack_tensors(nan_scale, {}, "squeezenet", "nan.safetensors");
+    FAIL() << "a NaN scale was packed";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("nan.safetensors: 'features.7.expand3x3.wp' holds NaN"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 // ---- inference --------------------------------------------------------------------
@@ -440,6 +451,19 @@ TEST(PackedFile, EveryDefectIsOneInputErrorLineNamingTheFile) {
   expect_error(with(layer + ".wp", [](const Tensor&) { return Tensor::scalar(NAN); }), good.metadata, layer);
   expect_error(with("features.norm4.running_var", [](const Tensor&) { return Tensor::ones({5}); }),
                good.metadata, "features.norm4.running_var");
+  // Values: non-finite F32 tensors, a negative running variance.
+  auto poke = [](float value) {
+    return [=](const Tensor& v) {
+      Tensor c = v.clone();
+      c.data<float>()[1] = value;
+      return c;
+    };
+  };
+  expect_error(with("features.norm4.weight", poke(NAN)), good.metadata,
+               "'features.norm4.weight' holds NaN at element 1");
+  expect_error(with("classifier.bias", poke(-INFINITY)), good.metadata, "'classifier.bias' holds -Inf");
+  expect_error(with("features.norm0.running_var", poke(-1.0f)), good.metadata,
+               "'features.norm0.running_var' holds -1 at element 1, below zero");
   // Missing and unexpected tensors.
   io::NamedTensors missing(good.tensors.begin(), good.tensors.end() - 1);
   expect_error(missing, good.metadata, "missing tensor");

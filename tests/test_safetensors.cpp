@@ -1,15 +1,19 @@
 // Tests of the safetensors reader / writer (engine/io/safetensors.h): round
 // trips, the seed files, every hostile-header case of docs/formats.md (one
-// line naming the file and the problem), and atomic writes. Built and run under
-// ASan/UBSan with -DTTQ_SANITIZE=ON.
+// line naming the file and the problem), non-files (FIFOs, devices, folders,
+// broken links) refused without being read, printable() (engine/error.h), and
+// atomic writes. Built and run under ASan/UBSan with -DTTQ_SANITIZE=ON.
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <optional>
 #include <string>
 #include <vector>
@@ -303,6 +307,61 @@ TEST(SafetensorsHostile, MissingFileAndDirectory) {
     ADD_FAILURE();
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+  }
+}
+
+// Non-files are refused by type before anything is read: a FIFO must not block
+// the reader (if it does, the test unblocks it by opening the write end, and fails).
+TEST(SafetensorsHostile, FifoDeviceAndBrokenLinkAreRefusedWithoutReading) {
+  TempDir dir;
+  const std::string fifo = dir.file("pipe.safetensors"), link = dir.file("gone.safetensors");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ASSERT_EQ(::symlink(dir.file("nowhere").c_str(), link.c_str()), 0);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {fifo, "not a regular file (a FIFO)"},
+      {"/dev/zero", "not a regular file (a character device)"},
+      {"/dev/urandom", "not a regular file (a character device)"},
+      {dir.path(), "not a regular file (a directory)"},
+      {link, "broken symbolic link"},
+  };
+  for (const auto& [path, reason] : cases) {
+    for (int mode = 0; mode < 2; ++mode) {
+      auto result = std::async(std::launch::async, [&, mode] {
+        try {
+          if (mode == 0) io::read_safetensors(path);
+          if (mode == 1) io::read_safetensors_header(path);
+        } catch (const InputError& e) {
+          return std::string(e.what());
+        }
+        return std::string("accepted");
+      });
+      if (result.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+        const int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);  // gives the blocked reader an end of file
+        if (w >= 0) ::close(w);
+        ADD_FAILURE() << path << ": the reader blocked";
+      }
+      EXPECT_EQ(result.get(), path + ": " + reason) << "mode " << mode;
+    }
+  }
+  ::unlink(fifo.c_str());
+  ::unlink(link.c_str());
+}
+
+// printable(): the one-line rule for text from files, and ttq::Error applying it.
+TEST(ErrorText, ControlCharactersAreEscapedAndUtf8IsKept) {
+  EXPECT_EQ(printable("plain text: caf\xc3\xa9 \xe2\x82\xac"), "plain text: caf\xc3\xa9 \xe2\x82\xac");
+  EXPECT_EQ(printable("a\nb\rc\td\x1b[31m\x7f"), "a\\x0ab\\x0dc\\x09d\\x1b[31m\\x7f");
+  EXPECT_EQ(printable(std::string("nul\0end", 7)), "nul\\x00end");
+  EXPECT_EQ(printable("c1 \xc2\x9b csi"), "c1 \\xc2\\x9b csi");  // U+009B, a C1 control
+  EXPECT_EQ(printable("stray \x9b byte"), "stray \\x9b byte");   // not UTF-8
+  EXPECT_EQ(printable("cut \xe2\x82"), "cut \\xe2\\x82");        // a sequence cut short
+  EXPECT_EQ(printable("overlong \xc0\xaf"), "overlong \\xc0\\xaf");
+  const InputError e("file\nname: bad");
+  EXPECT_EQ(std::string(e.what()), "file\\x0aname: bad");
+  try {
+    TTQ_INPUT_ERROR() << "x.safetensors: tensor " << std::string("a\nb");
+  } catch (const InputError& err) {
+    EXPECT_EQ(std::string(err.what()), "x.safetensors: tensor a\\x0ab");
   }
 }
 

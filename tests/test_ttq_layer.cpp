@@ -146,6 +146,12 @@ models::TtqOptions cnn_options() {
   return o;
 }
 
+const Tensor& view_value(const io::NamedTensors& view, const std::string& name) {
+  for (const auto& [n, t] : view)
+    if (n == name) return t;
+  TTQ_THROW() << "no " << name;
+}
+
 std::set<float> distinct(const Tensor& t) {
   std::vector<float> v = t.to_vector<float>();
   return std::set<float>(v.begin(), v.end());
@@ -435,6 +441,21 @@ TEST(TtqCheckpoint, RejectsIncompleteOrNonTernaryState) {
     FAIL() << "accepted a full-precision weight as ternary";
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("'7.weight'"), std::string::npos) << e.what();
+  }
+  // A ternary weight holding a NaN: its sign would silently be 0, so it is refused.
+  io::NamedTensors nan_weights;
+  for (auto& [name, t] : fp_weights) {
+    Tensor v = name == "7.weight" ? view_value(view, "7.weight").to(Device::cpu()).clone() : t;
+    if (name == "7.weight") v.data<float>()[0] = NAN;
+    nan_weights.emplace_back(name, v);
+  }
+  try {
+    models::load_ttq_checkpoint(*net, ttq, nan_weights, "nan.safetensors");
+    FAIL() << "accepted a NaN weight";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("nan.safetensors: '7.weight' holds NaN at element 0"),
+              std::string::npos)
+        << e.what();
   }
   EXPECT_THROW(models::ttq_options_from_metadata({{"ttq.t", "abc"}}, {}, "x"), InputError);
   EXPECT_THROW(models::ttq_options_from_metadata({{"ttq.scale_init", "zeros"}}, {}, "x"), InputError);

@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
-    std::cerr << "ttq_eval: " << e.what() << " (see --help)\n";
+    std::cerr << "ttq_eval: " << ttq::printable(e.what()) << " (see --help)\n";
     return 2;
   }
   try {
@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
     std::cerr << "ttq_eval: " << e.what() << "\n";
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << "ttq_eval: internal error: " << e.what() << "\n";
+    std::cerr << "ttq_eval: internal error: " << ttq::printable(e.what()) << "\n";
     return 1;
   }
 }

@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    std::cerr << "ttq_infer: " << e.what() << " (see --help)\n";
+    std::cerr << "ttq_infer: " << ttq::printable(e.what()) << " (see --help)\n";
     return 2;
   }
   try {
@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
     std::cerr << "ttq_infer: " << e.what() << "\n";
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << "ttq_infer: internal error: " << e.what() << "\n";
+    std::cerr << "ttq_infer: internal error: " << ttq::printable(e.what()) << "\n";
     return 1;
   }
 }

@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    std::cerr << "ttq_pack: " << e.what() << " (see --help)\n";
+    std::cerr << "ttq_pack: " << ttq::printable(e.what()) << " (see --help)\n";
     return 2;
   }
   try {
@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
     std::cerr << "ttq_pack: " << e.what() << "\n";
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << "ttq_pack: internal error: " << e.what() << "\n";
+    std::cerr << "ttq_pack: internal error: " << ttq::printable(e.what()) << "\n";
     return 1;
   }
 }

@@ -77,6 +77,7 @@ models::ModelConfig model_config_from_json(const std::string& s, const std::stri
   } catch (const std::exception& e) {
     TTQ_INPUT_ERROR() << source << ": bad model_config in metadata: " << e.what();
   }
+  models::check_config(c, source + ": model_config in metadata");
   return c;
 }
 
@@ -127,6 +128,16 @@ CheckpointContent read_checkpoint(const std::string& path) {
       c.model_tensors.emplace_back(name, t);
     }
   }
+  // The metadata's config builds the model: it must be the one the weights have
+  // (so that a forged num_classes cannot allocate more than the file holds).
+  bool known = false;
+  for (const auto& n : models::names()) known = known || n == c.arch;
+  TTQ_INPUT_CHECK(known) << path << ": unknown model '" << c.arch << "' in the metadata";
+  const models::ModelConfig w = models::config_from_weights(c.arch, c.model_tensors, path, c.config);
+  TTQ_INPUT_CHECK(w.in_channels == c.config.in_channels && w.num_classes == c.config.num_classes)
+      << path << ": model_config in metadata (in_channels " << c.config.in_channels << ", num_classes "
+      << c.config.num_classes << ") does not match the weights (" << w.in_channels << ", " << w.num_classes
+      << ")";
   return c;
 }
 

@@ -119,6 +119,14 @@ io::NamedTensors read_init_weights(const std::string& path, const std::string& a
   return io::read_safetensors(path).tensors();
 }
 
+// An epoch or a validation pass that met items but could load none of them is an
+// error, not an accuracy: every item of the split was unreadable.
+void check_some_loaded(double loaded, const data::Loader& loader, const std::string& data,
+                       const char* split) {
+  TTQ_INPUT_CHECK(loaded > 0) << data << ": no readable image in the " << split << " split ("
+                              << loader.skipped_in_epoch() << " unreadable skipped)";
+}
+
 }  // namespace
 
 void install_signal_handlers() {
@@ -345,6 +353,9 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     opt->load_state(resume_ckpt.optimizer_tensors, resume_ckpt.optimizer_scalars, last_path);
     sched.load_state_scalars(resume_ckpt.scheduler_scalars, last_path);
     st = resume_ckpt.state;
+    TTQ_INPUT_CHECK(st.batch <= train_loader.batches_per_epoch())
+        << last_path << ": the run stopped after batch " << st.batch << " of an epoch, but " << o.data
+        << " gives " << train_loader.batches_per_epoch() << " batches per epoch";
     nn::global_generator().set_state(st.rng_seed, st.rng_offset);
     log << "resuming " << o.out << " at epoch " << st.epoch + 1 << ", batch " << st.batch << "\n";
   }
@@ -443,7 +454,6 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     train_loader.start_epoch(epoch, first);
     double loss_sum = st.part_loss_sum, correct = st.part_correct, count = st.part_count;
     double seconds_before = st.part_seconds;
-    int64_t skipped = 0;
     auto t0 = Clock::now();
     model->train();
     while (auto b = train_loader.next()) {
@@ -464,7 +474,6 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       loss_sum += lv * n;
       correct += static_cast<double>(ops::topk_correct(logits, y, 1));
       count += n;
-      skipped += b->skipped;
       const int64_t done = b->index + 1;
       const double el = seconds_since(t0);
       const double ips = (count - st.part_count) / std::max(el, 1e-9);
@@ -493,13 +502,14 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       }
     }
     progress.finish_line();
+    check_some_loaded(count, train_loader, o.data, "training");
     const double train_seconds = seconds_before + seconds_since(t0);
     EvalResult ev = evaluate(*model, val_loader, device);
     if (!std::isfinite(ev.loss)) {
       TTQ_INPUT_ERROR() << "training diverged: validation loss is " << ev.loss << " after epoch " << epoch + 1
                         << " (lower --lr; " << last_path << " holds the last good state)";
     }
-    TTQ_INPUT_CHECK(ev.count > 0) << o.data << ": no readable validation image";
+    check_some_loaded(static_cast<double>(ev.count), val_loader, o.data, "validation");
 
     EpochMetrics m;
     m.epoch = epoch + 1;
@@ -511,7 +521,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     m.lr = opt->lr(0);
     m.seconds = train_seconds + ev.seconds;
     m.images_per_second = count / std::max(train_seconds, 1e-9);
-    m.skipped = skipped + val_loader.skipped_in_epoch();
+    // The loaders count every skipped sample, also those of batches that had none left.
+    m.skipped = train_loader.skipped_in_epoch() + val_loader.skipped_in_epoch();
     if (ttq_phase) {
       models::TtqStats ts = models::ttq_stats(ttq);
       m.ttq = true;
@@ -584,7 +595,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     model->to(device);
     data::Loader test_loader(test_set, pre, loader_options(o.eval_batch, o.workers, o.seed, false));
     EvalResult te = evaluate(*model, test_loader, device);
-    TTQ_INPUT_CHECK(te.count > 0) << o.data << ": no readable test image";
+    check_some_loaded(static_cast<double>(te.count), test_loader, o.data, "test");
     tm.evaluated = true;
     tm.loss = te.loss;
     tm.top1 = te.top1;
@@ -682,8 +693,8 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
     check_fits(model->config());
     r = evaluate(*model, loader, device);
   }
+  check_some_loaded(static_cast<double>(r.count), loader, o.data, o.split.c_str());
   if (loader.skipped_in_epoch() > 0) log << loader.skipped_in_epoch() << " unreadable images skipped\n";
-  TTQ_INPUT_CHECK(r.count > 0) << o.data << ": no readable image in the " << o.split << " split";
   report.result = r;
   return report;
 }

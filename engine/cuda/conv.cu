@@ -2,8 +2,8 @@
 // legacy convolution API, present in every 9.x). CPU twin: engine/cpu/conv.cpp;
 // tested by tests/test_backend_ops.cpp and tests/test_cuda_train_step.cpp.
 //
-// Per shape (device, dtype, N, C, H, W, K, kh, kw, stride, pad, TF32 policy) a
-// plan holds the descriptors and, per direction, the algorithm chosen on first
+// Per shape (device, dtype, N, C, H, W, K, kh, kw, stride, pad, dilation, groups,
+// TF32 policy) a plan holds the descriptors and, per direction, the algorithm chosen on first
 // use: measured with cudnnFind*Ex on the call's own buffers (or, with
 // TTQ_CUDNN_FIND=0, the cudnnGet*_v7 heuristic), fastest first among those
 // whose workspace fits the limit, deterministic ones only unless
@@ -42,13 +42,17 @@ struct Scale {
   const void* for_type(DType t) const { return t == DType::F64 ? static_cast<const void*>(&d) : &f; }
 };
 
+// Everything a plan's descriptors and algorithm choices depend on: the algorithm
+// measured for one dilation or group count is not valid for another.
 struct ConvKey {
   int device;
   DType dtype;
-  int64_t n, c, h, w, k, kh, kw;
-  int sh, sw, ph, pw;
+  int64_t n, c, h, w, k, kh, kw;  // c: all input channels (the filter holds c / groups)
+  int sh, sw, ph, pw, dh, dw, groups;
   bool tf32;
-  auto tie() const { return std::tie(device, dtype, n, c, h, w, k, kh, kw, sh, sw, ph, pw, tf32); }
+  auto tie() const {
+    return std::tie(device, dtype, n, c, h, w, k, kh, kw, sh, sw, ph, pw, dh, dw, groups, tf32);
+  }
   bool operator<(const ConvKey& o) const { return tie() < o.tie(); }
 };
 
@@ -101,9 +105,11 @@ std::unique_ptr<ConvPlan> make_plan(const ConvKey& key, int64_t ho, int64_t wo) 
   TTQ_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NCHW, dt, to_int(key.n, "N"),
                                              to_int(key.c, "C"), to_int(key.h, "H"), to_int(key.w, "W")));
   TTQ_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, dt, CUDNN_TENSOR_NCHW, to_int(key.k, "K"),
-                                             to_int(key.c, "C"), to_int(key.kh, "kh"), to_int(key.kw, "kw")));
-  TTQ_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv, key.ph, key.pw, key.sh, key.sw, 1, 1,
+                                             to_int(key.c / key.groups, "C/groups"), to_int(key.kh, "kh"),
+                                             to_int(key.kw, "kw")));
+  TTQ_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv, key.ph, key.pw, key.sh, key.sw, key.dh, key.dw,
                                                   CUDNN_CROSS_CORRELATION, dt));
+  TTQ_CUDNN_CHECK(cudnnSetConvolutionGroupCount(p->conv, key.groups));
   TTQ_CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, base_math(key)));
   int on = 0, oc = 0, oh = 0, ow = 0;
   TTQ_CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->w, &on, &oc, &oh, &ow));
@@ -120,11 +126,17 @@ std::mutex& plans_mutex() {
   return *m;
 }
 
-ConvPlan& plan_for(const Tensor& x, const Tensor& w, const Conv2dParams& prm, int64_t ho, int64_t wo) {
-  TTQ_CHECK(x.dim() == 4 && w.dim() == 4 && x.size(1) == w.size(1))
-      << "cuDNN convolution: x " << shape_str(x.shape()) << ", w " << shape_str(w.shape());
-  ConvKey key{x.device().index, x.dtype(), x.size(0),    x.size(1),    x.size(2), x.size(3), w.size(0),
-              w.size(2),        w.size(3), prm.stride_h, prm.stride_w, prm.pad_h, prm.pad_w, allow_tf32()};
+ConvKey key_of(const Tensor& x, const Tensor& w, const Conv2dParams& prm) {
+  TTQ_CHECK(x.dim() == 4 && w.dim() == 4 && prm.groups >= 1 && x.size(1) == w.size(1) * prm.groups &&
+            w.size(0) % prm.groups == 0)
+      << "cuDNN convolution: x " << shape_str(x.shape()) << ", w " << shape_str(w.shape()) << ", groups "
+      << prm.groups;
+  return ConvKey{x.device().index, x.dtype(),      x.size(0),      x.size(1),    x.size(2),    x.size(3),
+                 w.size(0),        w.size(2),      w.size(3),      prm.stride_h, prm.stride_w, prm.pad_h,
+                 prm.pad_w,        prm.dilation_h, prm.dilation_w, prm.groups,   allow_tf32()};
+}
+
+ConvPlan& plan_for(const ConvKey& key, int64_t ho, int64_t wo) {
   static auto* plans = new std::map<ConvKey, std::unique_ptr<ConvPlan>>();  // never destroyed
   std::lock_guard<std::mutex> lock(plans_mutex());
   auto it = plans->find(key);
@@ -167,11 +179,6 @@ AlgoChoice finish_choice(const ConvKey& key, const Perf* perf, int count, size_t
   return c;
 }
 
-ConvKey key_of(const Tensor& x, const Tensor& w, const Conv2dParams& prm) {
-  return ConvKey{x.device().index, x.dtype(), x.size(0),    x.size(1),    x.size(2), x.size(3), w.size(0),
-                 w.size(2),        w.size(3), prm.stride_h, prm.stride_w, prm.pad_h, prm.pad_w, allow_tf32()};
-}
-
 void check_conv_operands(const char* what, std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts) {
     if (!t->defined()) continue;
@@ -196,8 +203,8 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
     }
     return;
   }
-  ConvPlan& plan = plan_for(x, w, p, y.size(2), y.size(3));
   const ConvKey key = key_of(x, w, p);
+  ConvPlan& plan = plan_for(key, y.size(2), y.size(3));
   cudnnHandle_t h = cudnn_handle();
   const Scale one(1), zero(0);
   if (!plan.fwd.ready) {
@@ -234,8 +241,8 @@ void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams&
     fill(gx, 0);
     return;
   }
-  ConvPlan& plan = plan_for(gx, w, p, gy.size(2), gy.size(3));
   const ConvKey key = key_of(gx, w, p);
+  ConvPlan& plan = plan_for(key, gy.size(2), gy.size(3));
   cudnnHandle_t h = cudnn_handle();
   const Scale one(1), zero(0);
   if (!plan.bwd_data.ready) {
@@ -275,8 +282,8 @@ void conv2d_backward_filter(const Tensor& gy, const Tensor& x, const Conv2dParam
   if (x.numel() == 0) {  // an empty sum: gw = 0, while gbias still sums gy (as on the CPU)
     if (gw.numel() > 0) fill(gw, 0);
   } else if (gw.numel() > 0) {
-    ConvPlan& plan = plan_for(x, gw, p, gy.size(2), gy.size(3));
     const ConvKey key = key_of(x, gw, p);
+    ConvPlan& plan = plan_for(key, gy.size(2), gy.size(3));
     if (!plan.bwd_filter.ready) {
       const size_t limit = workspace_limit();
       cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];

@@ -16,6 +16,8 @@
 #include <set>
 #include <string_view>
 
+#include "engine/io/file.h"
+
 namespace ttq::io {
 
 static_assert(std::endian::native == std::endian::little,
@@ -298,14 +300,9 @@ bool write_all(int fd, const void* src, size_t n) {
 }
 
 int open_for_read(const std::string& path, uint64_t* size) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  TTQ_INPUT_CHECK(fd >= 0) << path << ": cannot open: " << std::strerror(errno);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    TTQ_INPUT_ERROR() << path << ": not a regular file";
-  }
-  *size = static_cast<uint64_t>(st.st_size);
+  std::string problem;
+  int fd = open_regular_file(path, size, &problem);
+  TTQ_INPUT_CHECK(fd >= 0) << path << ": " << problem;
   return fd;
 }
 

@@ -63,13 +63,21 @@ void default_init(Tensor& weight, Tensor* bias, Generator& gen) {
 // ---- Conv2d -------------------------------------------------------------------
 
 Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int kernel_size, int stride, int padding, bool bias,
-               Generator& gen)
-    : m_in(in_channels), m_out(out_channels), m_kernel(kernel_size), m_stride(stride), m_padding(padding) {
-  TTQ_CHECK(in_channels > 0 && out_channels > 0 && kernel_size > 0 && stride > 0 && padding >= 0)
+               Generator& gen, int dilation, int groups)
+    : m_in(in_channels),
+      m_out(out_channels),
+      m_kernel(kernel_size),
+      m_stride(stride),
+      m_padding(padding),
+      m_dilation(dilation),
+      m_groups(groups) {
+  TTQ_CHECK(in_channels > 0 && out_channels > 0 && kernel_size > 0 && stride > 0 && padding >= 0 &&
+            dilation > 0 && groups > 0 && in_channels % groups == 0 && out_channels % groups == 0)
       << "Conv2d(" << in_channels << ", " << out_channels << ", kernel " << kernel_size << ", stride "
-      << stride << ", padding " << padding << "): invalid configuration";
-  m_weight =
-      &register_parameter("weight", Tensor::empty({out_channels, in_channels, kernel_size, kernel_size}));
+      << stride << ", padding " << padding << ", dilation " << dilation << ", groups " << groups
+      << "): invalid configuration";
+  m_weight = &register_parameter(
+      "weight", Tensor::empty({out_channels, in_channels / groups, kernel_size, kernel_size}));
   if (bias) m_bias = &register_parameter("bias", Tensor::empty({out_channels}));
   reset_parameters(gen);
 }
@@ -79,7 +87,7 @@ void Conv2d::reset_parameters(Generator& gen) { default_init(*m_weight, m_bias, 
 Tensor Conv2d::effective_weight() { return quantizer ? quantizer->quantize(*m_weight) : *m_weight; }
 
 Tensor Conv2d::forward(const Tensor& x) {
-  return ops::conv2d(x, effective_weight(), bias(), m_stride, m_padding);
+  return ops::conv2d(x, effective_weight(), bias(), m_stride, m_padding, m_dilation, m_groups);
 }
 
 std::string Conv2d::extra_repr() const {
@@ -87,6 +95,8 @@ std::string Conv2d::extra_repr() const {
   os << m_in << ", " << m_out << ", kernel_size=(" << m_kernel << ", " << m_kernel << "), stride=("
      << m_stride << ", " << m_stride << ")";
   if (m_padding != 0) os << ", padding=(" << m_padding << ", " << m_padding << ")";
+  if (m_dilation != 1) os << ", dilation=(" << m_dilation << ", " << m_dilation << ")";
+  if (m_groups != 1) os << ", groups=" << m_groups;
   if (!m_bias) os << ", bias=False";
   if (quantizer) os << ", quantized";
   return os.str();

@@ -47,13 +47,17 @@ struct WeightQuantizer {
   virtual Tensor quantize(const Tensor& latent) = 0;
 };
 
-// y = conv2d(x, w, bias) with w = quantizer ? quantizer->quantize(weight) : weight.
-// Parameters: weight [out, in, k, k]; bias [out] when `bias`. Init as PyTorch:
-// weight kaiming_uniform(a = sqrt(5)), bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+// y = conv2d(x, w, bias, stride, padding, dilation, groups) with w = quantizer ?
+// quantizer->quantize(weight) : weight. Parameters: weight [out, in/groups, k, k]; bias
+// [out] when `bias` (PyTorch's nn.Conv2d: out * (in/groups * k*k + bias) values). Init
+// as PyTorch: weight kaiming_uniform(a = sqrt(5)), bias U(-1/sqrt(fan_in),
+// 1/sqrt(fan_in)), fan_in = in/groups * k*k.
+// requires groups >= 1 dividing in_channels and out_channels, dilation >= 1.
+// (dilation and groups come last so that existing calls keep their meaning.)
 class Conv2d : public Module {
  public:
   Conv2d(int64_t in_channels, int64_t out_channels, int kernel_size, int stride = 1, int padding = 0,
-         bool bias = false, Generator& gen = global_generator());
+         bool bias = false, Generator& gen = global_generator(), int dilation = 1, int groups = 1);
   Tensor forward(const Tensor& x) override;
   std::string name() const override { return "Conv2d"; }
   std::string extra_repr() const override;
@@ -72,12 +76,14 @@ class Conv2d : public Module {
   int kernel_size() const { return m_kernel; }
   int stride() const { return m_stride; }
   int padding() const { return m_padding; }
+  int dilation() const { return m_dilation; }
+  int groups() const { return m_groups; }
 
   std::shared_ptr<WeightQuantizer> quantizer;
 
  private:
   int64_t m_in, m_out;
-  int m_kernel, m_stride, m_padding;
+  int m_kernel, m_stride, m_padding, m_dilation, m_groups;
   Tensor* m_weight = nullptr;
   Tensor* m_bias = nullptr;
 };

@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "engine/io/values.h"
 #include "engine/nn/layers.h"
 
 namespace ttq::nn {
@@ -26,6 +27,13 @@ std::string name_list(const std::vector<std::string>& names, size_t limit = 8) {
 }
 
 }  // namespace
+
+std::set<std::string> non_negative_state(Module& module) {
+  std::set<std::string> names;
+  for (auto& [prefix, m] : module.named_modules())
+    if (dynamic_cast<BatchNorm2d*>(m) != nullptr) names.insert(join(prefix, "running_var"));
+  return names;
+}
 
 void Module::check_new_name(const std::string& name) const {
   TTQ_CHECK(!name.empty()) << this->name() << ": empty name";
@@ -197,8 +205,9 @@ LoadResult Module::load_state_dict(const std::map<std::string, Tensor>& state, b
   for (auto& [prefix, m] : named_modules())
     if (dynamic_cast<BatchNorm2d*>(m) != nullptr) ignorable.insert(join(prefix, "num_batches_tracked"));
 
+  const std::set<std::string> non_negative = non_negative_state(*this);
   LoadResult result;
-  std::vector<std::string> mismatched;
+  std::vector<std::string> mismatched, bad_values;
   std::set<std::string> known;
   for (auto& [name, slot] : slots) {
     known.insert(name);
@@ -213,6 +222,9 @@ LoadResult Module::load_state_dict(const std::map<std::string, Tensor>& state, b
     } else if (src.shape() != slot->shape()) {
       mismatched.push_back(name + " (expected " + shape_str(slot->shape()) + ", got " +
                            shape_str(src.shape()) + ")");
+    } else if (std::string why = io::load_value_problem(src, slot->dtype(), non_negative.count(name) != 0);
+               !why.empty()) {
+      bad_values.push_back(name + " (" + why + ")");
     }
   }
   for (const auto& [name, t] : state)
@@ -222,6 +234,7 @@ LoadResult Module::load_state_dict(const std::map<std::string, Tensor>& state, b
   if (strict && !result.missing.empty()) problems.push_back("missing " + name_list(result.missing));
   if (strict && !result.unexpected.empty()) problems.push_back("unexpected " + name_list(result.unexpected));
   if (!mismatched.empty()) problems.push_back("shape mismatch " + name_list(mismatched));
+  if (!bad_values.empty()) problems.push_back("bad values " + name_list(bad_values));
   if (!problems.empty()) {
     std::ostringstream os;
     os << (source.empty() ? "load_state_dict" : source) << ": ";

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,6 +22,11 @@ struct LoadResult {
   std::vector<std::string> missing;     // expected by the module, absent from the map
   std::vector<std::string> unexpected;  // in the map, unknown to the module
 };
+
+class Module;
+// Dotted names of the state that must not be negative, for load_state_dict's
+// value check (engine/io/values.h): every BatchNorm2d's running_var.
+std::set<std::string> non_negative_state(Module& module);
 
 // Modules are held by std::shared_ptr and are neither copyable nor movable: the
 // tensors they own live in stable slots, so a `Tensor*` or `Tensor&` obtained from
@@ -82,11 +88,13 @@ class Module {
   // module's own storage (clone() them to snapshot).
   std::vector<std::pair<std::string, Tensor>> state_dict();
   // Copies each entry into the existing tensor (copy_, converting dtype and device).
-  // Every name and shape is checked first: missing names (strict only), unexpected
-  // names (strict only) and shape mismatches are all reported together in one
-  // ttq::InputError line, prefixed by `source` when given (e.g. the file name), and
-  // then nothing has been modified. An entry "<bn>.num_batches_tracked" for a
-  // BatchNorm2d child (present in modern PyTorch exports) is accepted and ignored.
+  // Every name, shape and value is checked first: missing names (strict only),
+  // unexpected names (strict only), shape mismatches and values that cannot be
+  // loaded (io::load_value_problem, with non_negative for the names
+  // non_negative_state() lists) are all reported together in one ttq::InputError
+  // line, prefixed by `source` when given (e.g. the file name), and then nothing
+  // has been modified. An entry "<bn>.num_batches_tracked" for a BatchNorm2d child
+  // (present in modern PyTorch exports) is accepted and ignored.
   LoadResult load_state_dict(const std::map<std::string, Tensor>& state, bool strict = true,
                              const std::string& source = "");
   LoadResult load_state_dict(const std::vector<std::pair<std::string, Tensor>>& state, bool strict = true,

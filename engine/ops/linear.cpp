@@ -13,23 +13,41 @@ using detail::check_operand;
 using detail::describe;
 using detail::new_output;
 
-Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int padding) {
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride, int padding, int dilation,
+              int groups) {
+  Conv2dParams p;
+  p.stride_h = p.stride_w = stride;
+  p.pad_h = p.pad_w = padding;
+  p.dilation_h = p.dilation_w = dilation;
+  p.groups = groups;
+  return conv2d(x, w, bias, p);
+}
+
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
   check_floating("conv2d", "x", x);
   check_operand("conv2d", "w", w, "x", x);
   check_operand("conv2d", "bias", bias, "x", x);
   TTQ_CHECK(x.dim() == 4 && w.dim() == 4)
       << "conv2d: " << describe("x", x) << " and " << describe("w", w) << " must both be 4-d (NCHW, OIHW)";
-  TTQ_CHECK(x.size(1) == w.size(1)) << "conv2d: " << describe("x", x) << " has " << x.size(1)
-                                    << " channels but " << describe("w", w) << " expects " << w.size(1);
+  TTQ_CHECK(p.groups >= 1 && x.size(1) % p.groups == 0 && w.size(0) % p.groups == 0)
+      << "conv2d: " << p.groups << " groups do not divide the channels of " << describe("x", x) << " and "
+      << describe("w", w);
+  TTQ_CHECK(x.size(1) == w.size(1) * p.groups)
+      << "conv2d: " << describe("x", x) << " has " << x.size(1) << " channels but " << describe("w", w)
+      << " expects " << w.size(1) * p.groups << " (" << w.size(1) << " per group, " << p.groups << " groups)";
   TTQ_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == w.size(0)))
       << "conv2d: " << describe("bias", bias) << " does not match " << describe("w", w);
-  TTQ_CHECK(stride >= 1 && padding >= 0)
-      << "conv2d: stride " << stride << " / padding " << padding << " invalid";
-  const int64_t ho = conv_out_size(x.size(2), static_cast<int>(w.size(2)), stride, padding);
-  const int64_t wo = conv_out_size(x.size(3), static_cast<int>(w.size(3)), stride, padding);
-  TTQ_CHECK(ho > 0 && wo > 0) << "conv2d: " << describe("w", w) << " with padding " << padding
-                              << " does not fit " << describe("x", x);
-  const Conv2dParams p{stride, stride, padding, padding};
+  TTQ_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.pad_h >= 0 && p.pad_w >= 0 && p.dilation_h >= 1 &&
+            p.dilation_w >= 1)
+      << "conv2d: stride " << p.stride_h << "x" << p.stride_w << " / padding " << p.pad_h << "x" << p.pad_w
+      << " / dilation " << p.dilation_h << "x" << p.dilation_w << " invalid";
+  const int kh = static_cast<int>(w.size(2)), kw = static_cast<int>(w.size(3));
+  TTQ_CHECK(x.size(2) + 2 * int64_t{p.pad_h} >= int64_t{p.dilation_h} * (kh - 1) + 1 &&
+            x.size(3) + 2 * int64_t{p.pad_w} >= int64_t{p.dilation_w} * (kw - 1) + 1)
+      << "conv2d: " << describe("w", w) << " with padding " << p.pad_h << "x" << p.pad_w << " and dilation "
+      << p.dilation_h << "x" << p.dilation_w << " does not fit " << describe("x", x);
+  const int64_t ho = conv_out_size(x.size(2), kh, p.stride_h, p.pad_h, p.dilation_h);
+  const int64_t wo = conv_out_size(x.size(3), kw, p.stride_w, p.pad_w, p.dilation_w);
   const Tensor xd = detail::dense_nchw(x), wc = w.contiguous();
   const Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
   Tensor y = new_output({x.size(0), w.size(0), ho, wo}, x.dtype(), x.device());

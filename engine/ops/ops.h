@@ -11,9 +11,15 @@
 
 namespace ttq::ops {
 
-// requires x [N,Ci,H,W], w [Co,Ci,kh,kw], bias [Co] or undefined, same float dtype.
-// ensures y [N,Co,(H+2p-kh)/s+1,(W+2p-kw)/s+1], y = cross-correlation as PyTorch's conv2d.
-Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0);
+// requires x [N,Ci,H,W], w [Co,Ci/groups,kh,kw], bias [Co] or undefined, same float dtype;
+// groups divides Ci and Co; the dilated kernel d*(k-1)+1 fits the padded input.
+// ensures y [N,Co,(H+2p-d*(kh-1)-1)/s+1,(W+2p-d*(kw-1)-1)/s+1], y = cross-correlation as
+// PyTorch's conv2d(x, w, bias, stride, padding, dilation, groups) (Conv2dParams in
+// engine/backend.h: output channel o sees only the input channels of its group).
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, int stride = 1, int padding = 0,
+              int dilation = 1, int groups = 1);
+// The same with per-axis stride, padding and dilation.
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p);
 // requires x [N,in], w [out,in], bias [out] or undefined. ensures y = x w^T + bias.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias);
 // c = a @ b for 2-D a [m,k], b [k,n].

@@ -9,6 +9,7 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/io/values.h"
 
 namespace ttq::optim {
 
@@ -178,8 +179,9 @@ void Optimizer::validate_tensors(const std::map<std::string, Tensor>& tensors,
                        shape_str(p.shape()));
       continue;
     }
-    if (!is_floating(t.dtype())) {
-      errors.push_back("tensor '" + name + "' has dtype " + dtype_name(t.dtype()));
+    // Adam divides by the square root of its second moment.
+    if (std::string why = io::load_value_problem(t, p.dtype(), key == "exp_avg_sq"); !why.empty()) {
+      errors.push_back("tensor '" + name + "' " + why);
       continue;
     }
     ++present[g][i];
