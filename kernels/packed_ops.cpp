@@ -294,7 +294,8 @@ void dense_conv2d_out(const Tensor& x, const Tensor& w, const Tensor& b, const C
   TTQ_CHECK(w.dim() == 4 && w.dtype() == DType::F32 && w.is_contiguous() &&
             w.size(1) * p.groups == x.size(1) && w.size(0) % p.groups == 0 && w.device() == x.device())
       << "dense_conv2d_out: bad w " << w.str() << " for x " << x.str() << " and " << p.groups << " groups";
-  const int64_t n = x.size(0), ci = x.size(1), h = x.size(2), wd = x.size(3);
+  const int64_t n = x.size(0), h = x.size(2), wd = x.size(3);
+  [[maybe_unused]] const int64_t ci = x.size(1);  // the CUDA launch needs it
   const int64_t co = w.size(0), kh = w.size(2), kw = w.size(3);
   TTQ_CHECK(h + 2 * int64_t{p.pad_h} >= p.dilation_h * (kh - 1) + 1 &&
             wd + 2 * int64_t{p.pad_w} >= p.dilation_w * (kw - 1) + 1)
