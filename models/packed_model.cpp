@@ -111,6 +111,7 @@ class Compiler {
     epilogues();
     pool_first();
     residuals();
+    add_relus();
     prologues();
     auto p = std::make_unique<Plan>();
     p->input = Tensor::empty(shapes[0], DType::F32, m.device);
@@ -239,6 +240,15 @@ class Compiler {
         recount_readers();
         break;
       }
+    }
+  }
+
+  // An Add still standing takes a ReLU that is its only reader.
+  void add_relus() {
+    for (int a = 0; a < g.size(); ++a) {
+      if (node(a).kind != NodeKind::Add || np(a).fused || np(a).alias >= 0) continue;
+      const int r = only_reader(a);
+      if (r >= 0 && node(r).kind == NodeKind::ReLU) np(r).fused = true, np(a).out = r;
     }
   }
 
@@ -372,7 +382,7 @@ class Compiler {
   bool needs_whole(int v) const {
     for (int r : readers[static_cast<size_t>(v)]) {
       const NodeKind k = node(r).kind;
-      if (k == NodeKind::Linear || k == NodeKind::Flatten || (k == NodeKind::Conv2d && !packed(r))) return true;
+      if (k == NodeKind::Linear || k == NodeKind::Flatten) return true;
     }
     return root(g.output()) == v;
   }
@@ -484,8 +494,6 @@ class Compiler {
         const Tensor x = value.at(input_of(i));
         Tensor y = acquire(p, q.out);
         if (packed(i)) {
-          TTQ_CHECK(nd.conv.groups == 1 && nd.conv.dilation == 1)
-              << m.source << ": " << what << ": grouped and dilated packed convolutions are not supported";
           kernels::PackedConvOptions o = conv_options(i);
           if (q.residual >= 0) {
             const Tensor r = value.at(q.residual);
@@ -496,13 +504,11 @@ class Compiler {
               << "packed model: " << what << " output " << shape_str(y.shape());
           p.steps.push_back([w, x, y, o]() mutable { kernels::packed_conv2d_out(x, *w, o, y); });
         } else {
-          TTQ_CHECK(nd.conv.stride == 1 && nd.conv.groups == 1 && nd.conv.dilation == 1)
-              << m.source << ": " << what << ": a float convolution with stride, groups or dilation is not supported";
           const Tensor wt = m.weight.at(i);
           const Tensor b = m.bias.count(i) ? m.bias.at(i) : Tensor();
-          const int pad = nd.conv.padding;
-          const Tensor xc = contiguous(p, x);
-          p.steps.push_back([xc, wt, b, pad, y]() mutable { kernels::dense_conv2d_out(xc, wt, b, pad, y); });
+          const ConvAttrs& c = nd.conv;
+          const Conv2dParams cp{c.stride, c.stride, c.padding, c.padding, c.dilation, c.dilation, c.groups};
+          p.steps.push_back([x, wt, b, cp, y]() mutable { kernels::dense_conv2d_out(x, wt, b, cp, y); });
         }
         return;
       }
@@ -553,10 +559,22 @@ class Compiler {
       }
       case NodeKind::Concat:
         return;
-      case NodeKind::AvgPool2d:
-      case NodeKind::Add:
-        TTQ_INPUT_ERROR() << m.source << ": " << what << ": a standalone " << node_kind_name(nd.kind)
-                          << " is not supported by the packed runner yet";
+      case NodeKind::AvgPool2d: {
+        const Tensor x = value.at(input_of(i));
+        Tensor y = acquire(p, q.out);
+        const PoolAttrs& a = nd.pool;
+        const kernels::AvgPoolSpec spec{a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad};
+        p.steps.push_back([x, spec, y]() mutable { kernels::avg_pool_out(x, spec, y); });
+        return;
+      }
+      case NodeKind::Add: {
+        // The sum, with a ReLU that is its only reader (a residual block's output).
+        const Tensor a = value.at(root(nd.inputs[0])), b = value.at(root(nd.inputs[1]));
+        Tensor y = acquire(p, q.out);
+        const bool relu = q.out != i;
+        p.steps.push_back([a, b, relu, y]() mutable { kernels::add_out(a, b, relu, y); });
+        return;
+      }
       case NodeKind::Dropout:
       case NodeKind::Input:
         return;
@@ -676,8 +694,14 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
           << source << ": layer " << n.name << " has scales Wp = " << wp << ", Wn = " << wn
           << " (finite positive values expected)";
       const Shape shape = {n.conv.out_channels, n.conv.in_channels / n.conv.groups, n.conv.kernel, n.conv.kernel};
-      impl->packed.emplace(i, kernels::PackedConvWeight::from_codes(codes, shape, wp, wn, device,
-                                                                    source + ": layer " + n.name));
+      kernels::PackedConvWeight w = kernels::PackedConvWeight::from_codes(codes, shape, wp, wn, device,
+                                                                          source + ": layer " + n.name, n.conv.groups);
+      if (n.conv.dilation == 1) {
+        impl->packed.emplace(i, std::move(w));
+      } else {
+        // The packed kernels have no dilation: the layer runs as a float conv of its ternary values.
+        impl->weight[i] = w.decode().contiguous();
+      }
     } else if (n.kind == NodeKind::Conv2d || n.kind == NodeKind::Linear) {
       impl->weight[i] = host.at(n.name + ".weight").contiguous().to(device);
       const bool has_bias = n.kind == NodeKind::Conv2d ? n.conv.bias : n.bias;
