@@ -10,6 +10,7 @@
 #include "engine/autograd.h"
 #include "engine/ops/ops.h"
 #include "engine/cuda/runtime.h"
+#include "engine/io/write_file.h"
 #include "models/packed.h"
 
 namespace ttq::models {
@@ -57,6 +58,10 @@ ModelPtr load_model_file(const std::string& path, const std::string& arch_flag, 
 Tensor run_tensor_inference(const TensorInferOptions& o, std::ostream& log) {
   TTQ_INPUT_CHECK(!o.input_name.empty()) << "--input-name is required with --input-tensors";
   TTQ_INPUT_CHECK(!o.logits_out.empty()) << "--logits-out is required with --input-tensors";
+  TTQ_INPUT_CHECK(!io::same_file(o.logits_out, o.model_path))
+      << "--logits-out " << o.logits_out << " is the --model file; write the logits to another file";
+  TTQ_INPUT_CHECK(!io::same_file(o.logits_out, o.input_path))
+      << "--logits-out " << o.logits_out << " is the --input-tensors file; write the logits to another file";
   if (is_packed_file(o.model_path)) return run_packed_tensor_inference(o, log);
   // Everything the user supplied is validated before the device line is printed,
   // so that a bad input gives exactly one line.

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "engine/io/values.h"
+#include "engine/io/write_file.h"
 #include "kernels/pack.h"
 #include "kernels/packed_format.h"
 #include "models/packed.h"
@@ -217,6 +218,8 @@ PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& me
 }
 
 PackReport pack_model_file(const std::string& in, const std::string& out, const std::string& arch_flag) {
+  TTQ_INPUT_CHECK(!io::same_file(in, out))
+      << "--out " << out << " is the --in file; write the packed model to another file";
   io::SafeTensors st = io::read_safetensors(in);
   TTQ_INPUT_CHECK(st.meta("format") != kPackedFormat)
       << in << ": already a packed model (format " << kPackedFormat << ")";

@@ -1,13 +1,21 @@
 #include "tests/test_util.h"
 
+#include "data/idx.h"
 #include "engine/process.h"
 
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -113,6 +121,90 @@ std::string input_error_message(const std::function<void()>& f) {
     return std::string("not an InputError: ") + e.what();
   }
   return "no error";
+
+std::string make_tiny_idx(const std::string& dir, int64_t n_train, int64_t n_test, uint64_t seed) {
+  std::filesystem::create_directories(dir);
+  Generator g(seed);
+  auto make = [&](int64_t n, const std::string& prefix) {
+    std::vector<uint8_t> px(static_cast<size_t>(n) * 28 * 28), lab(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const int k = static_cast<int>(g.below(10));
+      lab[i] = static_cast<uint8_t>(k);
+      const int r0 = 2 + (k / 5) * 12, c0 = 2 + (k % 5) * 5;
+      for (int r = 0; r < 28; ++r)
+        for (int c = 0; c < 28; ++c) {
+          int v = static_cast<int>(g.below(60));
+          if (r >= r0 && r < r0 + 6 && c >= c0 && c < c0 + 6) v += 180;
+          px[(i * 28 + r) * 28 + c] = static_cast<uint8_t>(std::min(v, 255));
+        }
+    }
+    data::write_idx(dir + "/" + prefix + "-images-idx3-ubyte", {n, 28, 28}, px, false);
+    data::write_idx(dir + "/" + prefix + "-labels-idx1-ubyte", {n}, lab, true);
+  };
+  make(n_train, "train");
+  make(n_test, "t10k");
+  return dir;
+}
+
+std::string tool_path(const std::string& name) {
+  const char* dir = std::getenv("TTQ_TOOLS_DIR");
+  return (dir != nullptr && *dir != 0 ? std::string(dir) : std::string(TTQ_BINARY_DIR) + "/tools") + "/" + name;
+}
+
+ToolRun run_argv(const std::vector<std::string>& args, const RunLimits& limits) {
+  int out_pipe[2], err_pipe[2];
+  ToolRun r;
+  if (args.empty() || pipe(out_pipe) != 0) return r;
+  if (pipe(err_pipe) != 0) return r;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out_pipe[1], STDOUT_FILENO);
+    dup2(err_pipe[1], STDERR_FILENO);
+    for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) close(fd);
+    if (limits.file_size_limit >= 0) {
+      signal(SIGXFSZ, SIG_IGN);  // inherited through exec
+      struct rlimit rl {};
+      rl.rlim_cur = rl.rlim_max = static_cast<rlim_t>(limits.file_size_limit);
+      setrlimit(RLIMIT_FSIZE, &rl);
+    }
+    std::vector<char*> argv;
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  close(err_pipe[1]);
+  const auto t0 = std::chrono::steady_clock::now();
+  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  std::string* sinks[2] = {&r.out, &r.err};
+  int open_fds = 2;
+  bool killed = false;
+  while (open_fds > 0) {
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!killed && el > limits.timeout_s) {
+      kill(pid, SIGKILL);
+      killed = true;
+    }
+    if (poll(fds, 2, 100) < 0 && errno != EINTR) break;
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+      char buf[4096];
+      const ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n > 0) {
+        sinks[i]->append(buf, static_cast<size_t>(n));
+      } else if (n == 0 || errno != EINTR) {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+      }
+    }
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.code = WIFEXITED(status) && !killed ? WEXITSTATUS(status) : -1;
+  return r;
 }
 
 }  // namespace ttq::test

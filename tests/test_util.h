@@ -68,4 +68,22 @@ std::string input_error_message(const std::function<void()>& f);
     EXPECT_EQ(msg_.find("not an InputError"), std::string::npos) << msg_;                          \
   } while (0)
 
+// A small data set in the mnist:DIR layout (28x28 grey images, 10 classes; class
+// k is a bright 6x6 square at a class-specific place plus noise), written to
+// `dir` (created). Returns `dir`.
+std::string make_tiny_idx(const std::string& dir, int64_t n_train, int64_t n_test, uint64_t seed = 1234);
+
+// The path of a built tool: $TTQ_TOOLS_DIR/NAME when that is set (to run the
+// tool tests against another build), else the build's tools/NAME.
+std::string tool_path(const std::string& name);
+
+struct RunLimits {
+  double timeout_s = 120;        // then SIGKILL (code -1)
+  int64_t file_size_limit = -1;  // >= 0: RLIMIT_FSIZE in the child with SIGXFSZ ignored, so a
+                                 // write past it fails with EFBIG as on a full disk
+};
+// Runs argv (argv[0] a path) without a shell; stdout and stderr come back
+// through pipes, so a file size limit does not touch them.
+ToolRun run_argv(const std::vector<std::string>& argv, const RunLimits& limits = {});
+
 }  // namespace ttq::test

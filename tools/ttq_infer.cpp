@@ -9,6 +9,17 @@
 #include "engine/process.h"
 #include "models/infer.h"
 #include "models/summary.h"
+#include "tools/flags.h"
+
+namespace {
+
+// The ranges of ttq_infer's numeric flags (one place; --help states them).
+constexpr ttq::IntRange kTopK{1, 1000};         // then at most the model's classes
+constexpr ttq::IntRange kClasses{1, 100000};
+constexpr ttq::IntRange kInputChannels{1, 64};  // --input C
+constexpr ttq::IntRange kInputSide{1, 1024};    // --input H and W (one forward pass on the CPU)
+
+}  // namespace
 
 int main(int argc, char** argv) {
   ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
@@ -23,32 +34,33 @@ int main(int argc, char** argv) {
   int64_t classes = 200;
   std::string known;
   for (const auto& n : ttq::models::names()) known += (known.empty() ? "" : ", ") + n;
-  app.add_option("--model", o.model_path, "Weights file (.safetensors): a checkpoint, a PyTorch import or a packed 2-bit model");
-  app.add_option("--arch", o.arch, "Architecture when the file's metadata has no \"model\" (" + known + ")");
-  app.add_option("--device", o.device, "cpu, cuda or cuda:N (default: cuda when available, else cpu)");
-  app.add_option("--input-tensors", o.input_path, "Tensor mode: safetensors file holding the input batch");
-  app.add_option("--input-name", o.input_name, "Tensor mode: name of the input tensor [N, C, H, W]");
-  app.add_option("--logits-out", o.logits_out, "Tensor mode: output safetensors file (tensor \"logits\")");
-  app.add_flag("--summary", summary, "Print layers, output shapes, parameter count and FLOPs");
-  app.add_option("--input", input_chw, "Summary: input size CxHxW (default 3x56x56)");
   std::vector<std::string> images;
   std::string data_spec;
   int top_k = 5;
+  ttq::tools::Flags f(app);
+  f.text("--model", o.model_path, "Weights file (.safetensors): a checkpoint, a PyTorch import or a packed 2-bit model");
+  f.text("--arch", o.arch, "Architecture when the file's metadata has no \"model\" (" + known + ")");
+  f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");
+  f.text("--input-tensors", o.input_path, "Tensor mode: safetensors file holding the input batch");
+  f.text("--input-name", o.input_name, "Tensor mode: name of the input tensor [N, C, H, W]");
+  f.text("--logits-out", o.logits_out,
+         "Tensor mode: output safetensors file (tensor \"logits\"; replaced atomically; not an input file)");
+  app.add_flag("--summary", summary, "Print layers, output shapes, parameter count and FLOPs");
+  f.text("--input", input_chw,
+         "Summary: input size CxHxW, C " + ttq::range_text(kInputChannels) + ", H and W " +
+             ttq::range_text(kInputSide),
+         input_chw);
   app.add_option("images", images, "Image mode: image files (JPEG, PNG, BMP)");
-  app.add_option("--data", data_spec,
-                 "Image mode: data spec naming the classes when the file does not (e.g. tiny-imagenet:DIR)");
-  app.add_option("--top-k", top_k, "Image mode: classes printed per image (default 5)");
-  app.add_option("--classes", classes, "Summary: number of classes (default 200)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    std::cerr << "ttq_infer: " << ttq::printable(e.what()) << " (see --help)\n";
-    return 2;
-  }
-  try {
+  f.text("--data", data_spec, "Image mode: data spec naming the classes when the file does not (e.g. tiny-imagenet:DIR)");
+  f.integer("--top-k", top_k, kTopK, "Image mode: classes printed per image, at most the model's", "5");
+  f.integer("--classes", classes, kClasses, "Summary: number of classes", "200");
+  if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_infer"); rc >= 0) return rc;
+  return ttq::tools::run("ttq_infer", [&] {
     if (summary) {
       ttq::Shape chw = ttq::models::parse_chw(input_chw, "--input");
+      ttq::check_flag_range("--input channels", chw[0], kInputChannels);
+      ttq::check_flag_range("--input height", chw[1], kInputSide);
+      ttq::check_flag_range("--input width", chw[2], kInputSide);
       ttq::models::ModelPtr model;
       if (!o.model_path.empty()) {
         model = ttq::models::load_model_file(o.model_path, o.arch, ttq::Device::cpu());
@@ -57,7 +69,6 @@ int main(int argc, char** argv) {
             << " channels";
       } else {
         TTQ_INPUT_CHECK(!o.arch.empty()) << "--summary needs --arch NAME or --model FILE";
-        TTQ_INPUT_CHECK(classes >= 1) << "--classes must be positive, got " << classes;
         ttq::models::ModelConfig config;
         config.in_channels = chw[0];
         config.input_size = chw[1];
@@ -81,11 +92,5 @@ int main(int argc, char** argv) {
     ttq::Tensor logits = ttq::models::run_tensor_inference(o, std::cerr);
     std::cout << "wrote " << o.logits_out << ": logits " << ttq::shape_str(logits.shape()) << "\n";
     return 0;
-  } catch (const ttq::InputError& e) {
-    std::cerr << "ttq_infer: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "ttq_infer: internal error: " << ttq::printable(e.what()) << "\n";
-    return 1;
-  }
+  });
 }

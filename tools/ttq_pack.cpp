@@ -8,6 +8,7 @@
 
 #include "engine/process.h"
 #include "models/packed.h"
+#include "tools/flags.h"
 
 int main(int argc, char** argv) {
   ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
@@ -16,28 +17,17 @@ int main(int argc, char** argv) {
   bool quiet = false;
   std::string known;
   for (const auto& n : ttq::models::names()) known += (known.empty() ? "" : ", ") + n;
-  app.add_option("--in", in, "TTQ checkpoint or ternary weights (.safetensors)")->required();
-  app.add_option("--out", out, "Packed model to write (.safetensors)")->required();
-  app.add_option("--arch", arch, "Architecture when the input's metadata has no \"model\" (" + known + ")");
+  ttq::tools::Flags f(app);
+  f.text("--in", in, "TTQ checkpoint or ternary weights (.safetensors)")->required();
+  f.text("--out", out, "Packed model to write (.safetensors; replaced atomically; not the --in file)")->required();
+  f.text("--arch", arch, "Architecture when the input's metadata has no \"model\" (" + known + ")");
   app.add_flag("--quiet", quiet, "Print only the totals");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    std::cerr << "ttq_pack: " << ttq::printable(e.what()) << " (see --help)\n";
-    return 2;
-  }
-  try {
+  if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_pack"); rc >= 0) return rc;
+  return ttq::tools::run("ttq_pack", [&] {
     const ttq::models::PackReport report = ttq::models::pack_model_file(in, out, arch);
     std::string text = ttq::models::format_pack_report(report);
     if (quiet) text = text.substr(text.find(report.arch + ": "));
     std::cout << text << "wrote " << out << "\n";
     return 0;
-  } catch (const ttq::InputError& e) {
-    std::cerr << "ttq_pack: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "ttq_pack: internal error: " << ttq::printable(e.what()) << "\n";
-    return 1;
-  }
+  });
 }

@@ -25,6 +25,7 @@ std::string run_state_json(const RunState& s) {
   j["part_correct"] = s.part_correct;
   j["part_count"] = s.part_count;
   j["part_seconds"] = s.part_seconds;
+  j["part_skipped"] = s.part_skipped;
   // 64-bit integers as strings: JSON readers elsewhere may hold numbers as doubles.
   j["rng_seed"] = std::to_string(s.rng_seed);
   j["rng_offset"] = std::to_string(s.rng_offset);
@@ -44,6 +45,7 @@ RunState run_state_from_json(const std::string& text, const std::string& source)
     s.part_correct = j.at("part_correct").get<double>();
     s.part_count = j.at("part_count").get<double>();
     s.part_seconds = j.at("part_seconds").get<double>();
+    s.part_skipped = j.value("part_skipped", int64_t{0});  // absent in older checkpoints
     s.rng_seed = std::stoull(j.at("rng_seed").get<std::string>());
     s.rng_offset = std::stoull(j.at("rng_offset").get<std::string>());
   } catch (const std::exception& e) {

@@ -21,12 +21,14 @@ namespace ttq::train {
 // Where a run stands, saved with every checkpoint.
 struct RunState {
   int64_t epoch = 0;          // epochs completed
-  int64_t batch = 0;          // batches of epoch `epoch + 1` already trained (mid-epoch stop)
+  int64_t batch = 0;          // batches of epoch `epoch + 1` already trained (mid-epoch stop; all
+                              // of them: stopped in its validation, which a resume redoes)
   int64_t global_step = 0;    // optimiser steps so far
   double best_val_top1 = -1;  // best validation top-1 so far (-1: none yet)
   std::vector<double> val_top1_history;
   // Partial sums of the interrupted epoch (so its metrics come out the same).
   double part_loss_sum = 0, part_correct = 0, part_count = 0, part_seconds = 0;
+  int64_t part_skipped = 0;  // unreadable training images skipped so far in the interrupted epoch
   uint64_t rng_seed = 0, rng_offset = 0;  // nn::global_generator()
 };
 

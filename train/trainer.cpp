@@ -1,5 +1,7 @@
 #include "train/trainer.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -11,6 +13,7 @@
 #include <iomanip>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
@@ -23,6 +26,8 @@
 #include "models/packed.h"
 #include "models/ttq.h"
 #include "train/checkpoint.h"
+#include "train/options.h"
+#include "train/run_folder.h"
 
 namespace fs = std::filesystem;
 
@@ -130,11 +135,28 @@ void check_some_loaded(double loaded, const data::Loader& loader, const std::str
 }  // namespace
 
 void install_signal_handlers() {
+  // A handler runs on the stack of whichever thread the signal interrupts, and
+  // oneDNN's JIT GEMM runs on a stack of its own inside a heap block: a signal
+  // arriving there wrote its frame over the heap ("corrupted size vs. prev_size"
+  // at the next free). So this thread, and every thread it starts from now on
+  // (OpenMP, data loaders), blocks SIGINT and SIGTERM, and one thread of our own
+  // takes them with sigwait(). The handler stays for threads started before this
+  // call (a BLAS library's), which keep the signals unblocked.
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+  TTQ_CHECK(sigaction(SIGINT, &sa, nullptr) == 0 && sigaction(SIGTERM, &sa, nullptr) == 0) << "sigaction failed";
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  TTQ_CHECK(pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr) == 0) << "pthread_sigmask failed";
+  std::thread([stop_signals] {
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&stop_signals, &sig) == 0) g_stop_signal.store(sig);
+    }
+  }).detach();
 }
 void request_stop(int signal_number) { g_stop_signal.store(signal_number); }
 void clear_stop_request() { g_stop_signal.store(0); }
@@ -181,49 +203,25 @@ std::string TestMetrics::json() const {
   return j.dump();
 }
 
-TrainOptions resolve_defaults(TrainOptions o) {
-  TTQ_INPUT_CHECK(o.phase == "fp" || o.phase == "ttq") << "--phase: expected fp or ttq, got '" << o.phase << "'";
-  bool known = false;
-  for (const auto& n : models::names()) known = known || n == o.model;
-  TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model
-                         << "' (expected small_densenet, squeezenet or densenet121)";
-  const bool sq = o.model == "squeezenet";
-  const bool fp = o.phase == "fp";
-  if (o.epochs < 0) o.epochs = fp ? 30 : 20;
-  if (o.batch < 0) o.batch = fp ? 128 : 512;
-  if (o.lr < 0) o.lr = fp ? (sq ? 0.04 : 0.1) : (sq ? 1e-4 : 1e-3);
-  if (o.weight_decay < 0) o.weight_decay = fp ? (sq ? 3e-4 : 1e-4) : 1e-4;
-  if (o.t < 0) o.t = sq ? 0.15 : 0.05;
-  TTQ_INPUT_CHECK(o.epochs >= 1) << "--epochs must be at least 1";
-  TTQ_INPUT_CHECK(o.batch >= 1) << "--batch must be at least 1";
-  TTQ_INPUT_CHECK(o.lr > 0 && std::isfinite(o.lr)) << "--lr must be positive";
-  TTQ_INPUT_CHECK(o.t >= 0 && o.t < 1) << "--t must be in [0, 1)";
-  TTQ_INPUT_CHECK(o.dropout < 1) << "--dropout must be below 1";
-  TTQ_INPUT_CHECK(o.workers >= 1 && o.workers <= 64) << "--workers must be in 1..64";
-  TTQ_INPUT_CHECK(o.limit_train >= 0 && o.limit_val >= 0) << "--limit-train / --limit-val must be >= 0";
-  TTQ_INPUT_CHECK(!o.out.empty()) << "--out: a run folder is required";
-  TTQ_INPUT_CHECK(o.schedule == "plateau" || o.schedule == "cosine")
-      << "--schedule: expected plateau or cosine, got '" << o.schedule << "'";
-  TTQ_INPUT_CHECK(o.wn_grad == "exact" || o.wn_grad == "seed")
-      << "--wn-grad: expected exact or seed, got '" << o.wn_grad << "'";
-  models::parse_scale_init(o.scales_init);  // throws on a bad value
-  TTQ_INPUT_CHECK(fp || !o.init.empty() || o.resume)
-      << "--init: the ttq phase starts from a full-precision checkpoint (--init CKPT)";
-  return o;
-}
-
 namespace {
 
 // One pass of `loader` through `forward` (images moved to `device` first; logits
 // may come back on any device, labels follow them).
 template <typename Forward>
-EvalResult evaluate_pass(Forward&& forward, data::Loader& loader, Device device) {
+EvalResult evaluate_pass(Forward&& forward, data::Loader& loader, Device device,
+                         const std::function<bool()>& stop = {}) {
   autograd::NoGradGuard no_grad;
   auto t0 = Clock::now();
   EvalResult r;
   double loss_sum = 0, c1 = 0, c5 = 0;
   loader.start_epoch(0, 0);
-  while (auto b = loader.next()) {
+  while (true) {
+    if (stop && stop()) {
+      r.stopped = true;
+      break;
+    }
+    auto b = loader.next();
+    if (!b) break;
     Tensor logits = forward(b->images.to(device));
     Tensor y = b->labels.to(logits.device());
     const int64_t n = b->size();
@@ -243,29 +241,28 @@ EvalResult evaluate_pass(Forward&& forward, data::Loader& loader, Device device)
 
 }  // namespace
 
-EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device) {
+EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device, const std::function<bool()>& stop) {
   const bool was_training = model.is_training();
   model.eval();
-  EvalResult r = evaluate_pass([&](const Tensor& x) { return model(x); }, loader, device);
+  EvalResult r = evaluate_pass([&](const Tensor& x) { return model(x); }, loader, device, stop);
   model.train(was_training);
   return r;
 }
 
 RunResult run_training(const TrainOptions& raw, std::ostream& log) {
-  TrainOptions o = resolve_defaults(raw);
-  const Device device = models::pick_device(o.device, log);
+  TrainOptions o = resolve_defaults(raw);  // every value given is in range
+  // ---- run folder: checked (and locked for --resume / --overwrite) before
+  // anything is read; nothing in it changes until every input is validated.
+  RunFolder folder(o);
+  if (o.resume) o = resolve_defaults(adopt_run_options(raw, folder.run_config(), folder.config_path()));
+  if (!o.device.empty()) Device::parse(o.device);  // the spelling now; availability (and its log line) below
   const bool ttq_phase = o.phase == "ttq";
-  fs::path out(o.out);
-  std::error_code ec;
-  fs::create_directories(out, ec);
-  TTQ_INPUT_CHECK(!ec && fs::is_directory(out)) << "--out: cannot create folder " << o.out << ": " << ec.message();
-  const std::string last_path = (out / "last.safetensors").string();
-  const std::string best_path = (out / "best.safetensors").string();
+  const std::string last_path = folder.last_path();
+  const std::string best_path = folder.best_path();
 
   // ---- resume: the checkpoint decides everything that shapes the run.
   CheckpointContent resume_ckpt;
   if (o.resume) {
-    TTQ_INPUT_CHECK(fs::exists(last_path)) << "--resume: " << last_path << " does not exist";
     resume_ckpt = read_checkpoint(last_path);
     TTQ_INPUT_CHECK(resume_ckpt.arch == o.model)
         << last_path << ": holds a " << resume_ckpt.arch << " run, not " << o.model << " (--model)";
@@ -285,9 +282,20 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   if (o.limit_train > 0) train_set = data::random_subset(train_set, o.limit_train, o.seed);
   if (o.limit_val > 0) val_set = data::random_subset(val_set, o.limit_val, o.seed + 1);
   if (test_set && o.limit_test > 0) test_set = data::random_subset(test_set, o.limit_test, o.seed + 2);
+  if (o.resume) check_run_data(folder.run_config(), train_set->size(), val_set->size(), folder.config_path());
 
   data::Loader train_loader(train_set, pre, loader_options(o.batch, o.workers, o.seed, true));
   data::Loader val_loader(val_set, pre, loader_options(o.eval_batch, o.workers, o.seed, false));
+  if (o.resume) {
+    const RunState& rs = resume_ckpt.state;
+    TTQ_INPUT_CHECK(rs.batch <= train_loader.batches_per_epoch())
+        << last_path << ": the run stopped after batch " << rs.batch << " of an epoch, but " << o.data
+        << " gives " << train_loader.batches_per_epoch() << " batches per epoch";
+    // As many epochs as done: the run only redoes its final test.
+    TTQ_INPUT_CHECK(rs.epoch <= o.epochs)
+        << "--epochs " << o.epochs << ": the run in " << o.out << " has completed " << rs.epoch
+        << " epochs already";
+  }
 
   // ---- model
   models::ModelConfig mc;
@@ -316,6 +324,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       ttq = models::quantize_model(*model, topt);
     }
   }
+  // Every input is valid: pick the device (a line on the log when it falls back to the CPU).
+  const Device device = models::pick_device(o.device, log);
   model->to(device);
   model->train();
 
@@ -353,14 +363,11 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     opt->load_state(resume_ckpt.optimizer_tensors, resume_ckpt.optimizer_scalars, last_path);
     sched.load_state_scalars(resume_ckpt.scheduler_scalars, last_path);
     st = resume_ckpt.state;
-    TTQ_INPUT_CHECK(st.batch <= train_loader.batches_per_epoch())
-        << last_path << ": the run stopped after batch " << st.batch << " of an epoch, but " << o.data
-        << " gives " << train_loader.batches_per_epoch() << " batches per epoch";
     nn::global_generator().set_state(st.rng_seed, st.rng_offset);
-    log << "resuming " << o.out << " at epoch " << st.epoch + 1 << ", batch " << st.batch << "\n";
   }
 
-  // ---- run folder files
+  // ---- run folder files: every input is valid, the folder may change now.
+  folder.open_for_writing();
   io::Metadata extra;
   {
     nlohmann::json classes = train_set->class_names();
@@ -412,28 +419,11 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     cj["early_stop_patience"] = o.early_stop_patience;
     cj["plateau_patience"] = o.plateau_patience;
     cj["schedule"] = o.schedule;
-    std::string text = cj.dump(2) + "\n";
-    std::string tmp = (out / ".config.json.tmp").string();
-    {
-      std::ofstream f(tmp, std::ios::trunc);
-      f << text;
-      TTQ_INPUT_CHECK(f.good()) << (out / "config.json").string() << ": cannot write";
-    }
-    fs::rename(tmp, out / "config.json");
+    folder.write_config(cj.dump(2) + "\n");
   }
-  const fs::path metrics_path = out / "metrics.jsonl";
-  if (o.resume) {
-    // Keep exactly the lines of completed epochs (a crash may have left a later one).
-    std::vector<std::string> keep;
-    std::ifstream in(metrics_path);
-    std::string line;
-    while (std::getline(in, line) && static_cast<int64_t>(keep.size()) < st.epoch) keep.push_back(line);
-    std::ofstream f(metrics_path, std::ios::trunc);
-    for (auto& l : keep) f << l << "\n";
-  } else {
-    std::ofstream f(metrics_path, std::ios::trunc);
-  }
+  folder.start_metrics(st.epoch);
 
+  if (o.resume) log << "resuming " << o.out << " at epoch " << st.epoch + 1 << ", batch " << st.batch << "\n";
   const bool tty = isatty(STDERR_FILENO) != 0;
   Progress progress(log, o.progress, tty);
   const int64_t nb = train_loader.batches_per_epoch();
@@ -445,6 +435,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
 
   RunResult result;
   result.best_val_top1 = st.best_val_top1;
+  result.epochs_completed = st.epoch;
   for (int64_t epoch = st.epoch; epoch < o.epochs; ++epoch) {
     const int64_t first = st.batch;
     if (o.schedule == "cosine") {
@@ -454,7 +445,31 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     train_loader.start_epoch(epoch, first);
     double loss_sum = st.part_loss_sum, correct = st.part_correct, count = st.part_count;
     double seconds_before = st.part_seconds;
+    // Unreadable training images of the batches before a mid-epoch resume.
+    const int64_t skipped_before = st.part_skipped;
     auto t0 = Clock::now();
+    // SIGINT / SIGTERM inside the epoch: last.safetensors records the first
+    // `done` batches and their partial sums, so that --resume carries on exactly
+    // (done == nb: stopped in the validation, which --resume then redoes).
+    auto stop_inside_epoch = [&](int sig, int64_t done) {
+      progress.finish_line();
+      st.batch = done;
+      st.part_loss_sum = loss_sum;
+      st.part_correct = correct;
+      st.part_count = count;
+      st.part_skipped = skipped_before + train_loader.skipped_in_epoch();
+      st.part_seconds = seconds_before + seconds_since(t0);
+      auto g = nn::global_generator();
+      st.rng_seed = g.seed();
+      st.rng_offset = g.offset();
+      save_checkpoint(last_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
+      log << "stopped by signal " << sig << " at epoch " << epoch + 1
+          << (done < nb ? ", batch " + std::to_string(done) : std::string(", in the validation")) << "; "
+          << last_path << " written (resume with --resume)\n";
+      result.exit_code = 128 + sig;
+      result.epochs_completed = st.epoch;
+      return result;
+    };
     model->train();
     while (auto b = train_loader.next()) {
       Tensor x = b->images.to(device), y = b->labels.to(device);
@@ -483,28 +498,13 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       progress.update("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(o.epochs), done, nb, ips,
                       (nb - done) * el / std::max<int64_t>(1, done - first), tail.str());
       if (o.stop_after_steps > 0 && st.global_step == o.stop_after_steps) g_stop_signal.store(SIGINT);
-      if (int sig = g_stop_signal.load(); sig != 0 && done < nb) {
-        progress.finish_line();
-        st.batch = done;
-        st.part_loss_sum = loss_sum;
-        st.part_correct = correct;
-        st.part_count = count;
-        st.part_seconds = seconds_before + seconds_since(t0);
-        auto g = nn::global_generator();
-        st.rng_seed = g.seed();
-        st.rng_offset = g.offset();
-        save_checkpoint(last_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
-        log << "stopped by signal " << sig << " at epoch " << epoch + 1 << ", batch " << done << "; "
-            << last_path << " written (resume with --resume)\n";
-        result.exit_code = 128 + sig;
-        result.epochs_completed = st.epoch;
-        return result;
-      }
+      if (int sig = g_stop_signal.load(); sig != 0 && done < nb) return stop_inside_epoch(sig, done);
     }
     progress.finish_line();
     check_some_loaded(count, train_loader, o.data, "training");
     const double train_seconds = seconds_before + seconds_since(t0);
-    EvalResult ev = evaluate(*model, val_loader, device);
+    EvalResult ev = evaluate(*model, val_loader, device, [] { return g_stop_signal.load() != 0; });
+    if (ev.stopped) return stop_inside_epoch(g_stop_signal.load(), nb);
     if (!std::isfinite(ev.loss)) {
       TTQ_INPUT_ERROR() << "training diverged: validation loss is " << ev.loss << " after epoch " << epoch + 1
                         << " (lower --lr; " << last_path << " holds the last good state)";
@@ -522,7 +522,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     m.seconds = train_seconds + ev.seconds;
     m.images_per_second = count / std::max(train_seconds, 1e-9);
     // The loaders count every skipped sample, also those of batches that had none left.
-    m.skipped = train_loader.skipped_in_epoch() + val_loader.skipped_in_epoch();
+    m.skipped = skipped_before + train_loader.skipped_in_epoch() + val_loader.skipped_in_epoch();
     if (ttq_phase) {
       models::TtqStats ts = models::ttq_stats(ttq);
       m.ttq = true;
@@ -540,18 +540,18 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     st.epoch = epoch + 1;
     st.batch = 0;
     st.part_loss_sum = st.part_correct = st.part_count = st.part_seconds = 0;
+    st.part_skipped = 0;
     {
       auto g = nn::global_generator();
       st.rng_seed = g.seed();
       st.rng_offset = g.offset();
     }
-    save_checkpoint(last_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
+    // The metrics line first and last.safetensors last: a run stopped in
+    // between resumes from the previous epoch, whose --resume drops the extra
+    // line and writes best.safetensors again.
+    folder.append_metrics(m.json());
     if (best) save_checkpoint(best_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
-    {
-      std::ofstream f(metrics_path, std::ios::app);
-      f << m.json() << "\n";
-      f.flush();
-    }
+    save_checkpoint(last_path, *model, ttq_phase ? &ttq : nullptr, *opt, sched, st, extra);
     std::ostringstream line;
     line << std::fixed << "epoch " << m.epoch << "/" << o.epochs << ": train loss " << std::setprecision(4)
          << m.train_loss << " top1 " << std::setprecision(2) << 100 * m.train_top1 << "% | val loss "
@@ -594,7 +594,17 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     }
     model->to(device);
     data::Loader test_loader(test_set, pre, loader_options(o.eval_batch, o.workers, o.seed, false));
-    EvalResult te = evaluate(*model, test_loader, device);
+    log << "testing " << best_path << " (epoch " << tm.best_epoch << ") on " << test_set->size()
+        << " test images\n" << std::flush;
+    EvalResult te = evaluate(*model, test_loader, device, [] { return g_stop_signal.load() != 0; });
+    if (te.stopped) {
+      // Every epoch is in last.safetensors: --resume (with the same --epochs) redoes only this test.
+      const int sig = g_stop_signal.load();
+      log << "stopped by signal " << sig << " in the final test; " << last_path
+          << " holds every epoch (--resume redoes the test)\n";
+      result.exit_code = 128 + sig;
+      return result;
+    }
     check_some_loaded(static_cast<double>(te.count), test_loader, o.data, "test");
     tm.evaluated = true;
     tm.loss = te.loss;
@@ -607,22 +617,23 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   } else {
     log << "no test split (" << splits.test_from << ")\n";
   }
-  {
-    std::ofstream f(metrics_path, std::ios::app);
-    f << tm.json() << "\n";
-    f.flush();
-  }
+  folder.append_metrics(tm.json());
   return result;
 }
 
 EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
   TTQ_INPUT_CHECK(!o.weights.empty()) << "--weights: a checkpoint file is required";
-  TTQ_INPUT_CHECK(o.batch >= 1) << "--batch must be at least 1";
+  check_flag_range("--batch", o.batch, limits::kEvalBatch);
+  if (o.limit != 0) check_flag_range("--limit", o.limit, limits::kLimit);
+  if (o.val_size != kUnset) check_flag_range("--val-size", o.val_size, limits::kValSize);
+  check_flag_range("--workers", static_cast<int64_t>(o.workers), limits::kWorkers);
   TTQ_INPUT_CHECK(o.split == "val" || o.split == "test" || o.split == "all")
       << "--split: expected val, test or all, got '" << o.split << "'";
-  TTQ_INPUT_CHECK(o.limit >= 0) << "--limit must be >= 0";
   const io::Header h = io::read_safetensors_header(o.weights);
-  const Device device = models::pick_device(o.device, log);
+  // The CPU fallback line goes to the log once the inputs are known good, so
+  // that a bad input is one line.
+  std::ostringstream device_note;
+  const Device device = models::pick_device(o.device, device_note);
   data::DataSpec spec = data::parse_data_spec(o.data);
   data::Preprocess pre = data::preprocess_for(spec);
   // The validation split as training formed it: its held-out size is in the
@@ -676,6 +687,7 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
     auto packed = models::PackedModel::load(o.weights, o.model, device);
     check_fits(packed->config());
     packed->check_input(Shape{1, pre.channels, pre.crop, pre.crop}, o.data);
+    log << device_note.str();
     r = evaluate_pass([&](const Tensor& x) { return packed->forward(x); }, loader, device);
   } else {
     models::ModelPtr model;
@@ -691,6 +703,7 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
       model = models::load_model_file(o.weights, o.model, device);
     }
     check_fits(model->config());
+    log << device_note.str();
     r = evaluate(*model, loader, device);
   }
   check_some_loaded(static_cast<double>(r.count), loader, o.data, o.split.c_str());

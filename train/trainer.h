@@ -17,8 +17,13 @@
 
 namespace ttq::train {
 
-// Every knob of a run. Negative / empty values mean "the seed's default for this
-// model and phase" and are resolved by resolve_defaults().
+// A numeric option left at kUnset (or a text option left empty where noted)
+// was not given: resolve_defaults() fills in the seed's default for the model
+// and phase, and on --resume the run's own value is kept. Any other value must
+// lie in its range (train/options.h).
+inline constexpr int kUnset = -1;
+
+// Every knob of a run.
 struct TrainOptions {
   std::string model = "small_densenet";
   std::string data = "fashion-mnist";
@@ -26,20 +31,20 @@ struct TrainOptions {
   std::string init;          // checkpoint the run starts from (required for ttq)
   std::string out;           // run folder
   std::string device;        // "", cpu, cuda, cuda:N ("" = cuda when available)
-  int64_t epochs = -1;
-  int64_t batch = -1;
-  double lr = -1;
-  double weight_decay = -1;  // fp: conv + classifier weights; ttq: classifier weight
-  double momentum = 0.95;    // fp (SGD, Nesterov)
-  double t = -1;             // ttq threshold factor
-  double dropout = -1;       // every dropout of the model (< 0: the architecture's default)
-  std::string scales_init = "ones";
-  std::string wn_grad = "exact";
+  int64_t epochs = kUnset;
+  int64_t batch = kUnset;
+  double lr = kUnset;
+  double weight_decay = kUnset;  // fp: conv + classifier weights; ttq: classifier weight
+  double momentum = kUnset;      // fp (SGD, Nesterov); default 0.95
+  double t = kUnset;             // ttq threshold factor
+  double dropout = kUnset;       // every dropout of the model (unset: the architecture's default)
+  std::string scales_init;       // ones | mean ("": ones)
+  std::string wn_grad;           // exact | seed ("": exact)
   uint64_t seed = 0;
   int workers = 2;
-  int64_t limit_train = 0;  // 0 = all
+  int64_t limit_train = 0;  // 0 = all (not given)
   int64_t limit_val = 0;
-  int64_t limit_test = 0;
+  int64_t limit_test = 0;  // 0 = all (not given)
   // Images held out of the training images for validation when the data set has
   // no validation split of its own (-1: 10%, at most 5000; data/dataset.h).
   int64_t val_size = -1;
@@ -49,16 +54,22 @@ struct TrainOptions {
   int plateau_patience = 4;
   // "plateau" (the seed's ReduceLROnPlateau on val top-1) or "cosine" (per-epoch
   // cosine annealing of every group's lr from --lr to 0 over --epochs; the
-  // plateau schedule is then not applied).
-  std::string schedule = "plateau";
+  // plateau schedule is then not applied). "": plateau.
+  std::string schedule;
+  // Continue the run in `out` from last.safetensors; the options that shape the
+  // data order or the model must agree with the run's config.json.
   bool resume = false;
+  // Start a new run in a folder that holds one (its files are replaced once
+  // every input has been validated). Without it, such a folder is refused.
+  bool overwrite = false;
   bool progress = true;  // a live progress line on a terminal (plain lines otherwise)
   // Testing aid: behave as if SIGINT arrived once this many optimiser steps are done (0: never).
   int64_t stop_after_steps = 0;
 };
 
 // Fills in the seed's defaults (docs/ttq.md, "Defaults of ttq_train") for every
-// unset field. Throws ttq::InputError naming the flag for an impossible value.
+// unset field and checks every value against its range (train/options.h).
+// Throws ttq::InputError naming the flag for an impossible value.
 TrainOptions resolve_defaults(TrainOptions o);
 
 struct EpochMetrics {
@@ -107,14 +118,19 @@ struct EvalResult {
   double loss = 0, top1 = 0, top5 = 0;
   int64_t count = 0;
   double seconds = 0;
+  bool stopped = false;  // `stop` said so before the pass was complete (the numbers are partial)
 };
 // Mean loss and top-1 / top-5 accuracy (fractions) over one pass of `loader`,
-// in eval mode without gradients.
-EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device);
+// in eval mode without gradients. `stop`, when given, is asked before every
+// batch; once it says true the pass ends with `stopped` set.
+EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device,
+                    const std::function<bool()>& stop = {});
 
-// SIGINT / SIGTERM make run_training finish its current step, write
-// last.safetensors and return 130 / 143. Installed by the tool; tests may call
-// request_stop() directly.
+// SIGINT / SIGTERM make run_training finish its current step (or stop its
+// validation or final test at the next batch), write last.safetensors and
+// return 130 / 143. Installed by the tool first thing, before it starts any
+// thread: the calling thread and those it starts block both signals, and a
+// thread of its own receives them. Tests may call request_stop() directly.
 void install_signal_handlers();
 void request_stop(int signal_number);
 void clear_stop_request();

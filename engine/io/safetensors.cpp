@@ -17,6 +17,7 @@
 #include <string_view>
 
 #include "engine/io/file.h"
+#include "engine/io/write_file.h"
 
 namespace ttq::io {
 
@@ -287,18 +288,6 @@ bool pread_all(int fd, void* dst, size_t n, uint64_t offset) {
   return true;
 }
 
-bool write_all(int fd, const void* src, size_t n) {
-  const auto* p = static_cast<const uint8_t*>(src);
-  while (n > 0) {
-    ssize_t r = ::write(fd, p, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    p += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
-
 int open_for_read(const std::string& path, uint64_t* size) {
   std::string problem;
   int fd = open_regular_file(path, size, &problem);
@@ -404,43 +393,9 @@ std::vector<uint8_t> serialize_safetensors(const NamedTensors& tensors, const Me
 
 void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata) {
   Serialized s = serialize(tensors, metadata, path);
-  const size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
-  TTQ_INPUT_CHECK(!base.empty()) << path << ": not a file name";
-  std::string tmp =
-      (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + "." + base + ".tmp.XXXXXX";
-  int raw = ::mkstemp(tmp.data());
-  TTQ_INPUT_CHECK(raw >= 0) << path << ": cannot create a temporary file in " << dir << ": "
-                            << std::strerror(errno);
-  Fd fd(raw);
-  auto fail = [&](const char* what) {
-    int err = errno;
-    ::close(fd.release());
-    ::unlink(tmp.c_str());
-    TTQ_INPUT_ERROR() << path << ": " << what << ": " << std::strerror(err);
-  };
-  if (!write_all(fd.get(), s.header.data(), s.header.size())) fail("write failed");
-  for (const Tensor& t : s.host)
-    if (!write_all(fd.get(), t.raw_data(), t.nbytes())) fail("write failed");
-  if (::fchmod(fd.get(), 0644) != 0) fail("chmod failed");
-  if (::fsync(fd.get()) != 0) fail("fsync failed");
-  if (::close(fd.release()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    TTQ_INPUT_ERROR() << path << ": close failed: " << std::strerror(err);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    TTQ_INPUT_ERROR() << path << ": rename failed: " << std::strerror(err);
-  }
-  // Make the rename itself durable; failure here cannot lose the old or new content.
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  std::vector<Chunk> chunks{{s.header.data(), s.header.size()}};
+  for (const Tensor& t : s.host) chunks.push_back({t.raw_data(), t.nbytes()});
+  write_file_atomic(path, chunks);
 }
 
 }  // namespace ttq::io
