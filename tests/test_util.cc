@@ -121,6 +121,7 @@ std::string input_error_message(const std::function<void()>& f) {
     return std::string("not an InputError: ") + e.what();
   }
   return "no error";
+}
 
 std::string make_tiny_idx(const std::string& dir, int64_t n_train, int64_t n_test, uint64_t seed) {
   std::filesystem::create_directories(dir);
