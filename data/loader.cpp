@@ -1,6 +1,6 @@
 // The threaded loader and its pool of batch buffers (page-locked in place with
-// cudaHostRegister when a CUDA device is available, since Storage cannot adopt
-// cudaMallocHost memory). Tested in tests/test_data.cpp.
+// cuda::host_register when a CUDA device is available, since Storage cannot adopt
+// pinned allocations). Tested in tests/test_data.cpp.
 #include "data/loader.h"
 
 #include <algorithm>
@@ -10,31 +10,13 @@
 #include "engine/error.h"
 #include "engine/rng.h"
 
-#ifdef TTQ_HAS_CUDA
-#include <cuda_runtime.h>
-#endif
-
 namespace ttq::data {
 
 namespace {
 
-// Page-locks [p, p + n); false (and no error left pending) when it cannot.
-bool pin_host_range(void* p, size_t n) {
-#ifdef TTQ_HAS_CUDA
-  if (cudaHostRegister(p, n, cudaHostRegisterDefault) == cudaSuccess) return true;
-  (void)cudaGetLastError();  // ranges sharing a page with a registered one are refused: stay pageable
-#endif
-  (void)p;
-  (void)n;
-  return false;
-}
-
-void unpin_host_range(void* p) {
-#ifdef TTQ_HAS_CUDA
-  if (cudaHostUnregister(p) != cudaSuccess) (void)cudaGetLastError();
-#endif
-  (void)p;
-}
+// Page-locks [p, p + n) through the engine's runtime; false when it cannot.
+bool pin_host_range(void* p, size_t n) { return cuda::host_register(p, n); }
+void unpin_host_range(void* p) { cuda::host_unregister(p); }
 
 }  // namespace
 

@@ -33,6 +33,7 @@
 
 #include "engine/cuda/check.h"
 #include "engine/cuda/context.h"
+#include "engine/cuda/runtime.h"
 #include "kernels/packed_conv.h"
 #include "kernels/packed_format.h"
 
@@ -356,13 +357,11 @@ bool packed_conv_tensor_cores_supported() {
   static std::mutex mutex;
   static int cached[64];
   static bool known[64] = {};
-  int dev = 0;
-  TTQ_CUDA_CHECK(cudaGetDevice(&dev));
+  const int dev = cuda::current_device();
   std::lock_guard<std::mutex> lock(mutex);
   if (dev < 64 && known[dev]) return cached[dev] != 0;
-  cudaFuncAttributes attr{};
-  TTQ_CUDA_CHECK(cudaFuncGetAttributes(&attr, packed_conv_mma_kernel<1, 1, 1, 4, 1>));
-  const int ok = attr.binaryVersion >= 80 ? 1 : 0;
+  const int ok =
+      cuda::kernel_binary_version(reinterpret_cast<const void*>(packed_conv_mma_kernel<1, 1, 1, 4, 1>)) >= 80 ? 1 : 0;
   if (dev < 64) {
     cached[dev] = ok;
     known[dev] = true;

@@ -1,8 +1,7 @@
-// The three TTQ models (docs/architecture.md, "Models") behind one base class, a
-// registry by name, and weight import from safetensors with the PyTorch
-// state-dict names of the seed (tests/fixtures/seed). Implementations: models/densenet.cpp,
-// models/squeezenet.cpp, models/model.cpp. Tests: tests/test_models.cpp,
-// tests/test_seed_parity.cpp.
+// The trainable model built from a models::Graph, the registry of architectures
+// by name, and weight import from safetensors under PyTorch state-dict names.
+// Architectures: models/architectures.h; implementation: models/model.cpp.
+// Tests: tests/test_models.cpp, tests/test_seed_parity.cpp, tests/test_graph.cpp.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +13,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/nn/layers.h"
 #include "engine/nn/module.h"
+#include "models/graph.h"
 
 namespace ttq::models {
 
@@ -42,53 +42,74 @@ inline constexpr int64_t kMaxInputSize = 2048;            // H = W; the seed's m
 // 1 <= num_classes <= kMaxClasses, 1 <= input_size <= kMaxInputSize and dropout < 1.
 void check_config(const ModelConfig& config, const std::string& what);
 
-// A model: features + classifier, input [N, in_channels, H, W], output logits
-// [N, num_classes]. Dropout is active in train(), BN uses batch statistics in
-// train() and running statistics in eval().
+// A trainable model: the modules of a Graph (models/graph.h), each registered
+// under its node's module name so that parameter names are the graph's PyTorch
+// state-dict names, and a forward pass that runs the nodes in order. Input
+// [N, in_channels, H, W], output logits [N, num_classes]. Dropout is active in
+// train(), BN uses batch statistics in train() and running statistics in eval().
+// In training, each Concat -> BatchNorm2d -> ReLU -> 1x1 Conv2d chain whose
+// intermediate values have no other reader runs as one memory-efficient dense
+// bottleneck (ops::dense_bottleneck: the concatenation is never materialised and
+// BN + ReLU are recomputed in backward) unless config.memory_efficient is false.
 class Model : public nn::Module {
  public:
-  Model(std::string arch, const ModelConfig& config) : m_arch(std::move(arch)), m_config(config) {}
-  const std::string& arch() const { return m_arch; }
+  // Builds the modules (PyTorch's default init, drawn from `gen`).
+  Model(Graph graph, const ModelConfig& config, Generator& gen);
+  const std::string& arch() const { return m_graph.arch(); }
   const ModelConfig& config() const { return m_config; }
+  const Graph& graph() const { return m_graph; }
+
+  Tensor forward(const Tensor& x) override;
+  void train(bool on = true) override;
+
+  // The module of graph node `i` (null for nodes without one: Input, Concat, Add).
+  nn::Module* module(int i) const { return m_modules[static_cast<size_t>(i)].get(); }
 
   // Dotted module names of the first conv (never quantized, frozen in the TTQ
-  // phase) and of the classifier (never quantized): "features.conv0" /
-  // "features.0" and "classifier" / "classifier.1".
-  virtual std::string first_conv_name() const = 0;
-  virtual std::string classifier_name() const = 0;
+  // phase) and of the classifier (never quantized), by the graph's rule
+  // (Graph::first_layers, Graph::classifiers): "features.conv0" / "features.0" and
+  // "classifier" / "classifier.1" for the built-in architectures.
+  std::string first_conv_name() const;
+  std::string classifier_name() const;
   nn::Conv2d& first_conv();
   nn::Module& classifier();
-  // Every Conv2d except the first conv and the classifier, in registration
-  // order, with its dotted name: the layers TTQ quantizes.
+  // The convolutions TTQ quantizes (Graph::quantizable_convs), in node order, with
+  // their dotted names.
   std::vector<std::pair<std::string, nn::Conv2d*>> quantizable_convs();
 
-  // Smallest H = W the architecture's pooling accepts.
-  virtual int64_t min_input_size() const = 0;
+  // Smallest H = W the graph accepts.
+  int64_t min_input_size() const { return m_min_input; }
   // Throws ttq::InputError (one line, prefixed by `what`) unless x is
-  // [N >= 1, in_channels, H >= min_input_size(), W >= min_input_size()].
+  // [N >= 1, in_channels, H, W] with a size every node accepts.
   void check_input(const Shape& x, const std::string& what) const;
 
-  std::string name() const override { return m_arch; }
+  std::string name() const override { return m_graph.arch(); }
 
  private:
-  std::string m_arch;
+  Graph m_graph;
   ModelConfig m_config;
+  int64_t m_min_input = 1;
+  std::vector<std::shared_ptr<nn::Module>> m_modules;  // by node
+  std::vector<int> m_last_use;                          // last node reading each node's value
+  // Dense bottlenecks: for a Concat node c, the index of the 1x1 conv ending its
+  // Concat -> BN -> ReLU -> Conv chain (-1 when c starts none).
+  std::vector<int> m_bottleneck_conv;
 };
 
 using ModelPtr = std::shared_ptr<Model>;
 
-// "small_densenet", "squeezenet", "densenet121".
+// The registered architectures ("small_densenet", "squeezenet", "densenet121", and
+// any a program registers with register_architecture).
 std::vector<std::string> names();
-// Builds a freshly initialised model: conv and classifier weights Kaiming-uniform
-// (PyTorch's kaiming_uniform_ with a = 0, the seed's init), biases 0, BN weight 1,
-// bias 0, running stats (0, 1); draws from `gen`. Throws ttq::InputError for an
-// unknown name (listing the known ones) or a `config` that check_config refuses.
+// Builds a freshly initialised model of a registered architecture: conv and
+// classifier weights Kaiming-uniform (PyTorch's kaiming_uniform_ with a = 0, the
+// seed's init), biases 0, BN weight 1, bias 0, running stats (0, 1); draws from
+// `gen`. Throws ttq::InputError for an unknown name (listing the known ones) or a
+// `config` that check_config refuses.
 ModelPtr create(const std::string& name, const ModelConfig& config = {},
                 Generator& gen = nn::global_generator());
-
-// Rewrites torchvision's later dense-layer spelling (denselayerJ.norm1. / conv1. /
-// norm2. / conv2.) to the seed's (denselayerJ.norm.1. ...); other names unchanged.
-std::string canonical_name(const std::string& name);
+// The same for a graph built elsewhere.
+ModelPtr create(Graph graph, const ModelConfig& config, Generator& gen = nn::global_generator());
 
 struct LoadOptions {
   // Drop "<layer>.latent_weight", "<layer>.wp", "<layer>.wn" of a TTQ checkpoint
@@ -98,7 +119,8 @@ struct LoadOptions {
   // Drop a training checkpoint's "optimizer.*", "optimizer_scalar.*" and "scheduler.*".
   bool ignore_optimizer_state = false;
 };
-// Loads `tensors` into `model`: names canonicalised as above, then strict
+// Loads `tensors` into `model`: names canonicalised by the graph's aliases
+// (torchvision's denselayerJ.norm1 for the seed's denselayerJ.norm.1), then strict
 // nn::Module::load_state_dict, which checks every name and shape before copying
 // anything. Errors are one ttq::InputError line prefixed by `source`.
 void load_weights(Model& model, const io::NamedTensors& tensors, const std::string& source,
@@ -106,16 +128,11 @@ void load_weights(Model& model, const io::NamedTensors& tensors, const std::stri
 void load_weights(Model& model, const std::string& path, const LoadOptions& options = {});
 
 // The model config implied by a state dict: in_channels from the first conv's
-// weight, num_classes from the classifier's weight (input_size left as given).
-// Throws ttq::InputError when the first conv or classifier weight is absent or
-// the config they imply fails check_config.
+// weight, num_classes from the classifier's weight, both found by the graph's rule
+// (input_size left as given). Throws ttq::InputError when either is absent or the
+// config they imply fails check_config.
 ModelConfig config_from_weights(const std::string& arch, const io::NamedTensors& tensors,
                                 const std::string& source, ModelConfig base = {});
 
-namespace detail {
-// Output size of a pooling window as PyTorch computes it, or 0 when the window
-// does not fit (in + 2 pad < kernel), where PyTorch raises.
-int64_t pooled_size(int64_t in, int kernel, int stride, int pad, bool ceil_mode);
-}  // namespace detail
 
 }  // namespace ttq::models

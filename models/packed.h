@@ -120,6 +120,9 @@ class PackedModel {
   int quantized_layers() const;
   // Forward passes so far that ran as a CUDA graph replay (0 on the CPU).
   int64_t graph_replays() const;
+  // The number of kernel steps one forward pass of an [n, C, h, w] input runs
+  // (compiles the plan for that shape if needed): what the graph compiler fused.
+  int64_t plan_steps(int64_t n, int64_t h, int64_t w);
 
   // requires check_input(x.shape()) passes; x F32 (F64 converted) on any device.
   // ensures logits [N, num_classes] F32 on the CPU, eval-mode semantics (BN running

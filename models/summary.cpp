@@ -6,27 +6,35 @@
 #include <map>
 #include <sstream>
 
-#include "engine/autograd.h"
-#include "models/trace.h"
+
 
 namespace ttq::models {
 
 namespace {
 
-int64_t layer_flops(const nn::Module* m, const Shape& in, const Shape& out) {
+// FLOPs of one node for its input and output shapes (see summary.h).
+int64_t node_flops(const Node& n, const Shape& in, const Shape& out) {
   const int64_t n_out = shape_numel(out);
-  if (auto* conv = dynamic_cast<const nn::Conv2d*>(m)) {
-    const int64_t k = static_cast<int64_t>(conv->kernel_size()) * conv->kernel_size();
-    return n_out * (2 * conv->in_channels() * k + (conv->has_bias() ? 1 : 0));
+  switch (n.kind) {
+    case NodeKind::Conv2d: {
+      const ConvAttrs& c = n.conv;
+      const int64_t k = static_cast<int64_t>(c.kernel) * c.kernel;
+      return n_out * (2 * (c.in_channels / c.groups) * k + (c.bias ? 1 : 0));
+    }
+    case NodeKind::Linear:
+      return n_out * (2 * n.features_in + (n.bias ? 1 : 0));
+    case NodeKind::BatchNorm2d:
+      return 2 * n_out;
+    case NodeKind::ReLU:
+    case NodeKind::Add:
+      return n_out;
+    case NodeKind::GlobalAvgPool:
+    case NodeKind::MaxPool2d:
+    case NodeKind::AvgPool2d:
+      return shape_numel(in);
+    default:
+      return 0;
   }
-  if (auto* lin = dynamic_cast<const nn::Linear*>(m))
-    return n_out * (2 * lin->in_features() + (lin->has_bias() ? 1 : 0));
-  if (dynamic_cast<const nn::BatchNorm2d*>(m)) return 2 * n_out;
-  if (dynamic_cast<const nn::ReLU*>(m)) return n_out;
-  if (dynamic_cast<const nn::GlobalAvgPool*>(m) || dynamic_cast<const nn::MaxPool2d*>(m) ||
-      dynamic_cast<const nn::AvgPool2d*>(m))
-    return shape_numel(in);
-  return 0;
 }
 
 std::string human(double v) {
@@ -46,34 +54,23 @@ std::string human(double v) {
 
 Summary summarize(Model& model, const Shape& input) {
   model.check_input(input, "summary input");
-  std::map<const nn::Module*, std::string> names;
-  for (auto& [n, m] : model.named_modules()) names.emplace(m, n);
+  const Graph& g = model.graph();
+  const std::vector<Shape> shapes = g.infer_shapes(input);
   Summary s;
   s.arch = model.arch();
   s.input = input;
+  s.output = shapes[static_cast<size_t>(g.output())];
   s.params = model.num_parameters();
-  const bool was_training = model.is_training();
-  model.eval();
-  Tensor x = Tensor::zeros(input);
-  std::vector<LayerTrace> layers;
-  {
-    autograd::NoGradGuard no_grad;
-    TraceScope scope;
-    Tensor y = model.forward(x);
-    s.output = y.shape();
-    layers = scope.layers();
-  }
-  model.train(was_training);
-  for (const LayerTrace& t : layers) {
-    if (!t.module->named_children().empty()) continue;  // containers: their layers have rows
+  for (int i = 1; i < g.size(); ++i) {
+    const Node& n = g.node(i);
+    nn::Module* m = model.module(i);
     SummaryRow r;
-    auto it = names.find(t.module);
-    r.name = it == names.end() ? "?" : it->second;
-    const std::string extra = t.module->extra_repr();
-    r.type = t.module->name() + "(" + extra + ")";
-    r.output = t.output;
-    for (auto& [pn, p] : const_cast<nn::Module*>(t.module)->named_parameters()) r.params += p->numel();
-    r.flops = layer_flops(t.module, t.input, t.output);
+    r.name = n.name.empty() ? node_kind_name(n.kind) : n.name;
+    r.type = m ? m->name() + "(" + m->extra_repr() + ")" : std::string(node_kind_name(n.kind));
+    r.output = shapes[static_cast<size_t>(i)];
+    if (m)
+      for (auto& [pn, p] : m->named_parameters()) r.params += p->numel();
+    r.flops = node_flops(n, shapes[static_cast<size_t>(n.inputs[0])], r.output);
     s.flops += r.flops;
     s.rows.push_back(std::move(r));
   }

@@ -1,6 +1,6 @@
-// Model summaries: every layer with its output shape, parameter count and
-// FLOPs for a given input size, from one traced eval-mode forward pass on the
-// CPU. Used by `ttq_infer --summary`. Tests: tests/test_models.cpp.
+// Model summaries: every node of the model's graph with its output shape,
+// parameter count and FLOPs for a given input size (shape inference only, no
+// forward pass). Used by `ttq_infer --summary`. Tests: tests/test_models.cpp.
 #pragma once
 
 #include <cstdint>
@@ -30,9 +30,8 @@ struct Summary {
 
 // FLOP convention: a multiply-add counts 2 (conv, linear); BN in eval 2 per
 // output element, ReLU 1 per output element, pooling 1 per input element,
-// dropout 0.
+// add 1 per output element, dropout and concatenation 0.
 // requires input = [N, in_channels, H, W] accepted by model.check_input.
-// The model's train / eval mode is restored afterwards.
 Summary summarize(Model& model, const Shape& input);
 
 // Parses "CxHxW" (e.g. "3x56x56"); throws ttq::InputError naming `flag`.

@@ -71,21 +71,17 @@ std::pair<float, float> mean_scales(const Tensor& weight, double t) {
 
 }  // namespace
 
-TtqModel quantize_model(nn::Module& model, const TtqOptions& options) {
+namespace {
+
+// Attaches a quantizer to each of `layers` and freezes `frozen` when asked.
+TtqModel quantize_layers(const TtqOptions& options, const std::vector<std::pair<std::string, nn::Conv2d*>>& layers,
+                         const std::vector<nn::Conv2d*>& frozen) {
   TTQ_CHECK(options.t >= 0.0 && options.t < 1.0) << "quantize_model: t = " << options.t << " outside [0, 1)";
   TTQ_CHECK(options.scale_eps > 0.0f) << "quantize_model: scale_eps must be positive";
   TtqModel out;
   out.options = options;
-  nn::Conv2d* first = nullptr;
-  for (auto& [name, m] : model.named_modules()) {
-    auto* conv = dynamic_cast<nn::Conv2d*>(m);
-    if (conv == nullptr) continue;
+  for (const auto& [name, conv] : layers) {
     TTQ_CHECK(conv->quantizer == nullptr) << "quantize_model: " << name << " already has a quantizer";
-    if (!options.first_conv.empty() && name == options.first_conv) {
-      first = conv;
-      continue;
-    }
-    if (under(name, options.classifier)) continue;
     const Tensor& w = conv->weight();
     float wp0 = 1.0f, wn0 = 1.0f;
     if (options.scale_init == ScaleInit::Mean) std::tie(wp0, wn0) = mean_scales(w, options.t);
@@ -95,16 +91,39 @@ TtqModel quantize_model(nn::Module& model, const TtqOptions& options) {
     conv->quantizer = q;
     out.layers.push_back({name, conv, q.get()});
   }
-  TTQ_CHECK(options.first_conv.empty() || first != nullptr)
-      << "quantize_model: no Conv2d named '" << options.first_conv << "'";
-  if (first != nullptr && options.freeze_first_conv) first->set_requires_grad(false);
+  if (options.freeze_first_conv)
+    for (nn::Conv2d* f : frozen) f->set_requires_grad(false);
   return out;
 }
 
+}  // namespace
+
+TtqModel quantize_model(nn::Module& model, const TtqOptions& options) {
+  std::vector<std::pair<std::string, nn::Conv2d*>> layers;
+  nn::Conv2d* first = nullptr;
+  for (auto& [name, m] : model.named_modules()) {
+    auto* conv = dynamic_cast<nn::Conv2d*>(m);
+    if (conv == nullptr) continue;
+    if (!options.first_conv.empty() && name == options.first_conv) {
+      first = conv;
+    } else if (!under(name, options.classifier)) {
+      layers.emplace_back(name, conv);
+    }
+  }
+  TTQ_CHECK(options.first_conv.empty() || first != nullptr)
+      << "quantize_model: no Conv2d named '" << options.first_conv << "'";
+  std::vector<nn::Conv2d*> frozen;
+  if (first != nullptr) frozen.push_back(first);
+  return quantize_layers(options, layers, frozen);
+}
+
 TtqModel quantize_model(Model& model, TtqOptions options) {
+  // The graph's rule decides (Graph::quantizable_convs); the names are recorded.
   options.first_conv = model.first_conv_name();
   options.classifier = model.classifier_name();
-  return quantize_model(static_cast<nn::Module&>(model), options);
+  std::vector<nn::Conv2d*> frozen;
+  for (int i : model.graph().first_layers()) frozen.push_back(dynamic_cast<nn::Conv2d*>(model.module(i)));
+  return quantize_layers(options, model.quantizable_convs(), frozen);
 }
 
 std::vector<TtqLayer> ttq_layers(nn::Module& model) {

@@ -79,23 +79,6 @@ void write_image(const fs::path& p, const Image& img) {
   save_image(p.string(), img, 92);
 }
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("not an InputError: ") + e.what();
-  }
-  return "no error";
-}
-#define EXPECT_INPUT_ERROR_MENTIONS(stmt, text)                           \
-  do {                                                                    \
-    std::string msg_ = message_of([&] { stmt; });                         \
-    EXPECT_NE(msg_.find(text), std::string::npos) << "message: " << msg_; \
-    EXPECT_EQ(msg_.find("not an InputError"), std::string::npos) << msg_; \
-  } while (0)
-
 int mean_abs_diff(const Image& a, const Image& b) {
   long s = 0;
   for (size_t i = 0; i < a.pixels.size(); ++i) s += std::abs(int(a.pixels[i]) - int(b.pixels[i]));

@@ -11,7 +11,7 @@
 #include "engine/autograd.h"
 #include "engine/io/safetensors.h"
 #include "engine/ops/ops.h"
-#include "models/densenet.h"
+#include "models/architectures.h"
 #include "models/model.h"
 #include "models/summary.h"
 #include "tests/test_util.h"
@@ -278,15 +278,16 @@ TEST(Models, FashionMnistShapes) {
 }
 
 TEST(Models, CanonicalNames) {
-  EXPECT_EQ(models::canonical_name("features.denseblock2.denselayer7.norm1.weight"),
+  const models::Graph g = models::build_graph("densenet121", models::ModelConfig{});
+  EXPECT_EQ(g.canonical_name("features.denseblock2.denselayer7.norm1.weight"),
             "features.denseblock2.denselayer7.norm.1.weight");
-  EXPECT_EQ(models::canonical_name("features.denseblock2.denselayer7.conv2.weight"),
+  EXPECT_EQ(g.canonical_name("features.denseblock2.denselayer7.conv2.weight"),
             "features.denseblock2.denselayer7.conv.2.weight");
-  EXPECT_EQ(models::canonical_name("features.denseblock2.denselayer7.norm.1.weight"),
+  EXPECT_EQ(g.canonical_name("features.denseblock2.denselayer7.norm.1.weight"),
             "features.denseblock2.denselayer7.norm.1.weight");
-  EXPECT_EQ(models::canonical_name("features.conv1.weight"),
+  EXPECT_EQ(g.canonical_name("features.conv1.weight"),
             "features.conv1.weight");  // not in a dense layer
-  EXPECT_EQ(models::canonical_name("features.norm5.bias"), "features.norm5.bias");
+  EXPECT_EQ(g.canonical_name("features.norm5.bias"), "features.norm5.bias");
 }
 
 // Loading never half-loads: on any defect the model is unchanged.

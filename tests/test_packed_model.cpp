@@ -288,6 +288,30 @@ TEST(PackedInference, OtherArchitecturesInputSizesAndChannelsFollowTheFloatModel
   }
 }
 
+// The graph compiler fuses every BN, ReLU, pool, concatenation and residual of
+// the three models into the convolutions and the fused pool ops: one step per
+// conv plus the few pool / classifier steps, nothing else.
+TEST(PackedInference, TheGraphCompilerFusesTheKnownModelsCompletely) {
+  struct Case {
+    std::string arch;
+    int64_t steps;
+  };
+  // small DenseNet: conv0, norm0+relu+pool0, 2 convs x 30 dense layers, 2
+  // transitions, norm4+relu+global pool, classifier. SqueezeNet: conv, BN+relu+
+  // pool, 3 convs x 8 Fires, 2 pools, classifier conv, relu+global pool.
+  // DenseNet-121: conv0, 2 x 58 dense layers, 3 transitions, norm5 + relu + pool,
+  // classifier; its norm0 + relu0 (no pool0) is one affine step.
+  for (const Case& c : {Case{"small_densenet", 1 + 1 + 60 + 2 + 1 + 1}, Case{"squeezenet", 1 + 1 + 24 + 2 + 1 + 1},
+                        Case{"densenet121", 1 + 1 + 116 + 3 + 1 + 1}}) {
+    Generator g(5);
+    auto model = models::create(c.arch, {}, g);
+    const io::NamedTensors sd = random_ternary_weights(*model);
+    models::PackedContent packed = models::pack_tensors(sd, {}, c.arch, "random");
+    auto m = models::PackedModel::from_tensors(packed.tensors, packed.metadata, "", Device::cpu(), "random");
+    EXPECT_EQ(m->plan_steps(1, 56, 56), c.steps) << c.arch;
+  }
+}
+
 #ifdef TTQ_HAS_CUDA
 TEST(PackedInferenceCuda, MatchesTheCpuOnBothPathsAndGraphReplayIsExact) {
   if (!cuda::available()) GTEST_SKIP() << "no CUDA device";

@@ -112,6 +112,17 @@ ToolRun run_tool(const std::string& command_line, const std::string& dir) {
 
 int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
+std::string input_error_message(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("not an InputError: ") + e.what();
+  }
+  return "no error";
+}
+
 std::string make_tiny_idx(const std::string& dir, int64_t n_train, int64_t n_test, uint64_t seed) {
   std::filesystem::create_directories(dir);
   Generator g(seed);

@@ -59,6 +59,15 @@ struct ToolRun {
 ToolRun run_tool(const std::string& command_line, const std::string& dir);
 int count_lines(const std::string& s);
 
+// The message of the ttq::InputError `f` throws, "no error", or "not an InputError: ..."
+std::string input_error_message(const std::function<void()>& f);
+#define EXPECT_INPUT_ERROR_MENTIONS(stmt, text)                                                    \
+  do {                                                                                             \
+    const std::string msg_ = ::ttq::test::input_error_message([&] { stmt; });                     \
+    EXPECT_NE(msg_.find(text), std::string::npos) << "message: " << msg_;                          \
+    EXPECT_EQ(msg_.find("not an InputError"), std::string::npos) << msg_;                          \
+  } while (0)
+
 // A small data set in the mnist:DIR layout (28x28 grey images, 10 classes; class
 // k is a bright 6x6 square at a class-specific place plus noise), written to
 // `dir` (created). Returns `dir`.

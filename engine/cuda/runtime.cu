@@ -239,6 +239,88 @@ void host_free_pinned(void* p) {
   if (p != nullptr) TTQ_CUDA_CHECK_NOTHROW(cudaFreeHost(p));
 }
 
+bool host_register(void* p, size_t n) {
+  if (!available() || p == nullptr || n == 0) return false;
+  if (cudaHostRegister(p, n, cudaHostRegisterDefault) == cudaSuccess) return true;
+  (void)cudaGetLastError();  // ranges sharing a page with a registered one are refused: stay pageable
+  return false;
+}
+
+void host_unregister(void* p) {
+  if (p != nullptr && cudaHostUnregister(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
+int current_device() {
+  if (!available()) return 0;
+  int d = 0;
+  TTQ_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+int kernel_binary_version(const void* kernel) {
+  if (!available()) return 0;
+  cudaFuncAttributes attr{};
+  TTQ_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  return attr.binaryVersion;
+}
+
+// ---- captured work (CUDA graphs) -------------------------------------------------
+
+CapturedWork::~CapturedWork() { release(); }
+
+CapturedWork::CapturedWork(CapturedWork&& o) noexcept
+    : m_graph(std::exchange(o.m_graph, nullptr)), m_exec(std::exchange(o.m_exec, nullptr)) {}
+
+CapturedWork& CapturedWork::operator=(CapturedWork&& o) noexcept {
+  if (this != &o) {
+    release();
+    m_graph = std::exchange(o.m_graph, nullptr);
+    m_exec = std::exchange(o.m_exec, nullptr);
+  }
+  return *this;
+}
+
+void CapturedWork::release() noexcept {
+  if (m_exec) TTQ_CUDA_CHECK_NOTHROW(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(m_exec)));
+  if (m_graph) TTQ_CUDA_CHECK_NOTHROW(cudaGraphDestroy(static_cast<cudaGraph_t>(m_graph)));
+  m_exec = m_graph = nullptr;
+}
+
+bool CapturedWork::capture(const std::function<void()>& queue) {
+  release();
+  if (!available()) return false;
+  auto stream = static_cast<cudaStream_t>(current_stream());
+  synchronize();
+  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  if (ok) {
+    try {
+      queue();
+    } catch (const std::exception&) {
+      ok = false;
+    }
+    cudaGraph_t graph = nullptr;
+    ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok && graph != nullptr;
+    if (ok) {
+      m_graph = graph;
+      cudaGraphExec_t exec = nullptr;
+      ok = cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+      m_exec = ok ? exec : nullptr;
+    } else if (graph) {
+      cudaGraphDestroy(graph);
+    }
+  }
+  if (!ok) {
+    (void)cudaGetLastError();  // clear the capture's error
+    release();
+  }
+  return ok;
+}
+
+void CapturedWork::launch() {
+  TTQ_CHECK(m_exec != nullptr) << "CapturedWork::launch: nothing captured";
+  TTQ_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(m_exec), static_cast<cudaStream_t>(current_stream())));
+}
+
 void memcpy(void* dst, const void* src, size_t nbytes, CopyKind kind) {
   if (nbytes == 0) return;
   auto stream = static_cast<cudaStream_t>(current_stream());

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 namespace ttq::cuda {
 
@@ -50,6 +51,44 @@ void set_allow_tf32(bool on);
 // Pinned host memory (for input batches): allocate/free.
 void* host_alloc_pinned(size_t nbytes);
 void host_free_pinned(void* p);
+// Page-locks an existing host range [p, p + n) (cudaHostRegister); false, with no
+// error left pending, when it cannot (no CUDA, or a range sharing a page with one
+// already registered). host_unregister undoes it (no-op for an unregistered range).
+bool host_register(void* p, size_t n);
+void host_unregister(void* p);
+
+// The current device's index (0 without CUDA).
+int current_device();
+// The architecture (major * 10 + minor, e.g. 90) of the binary code that `kernel`
+// (a __global__ function's address) runs as on the current device: a build for an
+// older target runs PTX compiled for that target. 0 without CUDA.
+int kernel_binary_version(const void* kernel);
+
+// Work queued on the compute stream, recorded once and replayed as one CUDA graph
+// (stream capture). Without CUDA, capture() returns false and nothing is recorded.
+// Move-only.
+class CapturedWork {
+ public:
+  CapturedWork() = default;
+  ~CapturedWork();
+  CapturedWork(CapturedWork&& o) noexcept;
+  CapturedWork& operator=(CapturedWork&& o) noexcept;
+  CapturedWork(const CapturedWork&) = delete;
+  CapturedWork& operator=(const CapturedWork&) = delete;
+  // Runs `queue` (which must only queue work on the current device's compute
+  // stream) under stream capture and instantiates the result. Returns false, with
+  // no error left pending and nothing kept, when capture or instantiation fails
+  // (or `queue` throws); the caller then runs its work eagerly.
+  bool capture(const std::function<void()>& queue);
+  bool captured() const { return m_exec != nullptr; }
+  // requires captured(). Queues the recorded work on the compute stream.
+  void launch();
+
+ private:
+  void release() noexcept;
+  void* m_graph = nullptr;  // cudaGraph_t
+  void* m_exec = nullptr;   // cudaGraphExec_t
+};
 
 enum class CopyKind { HostToDevice, DeviceToHost, DeviceToDevice };
 // Copies on the compute stream; HostToDevice and DeviceToHost wait for

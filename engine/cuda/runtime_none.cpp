@@ -28,6 +28,17 @@ bool allow_tf32() { return g_tf32.load(); }
 void set_allow_tf32(bool on) { g_tf32.store(on); }
 void* host_alloc_pinned(size_t) { TTQ_THROW() << "this build has no CUDA backend"; }
 void host_free_pinned(void*) {}
+bool host_register(void*, size_t) { return false; }
+void host_unregister(void*) {}
+int current_device() { return 0; }
+int kernel_binary_version(const void*) { return 0; }
+
+CapturedWork::~CapturedWork() = default;
+CapturedWork::CapturedWork(CapturedWork&&) noexcept {}
+CapturedWork& CapturedWork::operator=(CapturedWork&&) noexcept { return *this; }
+bool CapturedWork::capture(const std::function<void()>&) { return false; }
+void CapturedWork::launch() { TTQ_THROW() << "this build has no CUDA backend"; }
+void CapturedWork::release() noexcept {}
 void memcpy(void*, const void*, size_t, CopyKind) { TTQ_THROW() << "this build has no CUDA backend"; }
 void memcpy_h2d_async(void*, const void*, size_t) { TTQ_THROW() << "this build has no CUDA backend"; }
 void memset_zero(void*, size_t) { TTQ_THROW() << "this build has no CUDA backend"; }
