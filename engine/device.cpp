@@ -1,7 +1,9 @@
 #include "engine/device.h"
 
 #include <charconv>
+#include <ostream>
 
+#include "engine/cuda/runtime.h"
 #include "engine/error.h"
 
 namespace ttq {
@@ -20,6 +22,21 @@ Device Device::parse(std::string_view s) {
     if (ec == std::errc() && p == tail.data() + tail.size() && idx >= 0) return cuda(idx);
   }
   TTQ_INPUT_ERROR() << "unknown device '" << s << "' (expected cpu, cuda or cuda:N)";
+}
+
+Device pick_device(const std::string& flag, std::ostream& log) {
+  if (flag.empty()) {
+    if (cuda::available()) return Device::cuda(0);
+    log << "no CUDA device available: running on the CPU\n";
+    return Device::cpu();
+  }
+  Device d = Device::parse(flag);
+  if (d.is_cuda()) {
+    TTQ_INPUT_CHECK(cuda::available()) << "--device " << flag << ": no CUDA device available";
+    TTQ_INPUT_CHECK(d.index < cuda::device_count())
+        << "--device " << flag << ": only " << cuda::device_count() << " CUDA device(s)";
+  }
+  return d;
 }
 
 }  // namespace ttq

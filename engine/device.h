@@ -1,6 +1,7 @@
 // Where a tensor lives: the CPU or one CUDA device.
 #pragma once
 
+#include <iosfwd>
 #include <string>
 #include <string_view>
 
@@ -22,5 +23,11 @@ struct Device {
   // "cpu", "cuda", "cuda:1". Throws ttq::InputError on anything else.
   static Device parse(std::string_view s);
 };
+
+// The device a tool runs on, from its --device flag: "" picks cuda:0 when a CUDA
+// device is present, else the CPU, and then writes one line to `log` saying so;
+// "cuda" or "cuda:N" without that device is a ttq::InputError naming the flag
+// (never a silent fallback). Tests: tests/test_infer_images.cpp, the tools' tests.
+Device pick_device(const std::string& flag, std::ostream& log);
 
 }  // namespace ttq

@@ -2,7 +2,7 @@
 // (a TTQ checkpoint or ternary weights -> a "ttq-packed-2bit" safetensors file) and
 // PackedModel, which runs a whole forward pass on the packed weights (CPU or CUDA)
 // with BN and ReLU fused into the packed convolutions and, on CUDA, the pass
-// captured in a CUDA graph. Implementation: models/packed.cpp; kernels:
+// captured in a CUDA graph. Implementation: models/pack.cpp (packing), models/packed_model.cpp (the runner); kernels:
 // kernels/packed_conv.h, kernels/packed_ops.h. Tests: tests/test_packed_model.cpp;
 // timing: bench/bench_packed_model.cpp.
 //
@@ -13,7 +13,7 @@
 //     Tensor logits = model->forward(x);               // [N, classes], on the CPU
 //     std::string classes = model->metadata_value("classes");  // JSON list, may be ""
 //   }
-// or run_packed_tensor_inference() for tensor mode (same options as run_tensor_inference).
+// (app/infer.h's tensor and image modes do this for the tools).
 #pragma once
 
 #include <cstdint>
@@ -25,7 +25,6 @@
 
 #include "engine/io/safetensors.h"
 #include "kernels/packed_conv.h"
-#include "models/infer.h"
 #include "models/model.h"
 
 namespace ttq::models {
@@ -136,10 +135,5 @@ class PackedModel {
   explicit PackedModel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> m_impl;
 };
-
-// Tensor mode for packed files (run_tensor_inference's contract: the input tensor
-// from a safetensors file, logits written atomically as tensor "logits"). Returns
-// the logits (CPU).
-Tensor run_packed_tensor_inference(const TensorInferOptions& options, std::ostream& log);
 
 }  // namespace ttq::models

@@ -778,34 +778,4 @@ Tensor PackedModel::forward(const Tensor& x_in) {
   return m_impl->device.is_cpu() ? p.logits.clone() : p.logits.to(Device::cpu());
 }
 
-// ---- tensor mode ----------------------------------------------------------------------------
-
-Tensor run_packed_tensor_inference(const TensorInferOptions& o, std::ostream& log) {
-  TTQ_INPUT_CHECK(!o.input_name.empty()) << "--input-name is required with --input-tensors";
-  TTQ_INPUT_CHECK(!o.logits_out.empty()) << "--logits-out is required with --input-tensors";
-  io::SafeTensors st = io::read_safetensors(o.model_path);
-  // Validate the model and the input before the device line is printed (one line on error).
-  auto model = PackedModel::from_tensors(st.tensors(), st.metadata(), o.arch, Device::cpu(), o.model_path);
-  io::SafeTensors in = io::read_safetensors(o.input_path);
-  TTQ_INPUT_CHECK(in.contains(o.input_name))
-      << o.input_path << ": no tensor named " << io::quoted_name(o.input_name);
-  const Tensor x = in.at(o.input_name);
-  TTQ_INPUT_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::F64)
-      << o.input_path << ": tensor " << io::quoted_name(o.input_name) << " is " << dtype_name(x.dtype())
-      << ", expected F32";
-  model->check_input(x.shape(), o.input_path + ": tensor " + io::quoted_name(o.input_name));
-  const Device device = pick_device(o.device, log);
-  if (device.is_cuda())
-    model = PackedModel::from_tensors(st.tensors(), st.metadata(), o.arch, device, o.model_path);
-  const Tensor logits = model->forward(x);
-  io::write_safetensors(o.logits_out, {{"logits", logits}},
-                        {{"model", model->arch()},
-                         {"weights", o.model_path},
-                         {"input", o.input_path},
-                         {"input_name", o.input_name},
-                         {"device", device.str()},
-                         {"format", kPackedFormat}});
-  return logits;
-}
-
 }  // namespace ttq::models

@@ -14,7 +14,8 @@
 #include "engine/autograd.h"
 #include "engine/io/safetensors.h"
 #include "engine/ops/ops.h"
-#include "models/infer.h"
+#include "app/infer.h"
+#include "models/model_file.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -43,12 +44,12 @@ TEST(InferImages, TopKMatchesTheModelOnTheValidationTransform) {
   data::save_image(png, random_image(64, 64, 3, 1));
   data::save_image(bmp, random_image(80, 72, 3, 2));  // another size: resized as validation does
   std::ostringstream log;
-  models::ImageInferOptions o;
+  app::ImageInferOptions o;
   o.model_path = model;
   o.arch = "small_densenet";
   o.device = "cpu";
   o.images = {png, bmp};
-  auto preds = models::run_image_inference(o, log);
+  auto preds = app::run_image_inference(o, log);
   ASSERT_EQ(preds.size(), 2u);
 
   // Independent path: build the model, transform each file, softmax the logits.
@@ -90,13 +91,13 @@ TEST(InferImages, NamesAndTransformFromMetadata) {
                          {"preprocess",
                           R"({"channels":1,"image_size":28,"crop":28,"mean":[0.5],"std":[0.25]})"}});
   data::save_image(png, random_image(28, 28, 1, 4));
-  models::ImageInferOptions o;
+  app::ImageInferOptions o;
   o.model_path = ckpt;
   o.device = "cpu";
   o.images = {png};
   o.top_k = 10;
   std::ostringstream log;
-  auto preds = models::run_image_inference(o, log);
+  auto preds = app::run_image_inference(o, log);
   ASSERT_EQ(preds.size(), 1u);
   ASSERT_EQ(preds[0].classes.size(), 10u);
   double total = 0;
@@ -112,7 +113,7 @@ TEST(InferImages, NamesAndTransformFromMetadata) {
   autograd::NoGradGuard ng;
   auto v = ops::softmax(m->forward(data::load_image_tensor(png, pre))).to_vector<float>();
   EXPECT_NEAR(preds[0].probabilities[0], *std::max_element(v.begin(), v.end()), 1e-6);
-  EXPECT_NE(models::format_predictions(preds).find(data::fashion_mnist_classes()[preds[0].classes[0]]),
+  EXPECT_NE(app::format_predictions(preds).find(data::fashion_mnist_classes()[preds[0].classes[0]]),
             std::string::npos);
   fs::remove(ckpt);
   fs::remove(png);
@@ -121,14 +122,14 @@ TEST(InferImages, NamesAndTransformFromMetadata) {
 TEST(InferImages, BadImageIsOneLineNamingTheFile) {
   const std::string bad = temp_path("bad.jpg");
   { std::ofstream(bad) << "not an image"; }
-  models::ImageInferOptions o;
+  app::ImageInferOptions o;
   o.model_path = test::seed_dir() + "/squeezenet_fp.safetensors";
   o.arch = "squeezenet";
   o.device = "cpu";
   o.images = {bad};
   std::ostringstream log;
   try {
-    models::run_image_inference(o, log);
+    app::run_image_inference(o, log);
     FAIL() << "expected an InputError";
   } catch (const InputError& e) {
     std::string msg = e.what();
@@ -136,7 +137,7 @@ TEST(InferImages, BadImageIsOneLineNamingTheFile) {
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
   }
   o.images = {temp_path("missing.png")};
-  EXPECT_THROW(models::run_image_inference(o, log), InputError);
+  EXPECT_THROW(app::run_image_inference(o, log), InputError);
   fs::remove(bad);
 }
 

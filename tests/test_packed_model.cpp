@@ -23,7 +23,8 @@
 #include "engine/ops/ops.h"
 #include "kernels/pack.h"
 #include "kernels/packed_ops.h"
-#include "models/infer.h"
+#include "app/infer.h"
+#include "models/model_file.h"
 #include "models/packed.h"
 #include "tests/test_util.h"
 
@@ -513,14 +514,14 @@ TEST_F(PackTool, PacksTheSeedFilesAndTheResultRunsInTensorMode) {
     EXPECT_NE(r.out.find("bytes packed"), std::string::npos) << r.out;
     EXPECT_TRUE(models::is_packed_file(out));
     EXPECT_FALSE(models::is_packed_file(kSeed + "/" + s.file + ".safetensors"));
-    models::TensorInferOptions o;
+    app::TensorInferOptions o;
     o.model_path = out;
     o.device = "cpu";
     o.input_path = kSeed + "/reference_io.safetensors";
     o.input_name = "input";
     o.logits_out = file(s.arch + ".logits.safetensors");
     std::ostringstream log;
-    const Tensor logits = models::run_packed_tensor_inference(o, log);
+    const Tensor logits = app::run_tensor_inference(o, log);
     EXPECT_LT(test::max_rel_error(logits, reference().at(s.file + ".logits")), 1e-4);
     EXPECT_LT(test::max_rel_error(io::read_safetensors(o.logits_out).at("logits"),
                                   float_logits(s, reference().at("input"))),

@@ -14,7 +14,8 @@
 
 #include "engine/autograd.h"
 #include "engine/io/safetensors.h"
-#include "models/infer.h"
+#include "app/infer.h"
+#include "models/model_file.h"
 #include "models/model.h"
 #include "models/packed.h"
 #include "tests/test_util.h"

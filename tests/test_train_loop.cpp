@@ -21,6 +21,8 @@
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
+#include "app/eval.h"
+#include "train/evaluate.h"
 
 namespace fs = std::filesystem;
 
@@ -187,18 +189,18 @@ TEST_F(TrainLoop, TtqPhaseFromFpCheckpoint) {
   }
   EXPECT_GT(quantized, 10);
   // ttq_eval-style evaluation of the TTQ checkpoint runs.
-  train::EvalOptions eo;
+  app::EvalOptions eo;
   eo.weights = q.out + "/last.safetensors";
   eo.data = "mnist:" + s_data;
   eo.device = "cpu";
   // --split val is the validation split the run used (held out of the training
   // images); --split test is the t10k split the run reported at its end.
-  train::EvalResult vv = train::run_eval(eo, log).result;
+  train::EvalResult vv = app::run_eval(eo, log).result;
   EXPECT_EQ(vv.count, 9);  // 10% of 96
   EXPECT_NEAR(vv.top1, r.last.val_top1, 1e-12);
   EXPECT_NEAR(vv.loss, r.last.val_loss, 1e-9);
   eo.split = "test";
-  train::EvalResult ev = train::run_eval(eo, log).result;
+  train::EvalResult ev = app::run_eval(eo, log).result;
   EXPECT_EQ(ev.count, 48);
   ASSERT_TRUE(r.test.evaluated);
   EXPECT_EQ(r.test.count, 48);
@@ -208,15 +210,15 @@ TEST_F(TrainLoop, TtqPhaseFromFpCheckpoint) {
   // summation order), and a mismatched --model is refused.
   const std::string packed = q.out + "/packed.safetensors";
   models::pack_model_file(eo.weights, packed, "");
-  train::EvalOptions po = eo;
+  app::EvalOptions po = eo;
   po.weights = packed;
-  train::EvalResult pv = train::run_eval(po, log).result;
+  train::EvalResult pv = app::run_eval(po, log).result;
   EXPECT_EQ(pv.count, ev.count);
   EXPECT_NEAR(pv.loss, ev.loss, 1e-4 * std::max(1.0, ev.loss));
   EXPECT_NEAR(pv.top1, ev.top1, 1.0 / 48 + 1e-12);  // a near-tie may flip one image at most
   EXPECT_NEAR(pv.top5, ev.top5, 1.0 / 48 + 1e-12);
   po.model = "squeezenet";
-  EXPECT_THROW(train::run_eval(po, log), InputError);
+  EXPECT_THROW(app::run_eval(po, log), InputError);
 }
 
 // Model selection sees the validation split only; the test split is evaluated
@@ -245,24 +247,24 @@ TEST_F(TrainLoop, TestSplitIsTouchedOnceOnTheBestCheckpoint) {
   EXPECT_EQ(fin["best_epoch"], best);
   EXPECT_EQ(r.test.best_epoch, best);
   // ttq_eval --split test on best.safetensors gives the reported numbers.
-  train::EvalOptions eo;
+  app::EvalOptions eo;
   eo.weights = o.out + "/best.safetensors";
   eo.data = o.data;
   eo.device = "cpu";
   eo.split = "test";
-  train::EvalResult ev = train::run_eval(eo, log).result;
+  train::EvalResult ev = app::run_eval(eo, log).result;
   EXPECT_NEAR(ev.top1, fin["test_top1"].get<double>(), 1e-12);
   EXPECT_NEAR(ev.loss, fin["test_loss"].get<double>(), 1e-9);
   // --split val uses the run's --val-size, recorded in the checkpoint.
   eo.split = "val";
-  train::EvalResult vv = train::run_eval(eo, log).result;
+  train::EvalResult vv = app::run_eval(eo, log).result;
   EXPECT_EQ(vv.count, 20);
   EXPECT_NEAR(vv.top1, lines[best - 1]["val_top1"].get<double>(), 1e-12);
   // --split all is every image of the data set: 96 + 48.
   eo.split = "all";
-  EXPECT_EQ(train::run_eval(eo, log).result.count, 96 + 48);
+  EXPECT_EQ(app::run_eval(eo, log).result.count, 96 + 48);
   eo.split = "train";
-  EXPECT_THROW(train::run_eval(eo, log), InputError);
+  EXPECT_THROW(app::run_eval(eo, log), InputError);
   // config.json says where each split comes from.
   std::ifstream cf(o.out + "/config.json");
   const auto config = nlohmann::json::parse(cf);

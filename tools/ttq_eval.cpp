@@ -1,6 +1,6 @@
 // ttq_eval: loss, top-1 and top-5 of a checkpoint on one split of a data set
 // (--split val|test|all). Flags only: the logic is in train/trainer.cpp
-// (run_eval), the ranges in train/options.h.
+// (app/eval.h run_eval), the ranges in train/options.h.
 // Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -12,13 +12,14 @@
 #include "engine/process.h"
 #include "tools/flags.h"
 #include "train/options.h"
+#include "app/eval.h"
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
   ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
   CLI::App app{"Evaluate a ttq checkpoint (full precision or TTQ), a packed 2-bit model or a PyTorch import."};
   namespace L = ttq::train::limits;
-  ttq::train::EvalOptions o;
+  ttq::app::EvalOptions o;
   std::string json_out;
   ttq::tools::Flags f(app);
   f.text("--model", o.model, "Architecture (optional when the file's metadata names it)");
@@ -46,7 +47,7 @@ int main(int argc, char** argv) {
       TTQ_INPUT_CHECK(std::filesystem::is_directory(dir)) << "--json " << json_out << ": no folder " << dir.string();
       TTQ_INPUT_CHECK(!std::filesystem::is_directory(json_out)) << "--json " << json_out << ": is a folder";
     }
-    const ttq::train::EvalReport report = ttq::train::run_eval(o, std::cerr);
+    const ttq::app::EvalReport report = ttq::app::run_eval(o, std::cerr);
     const ttq::train::EvalResult& r = report.result;
     std::printf("%s split, images %lld  loss %.4f  top1 %.2f%%  top5 %.2f%%\n", o.split.c_str(),
                 static_cast<long long>(r.count), r.loss, 100 * r.top1, 100 * r.top5);

@@ -7,7 +7,8 @@
 #include <iostream>
 
 #include "engine/process.h"
-#include "models/infer.h"
+#include "app/infer.h"
+#include "models/model_file.h"
 #include "models/summary.h"
 #include "tools/flags.h"
 
@@ -28,7 +29,7 @@ int main(int argc, char** argv) {
       "  image mode:  ttq_infer --model FILE IMAGE...   (top-5 classes of each image)\n"
       "  tensor mode: ttq_infer --model FILE --input-tensors F --input-name N --logits-out OUT\n"
       "  summary:     ttq_infer --summary --arch NAME [--input CxHxW] [--classes N]"};
-  ttq::models::TensorInferOptions o;
+  ttq::app::TensorInferOptions o;
   bool summary = false;
   std::string input_chw = "3x56x56";
   int64_t classes = 200;
@@ -81,15 +82,15 @@ int main(int argc, char** argv) {
     if (!images.empty()) {
       TTQ_INPUT_CHECK(o.input_path.empty()) << "give image files or --input-tensors, not both";
       TTQ_INPUT_CHECK(!o.model_path.empty()) << "--model FILE is required";
-      ttq::models::ImageInferOptions io{o.model_path, o.arch, o.device, data_spec, images, top_k};
-      std::cout << ttq::models::format_predictions(ttq::models::run_image_inference(io, std::cerr));
+      ttq::app::ImageInferOptions io{o.model_path, o.arch, o.device, data_spec, images, top_k};
+      std::cout << ttq::app::format_predictions(ttq::app::run_image_inference(io, std::cerr));
       return 0;
     }
     TTQ_INPUT_CHECK(!o.input_path.empty())
         << "nothing to do: give image files, --input-tensors FILE (with --model, --input-name, --logits-out) or "
            "--summary";
     TTQ_INPUT_CHECK(!o.model_path.empty()) << "--model FILE is required";
-    ttq::Tensor logits = ttq::models::run_tensor_inference(o, std::cerr);
+    ttq::Tensor logits = ttq::app::run_tensor_inference(o, std::cerr);
     std::cout << "wrote " << o.logits_out << ": logits " << ttq::shape_str(logits.shape()) << "\n";
     return 0;
   });

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "models/model.h"
 #include "train/trainer.h"
 
 namespace ttq::train {

@@ -1,19 +1,14 @@
 // The training loop behind ttq_train: both phases (full precision, TTQ),
-// the seed's optimisers and schedules (docs/ttq.md), run folders
-// (config.json, metrics.jsonl, last / best checkpoints, all written
-// atomically), exact resume, signal handling and divergence checks.
+// the seed's optimisers and schedules (docs/ttq.md, train/schedule.h), run
+// folders (train/run_folder.h: config.json, metrics.jsonl, last / best
+// checkpoints, all written atomically), exact resume, signal handling and
+// divergence checks.
 // Tests: tests/test_train_loop.cpp (resume equivalence, SIGKILL, NaN).
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <ostream>
 #include <string>
-
-#include "data/dataset.h"
-#include "data/loader.h"
-#include "engine/device.h"
-#include "models/model.h"
 
 namespace ttq::train {
 
@@ -82,6 +77,8 @@ struct EpochMetrics {
   double zero_fraction = 0, mean_wp = 0, mean_wn = 0;
   int64_t skipped = 0;  // unreadable images skipped this epoch (train + val)
   std::string json() const;  // one line
+  // The log line: "epoch 3/30: train loss ... (best)".
+  std::string line(int64_t epochs, bool best) const;
 };
 
 // The test split's verdict on the best checkpoint, once, at the end of a run
@@ -114,18 +111,6 @@ struct RunResult {
 // checkpoint stays in place and is never saved as best).
 RunResult run_training(const TrainOptions& options, std::ostream& log);
 
-struct EvalResult {
-  double loss = 0, top1 = 0, top5 = 0;
-  int64_t count = 0;
-  double seconds = 0;
-  bool stopped = false;  // `stop` said so before the pass was complete (the numbers are partial)
-};
-// Mean loss and top-1 / top-5 accuracy (fractions) over one pass of `loader`,
-// in eval mode without gradients. `stop`, when given, is asked before every
-// batch; once it says true the pass ends with `stopped` set.
-EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device,
-                    const std::function<bool()>& stop = {});
-
 // SIGINT / SIGTERM make run_training finish its current step (or stop its
 // validation or final test at the next batch), write last.safetensors and
 // return 130 / 143. Installed by the tool first thing, before it starts any
@@ -134,34 +119,7 @@ EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device,
 void install_signal_handlers();
 void request_stop(int signal_number);
 void clear_stop_request();
-
-}  // namespace ttq::train
-
-namespace ttq::train {
-
-struct EvalOptions {
-  std::string model;    // architecture; optional when the file's metadata names it
-  std::string weights;  // checkpoint, TTQ checkpoint or plain import (safetensors)
-  std::string data = "fashion-mnist";
-  std::string split = "val";  // val | test | all
-  // Held-out validation size (-1: what the weights' metadata records, else the default).
-  int64_t val_size = -1;
-  std::string device;
-  int64_t batch = 256;
-  int64_t limit = 0;  // evaluate a seeded subset of this many images (0: the whole split)
-  int workers = 2;
-  uint64_t seed = 0;  // for --limit's subset
-};
-struct EvalReport {
-  EvalResult result;
-  std::string split;  // the split evaluated and where it comes from
-};
-// Loads the weights (a training checkpoint's optimiser state is ignored; a TTQ
-// checkpoint runs with its ternary weights) and evaluates them on one split of
-// the data: val (as training formed it: the held-out size comes from the
-// weights' metadata), test (touch it once, for the final number) or all (every
-// image of the data set). A packed 2-bit file (ttq_pack) runs on the packed
-// kernels, so the deployed artefact is what is measured.
-EvalReport run_eval(const EvalOptions& options, std::ostream& log);
+// The signal that asked to stop (0: none yet).
+int stop_signal();
 
 }  // namespace ttq::train

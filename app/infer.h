@@ -1,28 +1,17 @@
-// Library side of ttq_infer: loading a model file (architecture from the
-// file's metadata or --arch, config from the weights' shapes), picking the
-// device, and tensor mode (a tensor from a safetensors file in, logits out as
-// safetensors). Tests: tests/test_seed_parity.cpp (runs the built tool too).
+// Library side of ttq_infer: tensor mode (a tensor from a safetensors file in,
+// logits out as safetensors) and image mode (image files in, top-k classes
+// out), for float checkpoints and packed 2-bit files alike. Tests:
+// tests/test_seed_parity.cpp (runs the built tool too), tests/test_infer_images.cpp,
+// tests/test_packed_model.cpp.
 #pragma once
 
 #include <ostream>
 #include <string>
 #include <vector>
 
-#include "models/model.h"
+#include "engine/tensor.h"
 
-namespace ttq::models {
-
-// "" picks cuda when available, else cpu, and then writes one line to `log`
-// saying so. "cuda" without a device is a ttq::InputError (never a silent fallback).
-Device pick_device(const std::string& flag, std::ostream& log);
-
-// Reads `path` and builds the model it holds, in eval mode, on `device`.
-// The architecture is the metadata's "model" value, else `arch` (a mismatch of
-// the two is an error); in_channels and num_classes come from the weights. A
-// training checkpoint's optimizer / scheduler state and TTQ training state
-// (latent weights, scales) are skipped; packed models are refused (they run
-// through models/packed.h). Every defect is one ttq::InputError line naming the file.
-ModelPtr load_model_file(const std::string& path, const std::string& arch, Device device);
+namespace ttq::app {
 
 struct TensorInferOptions {
   std::string model_path;
@@ -34,7 +23,7 @@ struct TensorInferOptions {
 };
 
 // Runs the model on the input tensor in eval mode and writes the logits
-// (atomically). Packed files ("ttq-packed-2bit") go to run_packed_tensor_inference.
+// (atomically). A packed file ("ttq-packed-2bit") runs on the packed kernels.
 // Returns the logits (CPU).
 Tensor run_tensor_inference(const TensorInferOptions& options, std::ostream& log);
 
@@ -67,4 +56,4 @@ std::vector<ImagePrediction> run_image_inference(const ImageInferOptions& option
 // newline cannot add a line.
 std::string format_predictions(const std::vector<ImagePrediction>& predictions);
 
-}  // namespace ttq::models
+}  // namespace ttq::app

@@ -1,7 +1,8 @@
-// Library side of ttq_infer (see models/infer.h).
-#include "models/infer.h"
+// Library side of ttq_infer (see app/infer.h).
+#include "app/infer.h"
 
 #include <cmath>
+#include <functional>
 #include <iomanip>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -9,51 +10,35 @@
 #include "data/dataset.h"
 #include "engine/autograd.h"
 #include "engine/ops/ops.h"
-#include "engine/cuda/runtime.h"
 #include "engine/io/write_file.h"
+#include "models/model_file.h"
 #include "models/packed.h"
 
-namespace ttq::models {
+namespace ttq::app {
 
-Device pick_device(const std::string& flag, std::ostream& log) {
-  if (flag.empty()) {
-    if (cuda::available()) return Device::cuda(0);
-    log << "no CUDA device available: running on the CPU\n";
-    return Device::cpu();
-  }
-  Device d = Device::parse(flag);
-  if (d.is_cuda()) {
-    TTQ_INPUT_CHECK(cuda::available()) << "--device " << flag << ": no CUDA device available";
-    TTQ_INPUT_CHECK(d.index < cuda::device_count())
-        << "--device " << flag << ": only " << cuda::device_count() << " CUDA device(s)";
-  }
-  return d;
+using models::is_packed_file;
+using models::load_model_file;
+using models::ModelConfig;
+using models::ModelPtr;
+using models::PackedModel;
+
+namespace {
+
+// The input tensor of tensor mode: F32 (F64 converted) [N, C, H, W], checked
+// against the model's input by `check` (a message naming the file and tensor).
+Tensor read_input_tensor(const TensorInferOptions& o, const std::function<void(const Shape&, const std::string&)>& check) {
+  io::SafeTensors in = io::read_safetensors(o.input_path);
+  TTQ_INPUT_CHECK(in.contains(o.input_name))
+      << o.input_path << ": no tensor named " << io::quoted_name(o.input_name);
+  Tensor x = in.at(o.input_name);
+  TTQ_INPUT_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::F64)
+      << o.input_path << ": tensor " << io::quoted_name(o.input_name) << " is " << dtype_name(x.dtype())
+      << ", expected F32";
+  check(x.shape(), o.input_path + ": tensor " + io::quoted_name(o.input_name));
+  return x.to(DType::F32);
 }
 
-ModelPtr load_model_file(const std::string& path, const std::string& arch_flag, Device device) {
-  io::SafeTensors st = io::read_safetensors(path);
-  TTQ_INPUT_CHECK(st.meta("format") != "ttq-packed-2bit")
-      << path << ": a packed model (format ttq-packed-2bit) has no float layers to build";
-  const std::string from_file = st.meta("model");
-  std::string arch = from_file.empty() ? arch_flag : from_file;
-  TTQ_INPUT_CHECK(!arch.empty()) << path
-                                 << ": no \"model\" in the metadata; name the architecture with --arch";
-  TTQ_INPUT_CHECK(arch_flag.empty() || from_file.empty() || arch_flag == from_file)
-      << path << ": the metadata says model '" << from_file << "' but --arch is '" << arch_flag << "'";
-  bool known = false;
-  for (const auto& n : names()) known = known || n == arch;
-  TTQ_INPUT_CHECK(known) << path << ": unknown model '" << arch << "'";
-  ModelConfig config = config_from_weights(arch, st.tensors(), path);
-  Generator gen(0);
-  ModelPtr model = create(arch, config, gen);
-  LoadOptions options;
-  options.ignore_ttq_state = true;
-  options.ignore_optimizer_state = true;
-  load_weights(*model, st.tensors(), path, options);
-  model->eval();
-  model->to(device);
-  return model;
-}
+}  // namespace
 
 Tensor run_tensor_inference(const TensorInferOptions& o, std::ostream& log) {
   TTQ_INPUT_CHECK(!o.input_name.empty()) << "--input-name is required with --input-tensors";
@@ -62,31 +47,33 @@ Tensor run_tensor_inference(const TensorInferOptions& o, std::ostream& log) {
       << "--logits-out " << o.logits_out << " is the --model file; write the logits to another file";
   TTQ_INPUT_CHECK(!io::same_file(o.logits_out, o.input_path))
       << "--logits-out " << o.logits_out << " is the --input-tensors file; write the logits to another file";
-  if (is_packed_file(o.model_path)) return run_packed_tensor_inference(o, log);
   // Everything the user supplied is validated before the device line is printed,
   // so that a bad input gives exactly one line.
-  ModelPtr model = load_model_file(o.model_path, o.arch, Device::cpu());
-  io::SafeTensors in = io::read_safetensors(o.input_path);
-  TTQ_INPUT_CHECK(in.contains(o.input_name))
-      << o.input_path << ": no tensor named " << io::quoted_name(o.input_name);
-  Tensor x = in.at(o.input_name);
-  TTQ_INPUT_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::F64)
-      << o.input_path << ": tensor " << io::quoted_name(o.input_name) << " is " << dtype_name(x.dtype())
-      << ", expected F32";
-  model->check_input(x.shape(), o.input_path + ": tensor " + io::quoted_name(o.input_name));
-  const Device device = pick_device(o.device, log);
-  model->to(device);
+  io::Metadata out_meta{{"weights", o.model_path}, {"input", o.input_path}, {"input_name", o.input_name}};
   Tensor logits;
-  {
+  Device device;
+  if (is_packed_file(o.model_path)) {
+    // The packed 2-bit kernels run the deployed file itself.
+    io::SafeTensors st = io::read_safetensors(o.model_path);
+    auto model = PackedModel::from_tensors(st.tensors(), st.metadata(), o.arch, Device::cpu(), o.model_path);
+    const Tensor x = read_input_tensor(o, [&](const Shape& s, const std::string& w) { model->check_input(s, w); });
+    device = pick_device(o.device, log);
+    if (device.is_cuda())
+      model = PackedModel::from_tensors(st.tensors(), st.metadata(), o.arch, device, o.model_path);
+    logits = model->forward(x);
+    out_meta["model"] = model->arch();
+    out_meta["format"] = models::kPackedFormat;
+  } else {
+    ModelPtr model = load_model_file(o.model_path, o.arch, Device::cpu());
+    const Tensor x = read_input_tensor(o, [&](const Shape& s, const std::string& w) { model->check_input(s, w); });
+    device = pick_device(o.device, log);
+    model->to(device);
     autograd::NoGradGuard no_grad;
-    logits = model->forward(x.to(DType::F32).to(device)).to(Device::cpu());
+    logits = model->forward(x.to(device)).to(Device::cpu());
+    out_meta["model"] = model->arch();
   }
-  io::write_safetensors(o.logits_out, {{"logits", logits}},
-                        {{"model", model->arch()},
-                         {"weights", o.model_path},
-                         {"input", o.input_path},
-                         {"input_name", o.input_name},
-                         {"device", device.str()}});
+  out_meta["device"] = device.str();
+  io::write_safetensors(o.logits_out, {{"logits", logits}}, out_meta);
   return logits;
 }
 
@@ -116,7 +103,7 @@ data::Preprocess preprocess_from(const io::Metadata& meta, const ModelConfig& co
   if (it == meta.end()) return p;
   try {
     auto j = nlohmann::json::parse(it->second);
-    const int max_size = static_cast<int>(kMaxInputSize);
+    const int max_size = static_cast<int>(models::kMaxInputSize);
     p.channels = preprocess_int(j, "channels", 1, 3, path);
     p.image_size = preprocess_int(j, "image_size", 1, max_size, path);
     p.crop = preprocess_int(j, "crop", 1, p.image_size, path);
@@ -241,4 +228,4 @@ std::string format_predictions(const std::vector<ImagePrediction>& predictions) 
   return os.str();
 }
 
-}  // namespace ttq::models
+}  // namespace ttq::app

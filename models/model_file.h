@@ -1,0 +1,21 @@
+// A model from a weights file: a checkpoint, a TTQ checkpoint or a plain
+// import (safetensors), built with the architecture its metadata names.
+// Tests: tests/test_seed_parity.cpp, tests/test_infer_images.cpp.
+#pragma once
+
+#include <string>
+
+#include "engine/device.h"
+#include "models/model.h"
+
+namespace ttq::models {
+
+// Reads `path` and builds the model it holds, in eval mode, on `device`.
+// The architecture is the metadata's "model" value, else `arch` (a mismatch of
+// the two is an error); in_channels and num_classes come from the weights. A
+// training checkpoint's optimizer / scheduler state and TTQ training state
+// (latent weights, scales) are skipped; packed models are refused (they run
+// through models/packed.h). Every defect is one ttq::InputError line naming the file.
+ModelPtr load_model_file(const std::string& path, const std::string& arch, Device device);
+
+}  // namespace ttq::models
