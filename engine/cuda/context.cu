@@ -36,12 +36,6 @@ DeviceContext& context(int d) {
 
 }  // namespace
 
-int current_device() {
-  int d = 0;
-  TTQ_CUDA_CHECK(cudaGetDevice(&d));
-  return d;
-}
-
 cudnnHandle_t cudnn_handle() {
   const int d = current_device();
   cudaStream_t s = stream();

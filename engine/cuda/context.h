@@ -16,7 +16,6 @@
 namespace ttq::cuda {
 
 inline cudaStream_t stream() { return static_cast<cudaStream_t>(current_stream()); }
-int current_device();
 
 // Handles of the current device, created on first use and bound to its
 // compute stream. Not for concurrent use from several threads.
