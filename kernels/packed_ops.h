@@ -1,5 +1,5 @@
 // The small fused inference ops that surround the packed convolutions in a packed
-// model (models/packed.cpp): BN (folded to a per-channel affine) + ReLU + max pool,
+// model (models/packed_model.cpp): BN (folded to a per-channel affine) + ReLU + max pool,
 // BN + ReLU + global average pool, average pooling, a residual add (+ ReLU), a dense
 // linear layer and the dense (not quantized) convolutions: first convs, classifiers.
 // Each writes into a preallocated output (a channel slice of a wider buffer is fine)

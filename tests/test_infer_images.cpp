@@ -1,4 +1,4 @@
-// ttq_infer's image mode (models/infer.cpp run_image_inference): top-k against
+// ttq_infer's image mode (app/infer.cpp run_image_inference): top-k against
 // the model run directly on the validation transform of the same file, class
 // names from a checkpoint's metadata, and one-line errors for bad images.
 #include <unistd.h>

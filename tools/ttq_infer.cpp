@@ -1,7 +1,7 @@
 // ttq_infer: runs a model file. Tensor mode (--input-tensors) feeds a tensor
 // from a safetensors file and writes the logits as safetensors (parity checks);
 // --summary prints the layers, output shapes, parameters and FLOPs of an
-// architecture. Flags only: the logic is in models/infer.cpp and models/summary.cpp.
+// architecture. Flags only: the logic is in app/infer.cpp and models/summary.cpp.
 // Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
 #include <CLI/CLI.hpp>
 #include <iostream>

@@ -1,7 +1,7 @@
 // ttq_pack: turns a TTQ checkpoint (or any weights whose quantized layers hold at
 // most three distinct values, such as the seed's TTQ files) into a packed 2-bit
 // model (docs/formats.md) and prints per-layer sparsity, Wp, Wn and the sizes
-// before and after. Flags only: the logic is in models/packed.cpp.
+// before and after. Flags only: the logic is in models/pack.cpp.
 // Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
 #include <CLI/CLI.hpp>
 #include <iostream>
