@@ -362,7 +362,7 @@ TEST_P(PackedOps, AffineMaxPoolGlobalPoolAndLinearMatchTheEngineOps) {
   const int64_t c = 7;
   Tensor w = test::rand({c}, 2), b = test::rand({c}, 3), mean = test::rand({c}, 4);
   Tensor var = ops::add(ops::mul(test::rand({c}, 5), test::rand({c}, 5)), Tensor::full({c}, 0.5));
-  // BN folded as models/pack.cpp folds it.
+  // BN folded as models/packed_model.cpp folds it.
   std::vector<float> sv(c), hv(c);
   for (int64_t i = 0; i < c; ++i) {
     const double s = double(w.to_vector<float>()[i]) / std::sqrt(double(var.to_vector<float>()[i]) + 1e-5);
