@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The test command: installs dependencies, builds (Release, CUDA compiled when
-# nvcc and cuDNN are present), runs the file readers' tests under ASan/UBSan,
-# fuzzes each reader for a bounded time, then the default ctest suite (CUDA
-# tests are reported skipped without a GPU).
+# nvcc and cuDNN are present), checks that the sources are clang-formatted,
+# runs the file readers' tests under ASan/UBSan, fuzzes each reader for a
+# bounded time, then the default ctest suite (CUDA tests are reported skipped
+# without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
+
+# Every C++ / CUDA source is formatted by .clang-format (tools/format.sh fixes it).
+bash tools/format.sh --check
 # Test programs run two at a time on two cores: spinning OpenMP workers would starve each other.
 export OMP_WAIT_POLICY=passive
 

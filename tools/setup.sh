@@ -9,6 +9,7 @@ packages=(build-essential cmake ninja-build pkg-config
           libopenblas-dev libdnnl-dev zlib1g-dev libstb-dev nlohmann-json3-dev libcli11-dev
           libgtest-dev libgmock-dev libbenchmark-dev
           clang libclang-rt-dev libomp-dev  # the fuzz targets: libFuzzer, sanitizers, OpenMP for clang
+          clang-format                      # the formatting check of the test command
           dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do
