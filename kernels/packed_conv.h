@@ -1,12 +1,14 @@
 // Convolution on packed 2-bit ternary weights (docs/packed-layout.md):
 //   y = epilogue(conv(prologue(x), Wq)),  Wq[co, k] in {+Wp, 0, -Wn} from 2-bit codes,
 // so each output is Wp * (sum of x over P) - Wn * (sum of x over N). The 1x1 case is
-// the linear layer. Layers: packed_conv_ref (naive, float64 sums) -> packed_conv_cpu
-// (kernels/packed_conv.cpp: AVX-512, AVX2+FMA or scalar micro-kernel picked at run time, OpenMP)
-// and packed_conv_cuda (kernels/packed_conv.cu: fp16 tensor-core implicit GEMM or an
-// fp32 CUDA-core fallback) -> the tensor entry packed_conv2d(). The weights stay 2-bit
-// in memory; each kernel re-lays the canonical codes out once, at load time, through
-// relayout_cpu / relayout_mma (round trips tested). A grouped conv (groups > 1, weight
+// the linear layer. Layers: packed_conv_ref (kernels/packed_conv_ref.cpp: naive,
+// float64 sums) -> packed_conv_cpu (kernels/packed_conv_cpu.cpp: AVX-512, AVX2+FMA or
+// scalar micro-kernel picked at run time, OpenMP) and packed_conv_cuda
+// (kernels/packed_conv.cu: fp16 tensor-core implicit GEMM or an fp32 CUDA-core
+// fallback) -> the tensor entry packed_conv2d() (kernels/packed_conv.cpp). The weights
+// stay 2-bit in memory (PackedConvWeight, kernels/packed_weight.h); each kernel re-lays
+// the canonical codes out once, at load time, through relayout_cpu / relayout_mma
+// (kernels/packed_layout.h; round trips tested). A grouped conv (groups > 1, weight
 // [co, ci/groups, kh, kw]; depthwise when ci/groups == 1) keeps the canonical codes of
 // its [co, ci/groups*kh*kw] matrix and one layout per group: the CPU twin runs each
 // group as a conv of its own on channel slices, the CUDA twin takes the group from the
