@@ -43,8 +43,7 @@ class PackedConvWeight {
   float wp() const { return m_wp; }
   float wn() const { return m_wn; }
   Device device() const { return m_device; }
-  const Tensor& codes() const { return m_codes; }  // canonical, on device()
-  const CpuCodeLayout& cpu_layout(int64_t group = 0) const { return m_cpu[static_cast<size_t>(group)]; }
+  const Tensor& codes() const { return m_codes; }                          // canonical, on device()
   const std::vector<CpuCodeLayout>& cpu_layouts() const { return m_cpu; }  // one per group (CPU)
   const std::vector<float>& cpu_lut() const { return m_lut; }
   const Tensor& mma_words() const { return m_mma; }  // U8 view of the uint16 words of every group (CUDA)
