@@ -23,7 +23,6 @@ Tensor accumulate(const Tensor& a, const Tensor& b) {
 }
 }  // namespace
 
-bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : m_prev(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = m_prev; }
 

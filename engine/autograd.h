@@ -32,7 +32,6 @@ struct Node {
   DType output_dtype = DType::F32;
   Device output_device;
   BackwardFn backward;  // cleared after it ran once
-  bool needs_input_grad(size_t i) const { return i < inputs.size() && inputs[i] != nullptr; }
 };
 
 struct AutogradMeta {
@@ -42,8 +41,8 @@ struct AutogradMeta {
   size_t output_nr = 0;
 };
 
-// Gradient mode (thread-local). Ops record only when enabled.
-bool grad_enabled();
+// Gradient mode (thread-local): ops record only when it is on; NoGradGuard turns it
+// off for its scope.
 class NoGradGuard {
  public:
   NoGradGuard();

@@ -311,8 +311,4 @@ void check_dtype(const Tensor& a, DType d, const char* what) {
   TTQ_CHECK(a.dtype() == d) << what << ": expected " << dtype_name(d) << ", got " << dtype_name(a.dtype());
 }
 
-void check_dim(const Tensor& a, int64_t d, const char* what) {
-  TTQ_CHECK(a.dim() == d) << what << ": expected a " << d << "-d tensor, got " << shape_str(a.shape());
-}
-
 }  // namespace ttq

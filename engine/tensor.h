@@ -93,7 +93,6 @@ class Tensor {
   Tensor to(DType dtype) const;
   void copy_(const Tensor& src);  // same shape; any devices / strides; converts dtype
   void fill_(double v);
-  void zero_() { fill_(0); }
 
   // Host reads (copy to the CPU when needed).
   template <class T>
@@ -135,6 +134,5 @@ class Tensor {
 void check_same_shape(const Tensor& a, const Tensor& b, const char* what);
 void check_same_device(const Tensor& a, const Tensor& b, const char* what);
 void check_dtype(const Tensor& a, DType d, const char* what);
-void check_dim(const Tensor& a, int64_t dim, const char* what);
 
 }  // namespace ttq

@@ -1,7 +1,8 @@
 // CUDA twin of the packed 2-bit convolution (kernels/packed_conv.h): an implicit
 // GEMM, output channels x output pixels, K = ci*kh*kw, one launch per conv, no
-// scratch memory (so a whole model can be captured in a CUDA graph). CPU twin and
-// reference: kernels/packed_conv.cpp; tests: tests/test_packed_conv.cpp (CUDA vs CPU);
+// scratch memory (so a whole model can be captured in a CUDA graph). CPU twin:
+// kernels/packed_conv_cpu.cpp; reference: kernels/packed_conv_ref.cpp; weight layouts
+// (relayout_mma): kernels/packed_layout.cpp; tests: tests/test_packed_conv.cpp (CUDA vs CPU);
 // timing: bench/bench_packed_conv.cpp (against cuDNN fp32 and fp16).
 //
 // Layers (docs/architecture.md, "Twins"): __device__ load_input / store_output ->

@@ -1,12 +1,14 @@
 // Convolution on packed 2-bit ternary weights (docs/packed-layout.md):
 //   y = epilogue(conv(prologue(x), Wq)),  Wq[co, k] in {+Wp, 0, -Wn} from 2-bit codes,
 // so each output is Wp * (sum of x over P) - Wn * (sum of x over N). The 1x1 case is
-// the linear layer. Layers: packed_conv_ref (naive, float64 sums) -> packed_conv_cpu
-// (kernels/packed_conv.cpp: AVX-512, AVX2+FMA or scalar micro-kernel picked at run time, OpenMP)
-// and packed_conv_cuda (kernels/packed_conv.cu: fp16 tensor-core implicit GEMM or an
-// fp32 CUDA-core fallback) -> the tensor entry packed_conv2d(). The weights stay 2-bit
-// in memory; each kernel re-lays the canonical codes out once, at load time, through
-// relayout_cpu / relayout_mma (round trips tested). A grouped conv (groups > 1, weight
+// the linear layer. Layers: packed_conv_ref (kernels/packed_conv_ref.cpp: naive,
+// float64 sums) -> packed_conv_cpu (kernels/packed_conv_cpu.cpp: AVX-512, AVX2+FMA or
+// scalar micro-kernel picked at run time, OpenMP) and packed_conv_cuda
+// (kernels/packed_conv.cu: fp16 tensor-core implicit GEMM or an fp32 CUDA-core
+// fallback) -> the tensor entry packed_conv2d() (kernels/packed_conv.cpp). The weights
+// stay 2-bit in memory (PackedConvWeight, kernels/packed_weight.h); each kernel re-lays
+// the canonical codes out once, at load time, through relayout_cpu / relayout_mma
+// (kernels/packed_layout.h; round trips tested). A grouped conv (groups > 1, weight
 // [co, ci/groups, kh, kw]; depthwise when ci/groups == 1) keeps the canonical codes of
 // its [co, ci/groups*kh*kw] matrix and one layout per group: the CPU twin runs each
 // group as a conv of its own on channel slices, the CUDA twin takes the group from the
@@ -18,59 +20,14 @@
 
 #include "engine/backend.h"
 #include "engine/tensor.h"
+#include "kernels/packed_layout.h"
+#include "kernels/packed_weight.h"
 
 #ifdef TTQ_HAS_CUDA
 #include <cuda_runtime.h>
 #endif
 
 namespace ttq::kernels {
-
-// ---- weight layouts ---------------------------------------------------------------
-
-// CPU layout of a [co, k] code matrix (k = ci*kh*kw): rows in blocks of 4 (the
-// micro-kernel's register block), each block keeping, for every k where one of its
-// four codes is non-zero, one byte holding the four codes (row 4b+r in bits 2r..2r+1)
-// and a bit in `mask`. A block's all-zero columns are skipped by the kernel and take
-// no code byte: at most 2 bits per weight plus 1/4 bit of mask.
-struct CpuCodeLayout {
-  int64_t co = 0, k = 0;
-  int64_t blocks = 0;          // ceil(co / 4); rows past co hold code 0
-  int64_t mask_words = 0;      // ceil(k / 64)
-  std::vector<uint64_t> mask;  // [blocks][mask_words], bit k%64 of word k/64
-  std::vector<int64_t> start;  // [blocks + 1]: block b's bytes are codes[start[b], start[b+1])
-  std::vector<uint8_t> codes;  // in increasing k within each block, then one padding byte 0
-};
-// requires canonical holds ceil(co*k/4) bytes in the layout of packed_format.h.
-CpuCodeLayout relayout_cpu(const uint8_t* canonical, int64_t co, int64_t k);
-// The inverse: writes ceil(co*k/4) canonical bytes (padding codes 0).
-void relayout_cpu_to_canonical(const CpuCodeLayout& layout, uint8_t* canonical);
-// A grouped layer: requires groups >= 1 divides co. ensures element g is
-// relayout_cpu of rows [g*co/groups, (g+1)*co/groups) of the [co, k] matrix.
-std::vector<CpuCodeLayout> relayout_cpu_groups(const uint8_t* canonical, int64_t co, int64_t k,
-                                               int64_t groups);
-// ensures the canonical bytes of rows [row0, row0 + rows) of a [*, k] code matrix (a
-// group's own canonical codes; padding codes 0).
-std::vector<uint8_t> canonical_rows(const uint8_t* canonical, int64_t row0, int64_t rows, int64_t k);
-
-// Tensor-core layout: the A operand of mma.m16n8k16 in fragment order. Rows are
-// padded to 16 (m-tiles), k to 16 (k-steps); for m-tile mt and k-step ks, lane L
-// (g = L/4, t = L%4) owns one uint16 at index (mt * ksteps + ks) * 32 + L holding
-// the codes of (row g, k 2t..2t+1), (row g+8, k 2t..2t+1), (row g, k 2t+8..2t+9),
-// (row g+8, k 2t+8..2t+9), 2 bits each, in that order from bit 0: exactly the
-// registers a0..a3 of the instruction, so decoding is a few bit operations.
-// A grouped layer (groups > 1) lays out each group's co/groups rows on their own, one
-// group after another: mtiles = ceil(co/groups / 16) per group, and group g's words
-// start at g * mtiles * ksteps * 32.
-struct MmaCodeLayout {
-  int64_t co = 0, k = 0;  // co: all rows of the layer
-  int64_t groups = 1;
-  int64_t mtiles = 0, ksteps = 0;  // per group
-  std::vector<uint16_t> words;     // [groups][mtiles][ksteps][32]
-  int64_t group_words() const { return mtiles * ksteps * 32; }
-};
-// requires groups >= 1 divides co.
-MmaCodeLayout relayout_mma(const uint8_t* canonical, int64_t co, int64_t k, int64_t groups = 1);
-void relayout_mma_to_canonical(const MmaCodeLayout& layout, uint8_t* canonical);
 
 // ---- the operation ------------------------------------------------------------------
 
@@ -154,8 +111,6 @@ void packed_conv_cpu(const PackedConvArgs& args, const CpuCodeLayout& layout, co
 // when there are many small ones, else each group's conv is itself multithreaded.
 void packed_conv_cpu(const PackedConvArgs& args, const std::vector<CpuCodeLayout>& group_layouts,
                      const float* lut, CpuIsa isa = CpuIsa::Auto);
-// lut[byte * 4 + r] = value of code r of `byte`: +wp, -wn or 0 (code 3: 0).
-std::vector<float> cpu_code_lut(float wp, float wn);
 
 // Which CUDA kernel runs: Auto picks the tensor cores when supported.
 enum class CudaPath : uint8_t { Auto, TensorCore, Simt };
@@ -177,56 +132,6 @@ void packed_conv_cuda(const PackedConvArgs& args, const uint8_t* canonical, cons
 #endif
 
 // ---- tensor entries -----------------------------------------------------------------
-
-// One quantized conv layer held packed on one device: the canonical codes plus the
-// layout the device's kernel reads (CPU: one CpuCodeLayout per group + LUT; CUDA:
-// canonical bytes and the fragment-order words of every group, both on the device).
-class PackedConvWeight {
- public:
-  PackedConvWeight() = default;
-  // requires weight_shape [co, ci/groups, kh, kw]; codes: U8 [ceil(numel / 4)] canonical
-  // bytes of that shape (any device; the layout does not depend on groups), no code 3
-  // among the first numel, groups >= 1 dividing co (throws ttq::InputError naming `what`
-  // otherwise), wp and wn finite. ensures the layouts for `device` are built.
-  static PackedConvWeight from_codes(const Tensor& codes, const Shape& weight_shape, float wp, float wn,
-                                     Device device, const std::string& what = "packed weight",
-                                     int64_t groups = 1);
-  // Packs dense ternary values ({+a, 0, -b} per tensor; F32 [co, ci/groups, kh, kw]); used
-  // by tests and benchmarks. Throws ttq::InputError naming `what` on a fourth value.
-  static PackedConvWeight from_dense(const Tensor& weight, Device device, const std::string& what = "weight",
-                                     int64_t groups = 1);
-
-  bool defined() const { return m_codes.defined(); }
-  const Shape& weight_shape() const { return m_shape; }  // [co, ci/groups, kh, kw]
-  int64_t co() const { return m_shape[0]; }
-  int64_t ci() const { return m_shape[1] * m_groups; }  // input channels of the conv
-  int64_t ci_per_group() const { return m_shape[1]; }
-  int64_t groups() const { return m_groups; }
-  int64_t kh() const { return m_shape[2]; }
-  int64_t kw() const { return m_shape[3]; }
-  float wp() const { return m_wp; }
-  float wn() const { return m_wn; }
-  Device device() const { return m_device; }
-  const Tensor& codes() const { return m_codes; }  // canonical, on device()
-  const CpuCodeLayout& cpu_layout(int64_t group = 0) const { return m_cpu[static_cast<size_t>(group)]; }
-  const std::vector<CpuCodeLayout>& cpu_layouts() const { return m_cpu; }  // one per group (CPU)
-  const std::vector<float>& cpu_lut() const { return m_lut; }
-  const Tensor& mma_words() const { return m_mma; }  // U8 view of the uint16 words of every group (CUDA)
-  // The dense F32 weight these codes stand for (on device()).
-  Tensor decode() const;
-  // Bytes the device holds for this layer (codes and kernel layout).
-  int64_t bytes() const;
-
- private:
-  Shape m_shape;
-  int64_t m_groups = 1;
-  float m_wp = 1, m_wn = 1;
-  Device m_device;
-  Tensor m_codes;
-  std::vector<CpuCodeLayout> m_cpu;
-  std::vector<float> m_lut;
-  Tensor m_mma;
-};
 
 // Tensor-level options. pre_* / post_* are F32 [ci] / [co] on the weight's device
 // (undefined = absent); residual has y's shape. The group count is the weight's.

@@ -55,8 +55,6 @@ constexpr TTQ_PACK_HD uint8_t code_of(float w, float delta) {
 constexpr TTQ_PACK_HD float value_of(uint8_t code, float wp, float wn) {
   return code == kPos ? wp : (code == kNeg ? -wn : 0.0f);
 }
-// Sign of a code as an integer in {-1, 0, +1}.
-constexpr TTQ_PACK_HD int sign_of(uint8_t code) { return code == kPos ? 1 : (code == kNeg ? -1 : 0); }
 
 static_assert(packed_bytes(0) == 0 && packed_bytes(1) == 1 && packed_bytes(4) == 1 && packed_bytes(5) == 2);
 static_assert(pack4(kPos, kNeg, kZero, kPos) == 0b01'00'10'01);

@@ -1,5 +1,5 @@
-// CPU ReLU forward / backward (OpenMP, vectorised). Reference: the RELU cases
-// of tests/test_backend_ops.cpp.
+// CPU ReLU forward / backward (OpenMP, vectorised). CUDA twin:
+// engine/cuda/activation.cu. Reference: the RELU cases of tests/test_backend_ops.cpp.
 #include "engine/backend.h"
 
 namespace ttq::cpu {

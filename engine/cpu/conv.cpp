@@ -1,7 +1,7 @@
 // CPU conv2d (cross-correlation with stride, padding, dilation and groups): im2col +
 // BLAS GEMM, one GEMM per group. A 1x1 / stride 1 / pad 0 convolution is a plain
 // GEMM on the input plane; a depthwise conv (groups > 1, one input channel per group)
-// runs direct loops.
+// runs direct loops. CUDA twin: engine/cuda/conv.cu.
 // Reference: the naive loops in tests/backend_ops_cases.h (CONV2D and GROUPED_CONV2D
 // cases of tests/test_backend_ops.cpp); timing: bench/bench_conv_cpu.cpp.
 //

@@ -1,7 +1,7 @@
 // CPU copy (any strides, dtype conversion) and fill. Views that share a dense
 // inner block (a channel slice of an NCHW buffer: concat, narrow) copy block by
-// block with memcpy. Tested through tests/test_tensor.cpp and the CONCAT /
-// NARROW cases of tests/test_backend_ops.cpp.
+// block with memcpy. CUDA twin: engine/cuda/copy.cu. Tested through
+// tests/test_tensor.cpp and the CONCAT / NARROW cases of tests/test_backend_ops.cpp.
 #include <algorithm>
 #include <cstring>
 

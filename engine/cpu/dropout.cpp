@@ -1,6 +1,6 @@
 // CPU inverted dropout. The mask comes from the counter-based generator in
 // engine/rng.h (element i draws uniform_f32(seed, offset + i)), so the CUDA
-// twin produces the same mask. Reference: the DROPOUT cases and the dropout
+// twin (engine/cuda/dropout.cu) produces the same mask. Reference: the DROPOUT cases and the dropout
 // statistics test of tests/test_backend_ops.cpp.
 #include <algorithm>
 #include <type_traits>

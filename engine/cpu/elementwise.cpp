@@ -1,5 +1,6 @@
-// CPU elementwise ops and full reductions (OpenMP over contiguous data; strided
-// inputs are made contiguous first).
+// CPU elementwise ops and full reductions: binary, axpby, sum_all (OpenMP over
+// contiguous data; strided inputs are made contiguous first). CUDA twin:
+// engine/cuda/elementwise.cu. Tested by tests/test_backend_ops.cpp.
 #include "engine/backend.h"
 #include "engine/cpu/strided.h"
 

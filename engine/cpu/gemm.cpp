@@ -1,6 +1,7 @@
 // CPU GEMM: oneDNN's sgemm where the build found it (else OpenBLAS) for float,
 // OpenBLAS for double; single-threaded per call, with OpenMP splitting C into
-// row or column blocks (see the threading policy in engine/cpu/blas.h).
+// row or column blocks (see the threading policy in engine/cpu/blas.h). CUDA
+// twin: engine/cuda/gemm.cu.
 // Reference and tests: the GEMM / LINEAR / MATMUL cases of tests/test_backend_ops.cpp.
 #include <algorithm>
 #include <mutex>

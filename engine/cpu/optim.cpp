@@ -1,7 +1,8 @@
 // CPU sgd_step / adam_step (engine/backend.h): in-place optimiser updates with
 // PyTorch's exact arithmetic order, in the parameter's dtype, so that float32
 // trajectories match torch.optim to rounding. Front end and the formulas:
-// engine/optim/optimizer.h. Tests: tests/test_optim.cpp.
+// engine/optim/optimizer.h. CUDA twin: engine/cuda/optim.cu. Tests:
+// tests/test_optim.cpp.
 #include <cmath>
 
 #include "engine/backend.h"

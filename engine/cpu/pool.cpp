@@ -1,7 +1,8 @@
 // CPU max / average 2-D pooling with PyTorch's output-size and divisor rules
 // (padding, ceil_mode, count_include_pad), and ttq::pool_out_size.
-// OpenMP over (n, c) planes. Reference: the MAX_POOL2D / AVG_POOL2D cases of
-// tests/test_backend_ops.cpp, with hand-computed output sizes.
+// OpenMP over (n, c) planes. CUDA twin: engine/cuda/pool.cu. Reference: the
+// MAX_POOL2D / AVG_POOL2D cases of tests/test_backend_ops.cpp, with hand-computed
+// output sizes.
 #include <algorithm>
 #include <cmath>
 #include <limits>

@@ -1,5 +1,5 @@
 // CUDA batch norm (per channel over N, H, W) through cuDNN's spatial batch
-// normalisation. CPU twin: engine/cpu/batchnorm.cpp; tested by
+// normalisation. CPU twin: engine/cpu/batch_norm.cpp; tested by
 // tests/test_backend_ops.cpp and tests/test_cuda_train_step.cpp.
 //
 // PyTorch semantics hold as they are: cuDNN normalises with the biased batch

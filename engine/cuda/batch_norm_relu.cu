@@ -1,6 +1,6 @@
 // CUDA fused BatchNorm2d (training) + ReLU over a channel concatenation that is
 // never materialised: the BN of ops::dense_bottleneck (engine/ops/dense.cpp).
-// CPU twin: the batch_norm_relu_* functions of engine/cpu/batchnorm.cpp, the
+// CPU twin: the batch_norm_relu_* functions of engine/cpu/batch_norm.cpp, the
 // same per-channel algorithm (statistics shifted by the channel's first value
 // and summed in double, the per-element maps rounded in T exactly as written,
 // no contraction); tested against it by the DENSE_BOTTLENECK cases of

@@ -1,13 +1,15 @@
-// The one launch helper for elementwise CUDA kernels and the strided-index
-// functor they share. A kernel body is a functor `f(i)` over a flat index
-// i in [0, n); launch_elementwise() runs it in a grid-stride loop, returns on
-// n == 0 and checks the launch. Used by every engine/cuda/*.cu file.
+// The one launch helper for elementwise CUDA kernels, the strided-index
+// functor they share and the view helpers that choose between it and the
+// identity. A kernel body is a functor `f(i)` over a flat index i in [0, n);
+// launch_elementwise() runs it in a grid-stride loop, returns on n == 0 and
+// checks the launch. Used by every engine/cuda/*.cu file.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "engine/cuda/check.h"
@@ -91,5 +93,16 @@ inline StridedIndex make_strided_index(const Tensor& t) { return make_strided_in
 struct ContiguousIndex {
   __host__ __device__ __forceinline__ int64_t operator()(int64_t i) const { return i; }
 };
+
+// True when every defined tensor of `ts` is contiguous (a kernel can then index
+// all of them with ContiguousIndex).
+inline bool all_contiguous(std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    if (t->defined() && !t->is_contiguous()) return false;
+  return true;
+}
+
+// The StridedIndex of a view; an empty one for an undefined tensor.
+inline StridedIndex index_of(const Tensor& t) { return t.defined() ? make_strided_index(t) : StridedIndex{}; }
 
 }  // namespace ttq::cuda

@@ -1,5 +1,5 @@
 // CUDA log-softmax, NLL loss and the fused cross-entropy backward over [N, C]
-// rows. CPU twin: engine/cpu/softmax.cpp; tested by tests/test_backend_ops.cpp.
+// rows. CPU twin: engine/cpu/loss.cpp; tested by tests/test_backend_ops.cpp.
 //
 // log_softmax: one warp per row (C is 10 to 1000 here), max and sum of
 // exp(x - max) by butterfly reductions in double, as the CPU's row sums, so

@@ -56,14 +56,4 @@ __device__ __forceinline__ T block_reduce(T v, Op op, T identity, T* scratch) {
   return v;
 }
 
-// As block_reduce, but every thread receives the result.
-template <int kThreads, class T, class Op>
-__device__ __forceinline__ T block_allreduce(T v, Op op, T identity, T* scratch) {
-  v = block_reduce<kThreads>(v, op, identity, scratch);
-  __syncthreads();
-  if (threadIdx.x == 0) scratch[0] = v;
-  __syncthreads();
-  return scratch[0];
-}
-
 }  // namespace ttq::cuda

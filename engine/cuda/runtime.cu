@@ -337,11 +337,6 @@ void memcpy_h2d_async(void* dst, const void* src, size_t nbytes) {
       cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(current_stream())));
 }
 
-void memset_zero(void* dst, size_t nbytes) {
-  if (nbytes == 0) return;
-  TTQ_CUDA_CHECK(cudaMemsetAsync(dst, 0, nbytes, static_cast<cudaStream_t>(current_stream())));
-}
-
 // ---- stream events -------------------------------------------------------------
 
 StreamEvent::~StreamEvent() {

@@ -97,7 +97,6 @@ void memcpy(void* dst, const void* src, size_t nbytes, CopyKind kind);
 // Host-to-device copy that returns at once: `src` must be pinned and must not
 // be modified until the stream has reached the copy (PinnedBuffer tracks this).
 void memcpy_h2d_async(void* dst, const void* src, size_t nbytes);
-void memset_zero(void* dst, size_t nbytes);
 
 // A marker in the compute stream: record() notes the work queued so far on
 // the current device; synchronize() blocks until it is done. With

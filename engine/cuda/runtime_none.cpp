@@ -41,7 +41,6 @@ void CapturedWork::launch() { TTQ_THROW() << "this build has no CUDA backend"; }
 void CapturedWork::release() noexcept {}
 void memcpy(void*, const void*, size_t, CopyKind) { TTQ_THROW() << "this build has no CUDA backend"; }
 void memcpy_h2d_async(void*, const void*, size_t) { TTQ_THROW() << "this build has no CUDA backend"; }
-void memset_zero(void*, size_t) { TTQ_THROW() << "this build has no CUDA backend"; }
 
 StreamEvent::~StreamEvent() = default;
 StreamEvent::StreamEvent(StreamEvent&& o) noexcept : m_event(std::exchange(o.m_event, nullptr)) {}

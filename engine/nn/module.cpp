@@ -83,18 +83,6 @@ Tensor& Module::parameter(const std::string& name) {
   TTQ_THROW() << this->name() << ": no parameter '" << name << "'";
 }
 
-Tensor& Module::buffer(const std::string& name) {
-  for (auto& e : m_buffers)
-    if (e.name == name) return *e.tensor;
-  TTQ_THROW() << this->name() << ": no buffer '" << name << "'";
-}
-
-std::shared_ptr<Module> Module::child(const std::string& name) const {
-  for (const auto& e : m_children)
-    if (e.first == name) return e.second;
-  TTQ_THROW() << this->name() << ": no child '" << name << "'";
-}
-
 void Module::replace_child(const std::string& name, std::shared_ptr<Module> module) {
   TTQ_CHECK(module != nullptr) << this->name() << ": replacement for '" << name << "' is null";
   for (auto& e : m_children) {
@@ -148,10 +136,6 @@ std::vector<std::pair<std::string, Module*>> Module::named_modules() {
   std::vector<const Module*> seen;
   collect_modules("", out, seen);
   return out;
-}
-
-std::vector<std::pair<std::string, std::shared_ptr<Module>>> Module::named_children() const {
-  return m_children;
 }
 
 std::vector<Tensor> Module::parameters() {

@@ -64,8 +64,6 @@ class Module {
   bool has_buffer(const std::string& name) const;
   bool has_child(const std::string& name) const;
   Tensor& parameter(const std::string& name);
-  Tensor& buffer(const std::string& name);
-  std::shared_ptr<Module> child(const std::string& name) const;
   // Replaces the child registered under `name` (same position in the order).
   void replace_child(const std::string& name, std::shared_ptr<Module> module);
 
@@ -75,7 +73,6 @@ class Module {
   // Self first under "" (as PyTorch), then every descendant, depth first; a module
   // registered twice is listed once.
   std::vector<std::pair<std::string, Module*>> named_modules();
-  std::vector<std::pair<std::string, std::shared_ptr<Module>>> named_children() const;
   // Handles sharing storage and autograd state with the slots (what optimizers take).
   std::vector<Tensor> parameters();
   // Total element count of all parameters (buffers excluded), as PyTorch's

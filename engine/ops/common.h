@@ -16,7 +16,6 @@ namespace ttq::ops::detail {
 // Uninitialised output of an op; NaN-filled (floats) or 0xAB-patterned
 // (integers) when output poisoning is on (ops::set_poison_outputs).
 Tensor new_output(const Shape& shape, DType dtype, Device device);
-inline Tensor new_like(const Tensor& t) { return new_output(t.shape(), t.dtype(), t.device()); }
 
 // "conv2d: x [2, 3, 7, 7]" style operand description.
 std::string describe(const char* name, const Tensor& t);

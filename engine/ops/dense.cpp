@@ -6,7 +6,7 @@
 //   gw  = corr(z, g)                          conv2d_backward_filter
 //   gz  = conv_transpose(g, w)                conv2d_backward_data
 //   gx_i, gbn_w, gbn_b = batch_norm_relu_backward(gz, z, ...)  (written per part)
-// Backends: batch_norm_relu_* (engine/cpu/batchnorm.cpp, engine/cuda/batch_norm_relu.cu)
+// Backends: batch_norm_relu_* (engine/cpu/batch_norm.cpp, engine/cuda/batch_norm_relu.cu)
 // and the conv2d calls. Tested by the DENSE_BOTTLENECK cases of
 // tests/test_backend_ops.cpp and against the naive graph in tests/test_models.cpp.
 #include "engine/ops/common.h"

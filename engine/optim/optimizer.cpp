@@ -264,13 +264,6 @@ void Optimizer::load_state(const std::map<std::string, Tensor>& tensors,
   apply_scalars(scalars);
 }
 
-void Optimizer::load_state_tensors(const std::map<std::string, Tensor>& tensors, const std::string& source) {
-  std::vector<std::string> errors;
-  validate_tensors(tensors, errors);
-  if (!errors.empty()) report(source, errors);
-  apply_tensors(tensors);
-}
-
 void Optimizer::load_state_scalars(const std::map<std::string, double>& scalars, const std::string& source) {
   std::vector<std::string> errors;
   validate_scalars(scalars, errors);

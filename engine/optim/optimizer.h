@@ -74,7 +74,6 @@ class Optimizer {
   // device and dtype.
   void load_state(const std::map<std::string, Tensor>& tensors, const std::map<std::string, double>& scalars,
                   const std::string& source = "");
-  void load_state_tensors(const std::map<std::string, Tensor>& tensors, const std::string& source = "");
   void load_state_scalars(const std::map<std::string, double>& scalars, const std::string& source = "");
 
   virtual std::string name() const = 0;

@@ -1,8 +1,10 @@
 // CPU BatchNorm2d (PyTorch semantics): training forward with running-stat
 // update, eval forward, the training backward, and the fused BN+ReLU
 // (batch_norm_relu_*, engine/backend.h) over an unmaterialised channel
-// concatenation that ops::dense_bottleneck runs; its CUDA twin is
-// engine/cuda/batch_norm_relu.cu (cuDNN's batch_norm.cu for the rest).
+// concatenation that ops::dense_bottleneck runs. CUDA twins:
+// engine/cuda/batch_norm.cu (cuDNN) for the plain ops and
+// engine/cuda/batch_norm_relu.cu for the fused ones; on the CPU both run the same
+// kernels below (a plain op is the one-part, no-ReLU case), hence one file.
 // OpenMP over channels; statistics accumulate in double. Reference: the
 // BATCH_NORM2D / DENSE_BOTTLENECK cases and the running-stats tests of
 // tests/test_backend_ops.cpp; the fused variants are bit-identical to the

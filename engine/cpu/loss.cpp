@@ -1,6 +1,7 @@
 // CPU row-wise log-softmax over [N,C], the mean negative log-likelihood and
-// the fused cross-entropy gradient. Row sums in double. Reference: the
-// LOG_SOFTMAX / CROSS_ENTROPY cases of tests/test_backend_ops.cpp.
+// the fused cross-entropy gradient. Row sums in double. CUDA twin:
+// engine/cuda/loss.cu. Reference: the LOG_SOFTMAX / CROSS_ENTROPY cases of
+// tests/test_backend_ops.cpp.
 #include <cmath>
 
 #include "engine/backend.h"
