@@ -9,8 +9,8 @@
 
 #include "data/dataset.h"
 #include "engine/autograd.h"
-#include "engine/ops/ops.h"
 #include "engine/io/write_file.h"
+#include "engine/ops/ops.h"
 #include "models/model_file.h"
 #include "models/packed.h"
 
@@ -26,7 +26,8 @@ namespace {
 
 // The input tensor of tensor mode: F32 (F64 converted) [N, C, H, W], checked
 // against the model's input by `check` (a message naming the file and tensor).
-Tensor read_input_tensor(const TensorInferOptions& o, const std::function<void(const Shape&, const std::string&)>& check) {
+Tensor read_input_tensor(const TensorInferOptions& o,
+                         const std::function<void(const Shape&, const std::string&)>& check) {
   io::SafeTensors in = io::read_safetensors(o.input_path);
   TTQ_INPUT_CHECK(in.contains(o.input_name))
       << o.input_path << ": no tensor named " << io::quoted_name(o.input_name);
@@ -56,7 +57,8 @@ Tensor run_tensor_inference(const TensorInferOptions& o, std::ostream& log) {
     // The packed 2-bit kernels run the deployed file itself.
     io::SafeTensors st = io::read_safetensors(o.model_path);
     auto model = PackedModel::from_tensors(st.tensors(), st.metadata(), o.arch, Device::cpu(), o.model_path);
-    const Tensor x = read_input_tensor(o, [&](const Shape& s, const std::string& w) { model->check_input(s, w); });
+    const Tensor x =
+        read_input_tensor(o, [&](const Shape& s, const std::string& w) { model->check_input(s, w); });
     device = pick_device(o.device, log);
     if (device.is_cuda())
       model = PackedModel::from_tensors(st.tensors(), st.metadata(), o.arch, device, o.model_path);
@@ -65,7 +67,8 @@ Tensor run_tensor_inference(const TensorInferOptions& o, std::ostream& log) {
     out_meta["format"] = models::kPackedFormat;
   } else {
     ModelPtr model = load_model_file(o.model_path, o.arch, Device::cpu());
-    const Tensor x = read_input_tensor(o, [&](const Shape& s, const std::string& w) { model->check_input(s, w); });
+    const Tensor x =
+        read_input_tensor(o, [&](const Shape& s, const std::string& w) { model->check_input(s, w); });
     device = pick_device(o.device, log);
     model->to(device);
     autograd::NoGradGuard no_grad;
@@ -93,13 +96,14 @@ int preprocess_int(const nlohmann::json& j, const char* key, int lo, int hi, con
 // make sense for images (1 or 3 channels, the model's) and for the model (a crop
 // the architecture accepts, checked by the caller); mean finite, std finite and
 // positive (it divides).
-data::Preprocess preprocess_from(const io::Metadata& meta, const ModelConfig& config, const std::string& path) {
+data::Preprocess preprocess_from(const io::Metadata& meta, const ModelConfig& config,
+                                 const std::string& path) {
   TTQ_INPUT_CHECK(config.in_channels == 1 || config.in_channels == 3)
       << path << ": the model takes " << config.in_channels
       << " input channels; image files are read as 1 (gray) or 3 (RGB)";
   auto it = meta.find("preprocess");
-  data::Preprocess p = data::Preprocess::for_input(static_cast<int>(config.in_channels),
-                                                   static_cast<int>(config.input_size));
+  data::Preprocess p =
+      data::Preprocess::for_input(static_cast<int>(config.in_channels), static_cast<int>(config.input_size));
   if (it == meta.end()) return p;
   try {
     auto j = nlohmann::json::parse(it->second);

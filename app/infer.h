@@ -38,10 +38,10 @@ struct ImageInferOptions {
 
 struct ImagePrediction {
   std::string path;
-  std::vector<int64_t> classes;             // best first
-  std::vector<double> probabilities;        // softmax of the logits
-  std::vector<std::string> names;           // class names (wnid, folder or label name)
-  std::vector<std::string> descriptions;    // human-readable names where known, else the names
+  std::vector<int64_t> classes;           // best first
+  std::vector<double> probabilities;      // softmax of the logits
+  std::vector<std::string> names;         // class names (wnid, folder or label name)
+  std::vector<std::string> descriptions;  // human-readable names where known, else the names
 };
 
 // Image mode: each image is preprocessed as validation does for the model (the

@@ -154,8 +154,8 @@ void register_all() {
       if (kernels::cpu_isa_auto() == kernels::CpuIsa::Avx512) {
         models::PackedRunOptions avx2;
         avx2.cpu_isa = kernels::CpuIsa::Avx2;
-        benchmark::RegisterBenchmark(("packed_avx2_cpu" + base).c_str(), bm_packed, arch, n, Device::cpu(), avx2,
-                                     1e-4)
+        benchmark::RegisterBenchmark(("packed_avx2_cpu" + base).c_str(), bm_packed, arch, n, Device::cpu(),
+                                     avx2, 1e-4)
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime()
             ->MinTime(0.5);

@@ -49,16 +49,29 @@ void train_step(benchmark::State& state, const std::string& arch, ttq::Device de
 }  // namespace
 
 BENCHMARK_CAPTURE(train_step, small_densenet_cpu, std::string("small_densenet"), ttq::Device::cpu())
-    ->Args({32, 56})->Unit(benchmark::kMillisecond)->UseRealTime();
+    ->Args({32, 56})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(train_step, squeezenet_cpu, std::string("squeezenet"), ttq::Device::cpu())
-    ->Args({32, 56})->Unit(benchmark::kMillisecond)->UseRealTime();
+    ->Args({32, 56})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(train_step, densenet121_cpu, std::string("densenet121"), ttq::Device::cpu())
-    ->Args({16, 56})->Unit(benchmark::kMillisecond)->UseRealTime();
+    ->Args({16, 56})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(train_step, small_densenet_cuda, std::string("small_densenet"), ttq::Device::cuda(0))
-    ->Args({32, 56})->Args({128, 56})->Unit(benchmark::kMillisecond)->UseRealTime();
+    ->Args({32, 56})
+    ->Args({128, 56})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(train_step, squeezenet_cuda, std::string("squeezenet"), ttq::Device::cuda(0))
-    ->Args({128, 56})->Unit(benchmark::kMillisecond)->UseRealTime();
+    ->Args({128, 56})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(train_step, densenet121_cuda, std::string("densenet121"), ttq::Device::cuda(0))
-    ->Args({64, 56})->Unit(benchmark::kMillisecond)->UseRealTime();
+    ->Args({64, 56})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -246,14 +246,10 @@ Image enhance_sharpness(const Image& img, double factor) {
 
 Image enhance(const Image& img, Enhancer which, double factor) {
   switch (which) {
-    case kColor:
-      return enhance_color(img, factor);
-    case kContrast:
-      return enhance_contrast(img, factor);
-    case kBrightness:
-      return enhance_brightness(img, factor);
-    case kSharpness:
-      return enhance_sharpness(img, factor);
+    case kColor: return enhance_color(img, factor);
+    case kContrast: return enhance_contrast(img, factor);
+    case kBrightness: return enhance_brightness(img, factor);
+    case kSharpness: return enhance_sharpness(img, factor);
   }
   TTQ_THROW() << "enhance: unknown enhancer " << int(which);
 }

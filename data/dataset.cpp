@@ -280,8 +280,8 @@ DecodeResult IdxDataset::decode(int64_t i, Image* out) const {
 SubsetDataset::SubsetDataset(std::shared_ptr<const Dataset> base, std::vector<int64_t> indices)
     : m_base(std::move(base)), m_indices(std::move(indices)) {
   for (int64_t i : m_indices) {
-    TTQ_CHECK(i >= 0 && i < m_base->size()) << "SubsetDataset: index " << i << " outside [0, " << m_base->size()
-                                            << ")";
+    TTQ_CHECK(i >= 0 && i < m_base->size())
+        << "SubsetDataset: index " << i << " outside [0, " << m_base->size() << ")";
   }
   m_class_names = m_base->class_names();
   m_class_descriptions = m_base->class_descriptions();
@@ -454,8 +454,8 @@ Splits open_tiny_imagenet(const std::string& root_str, const SplitOptions& split
   Splits s;
   auto full_train = std::make_shared<ImageFileDataset>(std::move(train_items), classes.wnids,
                                                        classes.descriptions, 3, 64, true);
-  s.test = std::make_shared<ImageFileDataset>(std::move(val_items), classes.wnids, classes.descriptions, 3, 64,
-                                              true);
+  s.test = std::make_shared<ImageFileDataset>(std::move(val_items), classes.wnids, classes.descriptions, 3,
+                                              64, true);
   s.test_from = (root / "val").string() + " (the official validation images; the test images have no labels)";
   s.all = std::make_shared<ConcatDataset>(std::vector<std::shared_ptr<const Dataset>>{full_train, s.test});
   hold_out_val(s, full_train, split);
@@ -527,8 +527,8 @@ Splits open_idx_folder(const std::string& dir_str, const std::vector<std::string
   s.test = std::make_shared<IdxDataset>(find_idx(dir, "t10k-images-idx3-ubyte"),
                                         find_idx(dir, "t10k-labels-idx1-ubyte"), class_names);
   TTQ_INPUT_CHECK(s.test->image_size() == full_train->image_size())
-      << dir.string() << ": the t10k images are " << s.test->image_size() << " pixels square, the training images "
-      << full_train->image_size();
+      << dir.string() << ": the t10k images are " << s.test->image_size()
+      << " pixels square, the training images " << full_train->image_size();
   s.test_from = find_idx(dir, "t10k-images-idx3-ubyte");
   s.all = std::make_shared<ConcatDataset>(std::vector<std::shared_ptr<const Dataset>>{full_train, s.test});
   hold_out_val(s, full_train, split);
@@ -550,14 +550,10 @@ const std::vector<std::string>& mnist_classes() {
 
 std::string DataSpec::str() const {
   switch (kind) {
-    case Kind::FashionMnist:
-      return "fashion-mnist:" + dir;
-    case Kind::Mnist:
-      return "mnist:" + dir;
-    case Kind::TinyImageNet:
-      return "tiny-imagenet:" + dir;
-    case Kind::Folder:
-      return "folder:" + dir;
+    case Kind::FashionMnist: return "fashion-mnist:" + dir;
+    case Kind::Mnist: return "mnist:" + dir;
+    case Kind::TinyImageNet: return "tiny-imagenet:" + dir;
+    case Kind::Folder: return "folder:" + dir;
   }
   return "?";
 }
@@ -591,14 +587,10 @@ DataSpec parse_data_spec(std::string_view spec) {
 
 Splits open_data(const DataSpec& spec, int image_size, const SplitOptions& split) {
   switch (spec.kind) {
-    case DataSpec::Kind::FashionMnist:
-      return open_idx_folder(spec.dir, fashion_mnist_classes(), split);
-    case DataSpec::Kind::Mnist:
-      return open_idx_folder(spec.dir, mnist_classes(), split);
-    case DataSpec::Kind::TinyImageNet:
-      return open_tiny_imagenet(spec.dir, split);
-    case DataSpec::Kind::Folder:
-      return open_folder_splits(spec.dir, image_size, split);
+    case DataSpec::Kind::FashionMnist: return open_idx_folder(spec.dir, fashion_mnist_classes(), split);
+    case DataSpec::Kind::Mnist: return open_idx_folder(spec.dir, mnist_classes(), split);
+    case DataSpec::Kind::TinyImageNet: return open_tiny_imagenet(spec.dir, split);
+    case DataSpec::Kind::Folder: return open_folder_splits(spec.dir, image_size, split);
   }
   TTQ_THROW() << "open_data: unknown kind";
 }
@@ -612,12 +604,8 @@ Preprocess preprocess_for(const DataSpec& spec) {
 ClassNames class_names_for(const DataSpec& spec) {
   ClassNames c;
   switch (spec.kind) {
-    case DataSpec::Kind::FashionMnist:
-      c.names = fashion_mnist_classes();
-      break;
-    case DataSpec::Kind::Mnist:
-      c.names = mnist_classes();
-      break;
+    case DataSpec::Kind::FashionMnist: c.names = fashion_mnist_classes(); break;
+    case DataSpec::Kind::Mnist: c.names = mnist_classes(); break;
     case DataSpec::Kind::TinyImageNet: {
       TinyClasses t = tiny_imagenet_classes(spec.dir);
       c.names = std::move(t.wnids);

@@ -17,8 +17,8 @@
 //
 // Size policy. Tiny ImageNet and IDX data have a fixed size: a Tiny ImageNet
 // image that is not 64x64 is reported and skipped, IDX images must be
-// kIdxImageSize square (28x28) or the files are refused. Image folders accept any size: images are resized (shorter side to the
-// image size, triangle filter, centre square) with resize_cover().
+// kIdxImageSize square (28x28) or the files are refused. Image folders accept any size: images are resized
+// (shorter side to the image size, triangle filter, centre square) with resize_cover().
 #pragma once
 
 #include <cstdint>

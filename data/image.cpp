@@ -287,8 +287,8 @@ DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image*
   }
   max_pixels = std::min(max_pixels, kMaxImagePixels);
   if (w > kMaxImageSide || h > kMaxImageSide || int64_t(w) * h > max_pixels) {
-    const std::string limit = max_pixels % (1 << 20) == 0 ? std::to_string(max_pixels >> 20) + " M"
-                                                            : std::to_string(max_pixels);
+    const std::string limit =
+        max_pixels % (1 << 20) == 0 ? std::to_string(max_pixels >> 20) + " M" : std::to_string(max_pixels);
     return {false, "image too large: " + std::to_string(w) + "x" + std::to_string(h) + " (at most " + limit +
                        " pixels and " + std::to_string(kMaxImageSide) + " pixels a side)"};
   }

@@ -111,7 +111,8 @@ void backward(const Tensor& root, const Tensor& grad) {
                            << "' a second time: the graph is freed after backward";
     gouts.resize(n->num_outputs);
     for (size_t i = 0; i < gouts.size(); ++i) {
-      if (!gouts[i].defined()) gouts[i] = Tensor::zeros(n->output_shapes[i], n->output_dtype, n->output_device);
+      if (!gouts[i].defined())
+        gouts[i] = Tensor::zeros(n->output_shapes[i], n->output_dtype, n->output_device);
     }
     std::vector<Tensor> gins = n->backward(gouts);
     n->backward = nullptr;  // frees the saved tensors

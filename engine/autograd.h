@@ -60,8 +60,8 @@ bool any_requires_grad(const std::vector<Tensor>& inputs);
 
 // Attaches a node to `outputs` (which become non-leaf tensors requiring grad).
 // `backward` returns one tensor per input (undefined where no gradient flows).
-void record(const char* name, const std::vector<const Tensor*>& inputs,
-            const std::vector<Tensor*>& outputs, BackwardFn backward);
+void record(const char* name, const std::vector<const Tensor*>& inputs, const std::vector<Tensor*>& outputs,
+            BackwardFn backward);
 
 // Runs reverse mode from `root` with seed gradient `grad` (same shape as root).
 void backward(const Tensor& root, const Tensor& grad);

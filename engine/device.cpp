@@ -8,9 +8,7 @@
 
 namespace ttq {
 
-std::string Device::str() const {
-  return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(index);
-}
+std::string Device::str() const { return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(index); }
 
 Device Device::parse(std::string_view s) {
   if (s == "cpu") return cpu();

@@ -17,7 +17,9 @@ struct Device {
   static Device cuda(int i = 0) { return {DeviceType::CUDA, i}; }
   bool is_cpu() const { return type == DeviceType::CPU; }
   bool is_cuda() const { return type == DeviceType::CUDA; }
-  bool operator==(const Device& o) const { return type == o.type && (type == DeviceType::CPU || index == o.index); }
+  bool operator==(const Device& o) const {
+    return type == o.type && (type == DeviceType::CPU || index == o.index);
+  }
   bool operator!=(const Device& o) const { return !(*this == o); }
   std::string str() const;
   // "cpu", "cuda", "cuda:1". Throws ttq::InputError on anything else.

@@ -55,23 +55,25 @@ class ErrorBuilder {
 
 struct Thrower {
   template <class E>
-  [[noreturn]] void operator&(const ErrorBuilder<E>& b) const { b.throw_now(); }
+  [[noreturn]] void operator&(const ErrorBuilder<E>& b) const {
+    b.throw_now();
+  }
 };
 
 }  // namespace detail
 }  // namespace ttq
 
 // TTQ_CHECK(cond) << "details";   throws ttq::Error when cond is false.
-#define TTQ_CHECK(cond)                  \
-  if (__builtin_expect(!!(cond), 1)) {   \
-  } else                                 \
+#define TTQ_CHECK(cond)                \
+  if (__builtin_expect(!!(cond), 1)) { \
+  } else                               \
     ::ttq::detail::Thrower{} & ::ttq::detail::ErrorBuilder<::ttq::Error>(#cond, __FILE__, __LINE__)
 
 // TTQ_INPUT_CHECK(cond) << "file.safetensors: header length past end of file";
 // throws ttq::InputError with exactly the streamed message (no file/line: it is for users).
-#define TTQ_INPUT_CHECK(cond)            \
-  if (__builtin_expect(!!(cond), 1)) {   \
-  } else                                 \
+#define TTQ_INPUT_CHECK(cond)          \
+  if (__builtin_expect(!!(cond), 1)) { \
+  } else                               \
     ::ttq::detail::Thrower{} & ::ttq::detail::ErrorBuilder<::ttq::InputError>(nullptr, nullptr, 0)
 
 // TTQ_THROW() << "msg"; / TTQ_INPUT_ERROR() << "msg"; unconditional.

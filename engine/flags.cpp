@@ -47,7 +47,8 @@ std::string range_text(RealRange r) {
   if (lo_inf && hi_inf) return "(any finite value)";  // "a number (any finite value)"
   if (hi_inf) return std::string(r.lo_open ? "> " : ">= ") + number_text(r.lo);
   if (lo_inf) return std::string(r.hi_open ? "< " : "<= ") + number_text(r.hi);
-  return std::string(r.lo_open ? "(" : "[") + number_text(r.lo) + ", " + number_text(r.hi) + (r.hi_open ? ")" : "]");
+  return std::string(r.lo_open ? "(" : "[") + number_text(r.lo) + ", " + number_text(r.hi) +
+         (r.hi_open ? ")" : "]");
 }
 
 bool in_range(int64_t v, IntRange r) { return v >= r.lo && v <= r.hi; }

@@ -57,8 +57,8 @@ Shape infer_shape(const Shape& shape, int64_t numel, const Shape& from) {
         << "reshape: cannot view " << shape_str(from) << " as " << shape_str(shape);
     out[neg] = numel / known;
   }
-  TTQ_CHECK(shape_numel(out) == numel) << "reshape: cannot view " << shape_str(from) << " ("
-                                       << numel << " elements) as " << shape_str(shape);
+  TTQ_CHECK(shape_numel(out) == numel)
+      << "reshape: cannot view " << shape_str(from) << " (" << numel << " elements) as " << shape_str(shape);
   return out;
 }
 
@@ -67,7 +67,8 @@ Shape infer_shape(const Shape& shape, int64_t numel, const Shape& from) {
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) TTQ_CHECK(d >= 0) << "negative size in shape " << shape_str(shape);
   Tensor t;
-  t.m_storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  t.m_storage =
+      std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
   t.m_shape = shape;
   t.m_strides = contiguous_strides(shape);
   t.m_dtype = dtype;
@@ -83,7 +84,8 @@ Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device
   return t;
 }
 
-Tensor Tensor::randn(const Shape& shape, Generator& gen, DType dtype, Device device, double mean, double std) {
+Tensor Tensor::randn(const Shape& shape, Generator& gen, DType dtype, Device device, double mean,
+                     double std) {
   Tensor t = empty(shape, DType::F64);
   double* p = t.data<double>();
   const int64_t n = t.numel();
@@ -144,7 +146,9 @@ Tensor Tensor::view(const Shape& shape) const {
   return t;
 }
 
-Tensor Tensor::reshape(const Shape& shape) const { return is_contiguous() ? view(shape) : contiguous().view(shape); }
+Tensor Tensor::reshape(const Shape& shape) const {
+  return is_contiguous() ? view(shape) : contiguous().view(shape);
+}
 
 Tensor Tensor::flatten(int64_t start_dim) const {
   start_dim = wrap_dim(start_dim, std::max<int64_t>(dim(), 1), "flatten");
@@ -175,8 +179,8 @@ Tensor Tensor::select(int64_t d, int64_t index) const {
 }
 
 Tensor Tensor::permute(const std::vector<int64_t>& order) const {
-  TTQ_CHECK(static_cast<int64_t>(order.size()) == dim()) << "permute: order of size " << order.size()
-                                                         << " for shape " << shape_str(m_shape);
+  TTQ_CHECK(static_cast<int64_t>(order.size()) == dim())
+      << "permute: order of size " << order.size() << " for shape " << shape_str(m_shape);
   Tensor t = detach();
   std::vector<bool> seen(dim(), false);
   for (size_t i = 0; i < order.size(); ++i) {
@@ -303,8 +307,8 @@ void check_same_shape(const Tensor& a, const Tensor& b, const char* what) {
 }
 
 void check_same_device(const Tensor& a, const Tensor& b, const char* what) {
-  TTQ_CHECK(a.device() == b.device()) << what << ": tensors on " << a.device().str() << " and "
-                                      << b.device().str();
+  TTQ_CHECK(a.device() == b.device())
+      << what << ": tensors on " << a.device().str() << " and " << b.device().str();
 }
 
 void check_dtype(const Tensor& a, DType d, const char* what) {

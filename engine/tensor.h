@@ -42,11 +42,10 @@ class Tensor {
   // N(mean, std) / U[lo, hi) from the generator (drawn on the CPU, then moved).
   static Tensor randn(const Shape& shape, Generator& gen, DType dtype = DType::F32,
                       Device device = Device::cpu(), double mean = 0, double std = 1);
-  static Tensor uniform(const Shape& shape, Generator& gen, double lo, double hi,
-                        DType dtype = DType::F32, Device device = Device::cpu());
+  static Tensor uniform(const Shape& shape, Generator& gen, double lo, double hi, DType dtype = DType::F32,
+                        Device device = Device::cpu());
   template <class T>
-  static Tensor from_vector(const std::vector<T>& values, const Shape& shape,
-                            Device device = Device::cpu());
+  static Tensor from_vector(const std::vector<T>& values, const Shape& shape, Device device = Device::cpu());
   static Tensor scalar(double v, DType dtype = DType::F32, Device device = Device::cpu()) {
     return full({}, v, dtype, device);
   }
@@ -69,8 +68,8 @@ class Tensor {
   template <class T>
   T* data() const {
     TTQ_CHECK(defined()) << "data() of an undefined tensor";
-    TTQ_CHECK(dtype_of<T>() == m_dtype) << "data<" << dtype_name(dtype_of<T>()) << ">() on a "
-                                        << dtype_name(m_dtype) << " tensor";
+    TTQ_CHECK(dtype_of<T>() == m_dtype)
+        << "data<" << dtype_name(dtype_of<T>()) << ">() on a " << dtype_name(m_dtype) << " tensor";
     return static_cast<T*>(m_storage->data()) + m_offset;
   }
   void* raw_data() const;

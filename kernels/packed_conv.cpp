@@ -14,12 +14,9 @@ namespace ttq::kernels {
 
 const char* cuda_path_name(CudaPath p) {
   switch (p) {
-    case CudaPath::Auto:
-      return "auto";
-    case CudaPath::TensorCore:
-      return "tensor_core";
-    case CudaPath::Simt:
-      return "simt";
+    case CudaPath::Auto: return "auto";
+    case CudaPath::TensorCore: return "tensor_core";
+    case CudaPath::Simt: return "simt";
   }
   return "?";
 }

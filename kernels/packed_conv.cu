@@ -362,7 +362,9 @@ bool packed_conv_tensor_cores_supported() {
   std::lock_guard<std::mutex> lock(mutex);
   if (dev < 64 && known[dev]) return cached[dev] != 0;
   const int ok =
-      cuda::kernel_binary_version(reinterpret_cast<const void*>(packed_conv_mma_kernel<1, 1, 1, 4, 1>)) >= 80 ? 1 : 0;
+      cuda::kernel_binary_version(reinterpret_cast<const void*>(packed_conv_mma_kernel<1, 1, 1, 4, 1>)) >= 80
+          ? 1
+          : 0;
   if (dev < 64) {
     cached[dev] = ok;
     known[dev] = true;

@@ -16,23 +16,21 @@
 // Register block: 4 output channels x 3 column vectors, 24 columns with AVX2 (12
 // accumulators, 3 column vectors, 1 broadcast = 16 ymm), 48 with AVX-512 (the same
 // in zmm: half the code reads and broadcasts per multiply-add; AVX-512 also runs two
-// blocks at once, 8 x 48 with 24 accumulators, over the union of their masks). Per surviving k the kernel reads one code byte,
-// broadcasts four values from a 4 KB table (lut[byte] = the four weights), loads
-// three column vectors and issues 12 FMAs, so it runs near the FMA rate; columns
-// where all four codes are zero are skipped through the block's bit mask (41-72% of
-// the SqueezeNet expand3x3 columns, ~2% of the DenseNet ones). The epilogue runs on
-// the accumulators and stores straight into y where a tile maps to consecutive outputs.
-// Threads: whole samples each when the batch has at least two per thread (a
-// sample's X' stays in its thread's L2; a batch-wide X' does not and made batch 32
-// latency-bound on L3), else the channels and register blocks of one sample at a time.
-#include "kernels/packed_conv.h"
-
+// blocks at once, 8 x 48 with 24 accumulators, over the union of their masks). Per surviving k the kernel
+// reads one code byte, broadcasts four values from a 4 KB table (lut[byte] = the four weights), loads three
+// column vectors and issues 12 FMAs, so it runs near the FMA rate; columns where all four codes are zero are
+// skipped through the block's bit mask (41-72% of the SqueezeNet expand3x3 columns, ~2% of the DenseNet
+// ones). The epilogue runs on the accumulators and stores straight into y where a tile maps to consecutive
+// outputs. Threads: whole samples each when the batch has at least two per thread (a sample's X' stays in its
+// thread's L2; a batch-wide X' does not and made batch 32 latency-bound on L3), else the channels and
+// register blocks of one sample at a time.
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "kernels/packed_conv.h"
 #include "kernels/packed_conv_internal.h"
 
 namespace ttq::kernels {
@@ -43,14 +41,10 @@ using detail::check_args;
 
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
-    case CpuIsa::Auto:
-      return "auto";
-    case CpuIsa::Scalar:
-      return "scalar";
-    case CpuIsa::Avx2:
-      return "avx2";
-    case CpuIsa::Avx512:
-      return "avx512";
+    case CpuIsa::Auto: return "auto";
+    case CpuIsa::Scalar: return "scalar";
+    case CpuIsa::Avx2: return "avx2";
+    case CpuIsa::Avx512: return "avx512";
   }
   return "?";
 }
@@ -59,12 +53,9 @@ bool cpu_isa_supported(CpuIsa isa) {
 #if defined(__x86_64__)
   __builtin_cpu_init();  // libgcc also checks that the OS saves the wider registers
   switch (isa) {
-    case CpuIsa::Avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case CpuIsa::Avx512:
-      return __builtin_cpu_supports("avx512f") != 0;
-    default:
-      return true;
+    case CpuIsa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case CpuIsa::Avx512: return __builtin_cpu_supports("avx512f") != 0;
+    default: return true;
   }
 #else
   return isa == CpuIsa::Auto || isa == CpuIsa::Scalar;
@@ -84,10 +75,10 @@ CpuIsa cpu_isa_auto() {
 
 namespace {
 
-constexpr int kRows = 4;       // output channels per register block
-constexpr int kVec = 8;        // floats per column group (AVX2 vector; the unit of `straight`)
-constexpr int kMaxTile = 48;   // widest register block (3 AVX-512 vectors)
-constexpr int64_t kSlack = 32; // readable floats past the last column the kernel may touch
+constexpr int kRows = 4;        // output channels per register block
+constexpr int kVec = 8;         // floats per column group (AVX2 vector; the unit of `straight`)
+constexpr int kMaxTile = 48;    // widest register block (3 AVX-512 vectors)
+constexpr int64_t kSlack = 32;  // readable floats past the last column the kernel may touch
 constexpr int64_t kParallelMacs = int64_t(1) << 21;  // ~30 us on one core (bench/RESULTS.md)
 
 // Where a register block goes: row r's 8 * NV values to out[r] (+ res[r] when res is
@@ -209,7 +200,8 @@ __attribute__((target("avx512f"))) void blocks_kernel_avx512(const float* xq, co
       } else {
         // Branch-free: the next byte of each stream counts only when its block has
         // this k (one-past-the-end bytes are readable: relayout_cpu pads the codes).
-        const unsigned in0 = static_cast<unsigned>(m0 >> bit) & 1u, in1 = static_cast<unsigned>(m1 >> bit) & 1u;
+        const unsigned in0 = static_cast<unsigned>(m0 >> bit) & 1u,
+                       in1 = static_cast<unsigned>(m1 >> bit) & 1u;
         l[0] = lut + 4 * (*codes0 & (0u - in0));
         l[1] = lut + 4 * (*codes1 & (0u - in1));
         codes0 += in0;
@@ -265,12 +257,9 @@ PairKernel pick_pair_kernel(CpuIsa isa, int nv) {
 #if defined(__x86_64__)
   if (isa == CpuIsa::Avx512) {
     switch (nv) {
-      case 1:
-        return blocks_kernel_avx512<2, 1>;
-      case 2:
-        return blocks_kernel_avx512<2, 2>;
-      default:
-        return blocks_kernel_avx512<2, 3>;
+      case 1: return blocks_kernel_avx512<2, 1>;
+      case 2: return blocks_kernel_avx512<2, 2>;
+      default: return blocks_kernel_avx512<2, 3>;
     }
   }
 #endif
@@ -284,32 +273,23 @@ BlockKernel pick_kernel(CpuIsa isa, int nv) {
 #if defined(__x86_64__)
   if (isa == CpuIsa::Avx512) {
     switch (nv) {
-      case 1:
-        return block_kernel_avx512<1>;
-      case 2:
-        return block_kernel_avx512<2>;
-      default:
-        return block_kernel_avx512<3>;
+      case 1: return block_kernel_avx512<1>;
+      case 2: return block_kernel_avx512<2>;
+      default: return block_kernel_avx512<3>;
     }
   }
   if (isa == CpuIsa::Avx2) {
     switch (nv) {
-      case 1:
-        return block_kernel_avx2<1>;
-      case 2:
-        return block_kernel_avx2<2>;
-      default:
-        return block_kernel_avx2<3>;
+      case 1: return block_kernel_avx2<1>;
+      case 2: return block_kernel_avx2<2>;
+      default: return block_kernel_avx2<3>;
     }
   }
 #endif
   switch (nv) {
-    case 1:
-      return block_kernel_scalar<1>;
-    case 2:
-      return block_kernel_scalar<2>;
-    default:
-      return block_kernel_scalar<3>;
+    case 1: return block_kernel_scalar<1>;
+    case 2: return block_kernel_scalar<2>;
+    default: return block_kernel_scalar<3>;
   }
 }
 
@@ -392,8 +372,8 @@ struct ConvPlan {
   const int64_t* koff_tail;  // direct: offsets into the last tile's panel
   int64_t q_count;           // columns of one sample
   int64_t col_stride;        // im2col row length
-  int vec;      // columns per micro-kernel vector (8 AVX2 / scalar, 16 AVX-512)
-  int64_t tile; // columns per register block: 3 vectors
+  int vec;                   // columns per micro-kernel vector (8 AVX2 / scalar, 16 AVX-512)
+  int64_t tile;              // columns per register block: 3 vectors
   int64_t tiles;
   const int64_t* koff;
   const int32_t* col_p;
@@ -516,7 +496,7 @@ void packed_conv_cpu(const PackedConvArgs& a, const CpuCodeLayout& layout, const
   if (s.n == 0) return;
   if (isa == CpuIsa::Auto) isa = cpu_isa_auto();
   TTQ_CHECK(cpu_isa_supported(isa)) << "packed_conv_cpu: this CPU cannot run the " << cpu_isa_name(isa)
-                                     << " micro-kernel";
+                                    << " micro-kernel";
 
   ConvPlan P;
   P.a = &a;

@@ -14,30 +14,18 @@ namespace ttq::models {
 
 const char* node_kind_name(NodeKind k) {
   switch (k) {
-    case NodeKind::Input:
-      return "Input";
-    case NodeKind::Conv2d:
-      return "Conv2d";
-    case NodeKind::BatchNorm2d:
-      return "BatchNorm2d";
-    case NodeKind::ReLU:
-      return "ReLU";
-    case NodeKind::MaxPool2d:
-      return "MaxPool2d";
-    case NodeKind::AvgPool2d:
-      return "AvgPool2d";
-    case NodeKind::GlobalAvgPool:
-      return "GlobalAvgPool";
-    case NodeKind::Concat:
-      return "Concat";
-    case NodeKind::Add:
-      return "Add";
-    case NodeKind::Linear:
-      return "Linear";
-    case NodeKind::Flatten:
-      return "Flatten";
-    case NodeKind::Dropout:
-      return "Dropout";
+    case NodeKind::Input: return "Input";
+    case NodeKind::Conv2d: return "Conv2d";
+    case NodeKind::BatchNorm2d: return "BatchNorm2d";
+    case NodeKind::ReLU: return "ReLU";
+    case NodeKind::MaxPool2d: return "MaxPool2d";
+    case NodeKind::AvgPool2d: return "AvgPool2d";
+    case NodeKind::GlobalAvgPool: return "GlobalAvgPool";
+    case NodeKind::Concat: return "Concat";
+    case NodeKind::Add: return "Add";
+    case NodeKind::Linear: return "Linear";
+    case NodeKind::Flatten: return "Flatten";
+    case NodeKind::Dropout: return "Dropout";
   }
   return "?";
 }
@@ -53,7 +41,8 @@ Graph::Graph(std::string arch, int64_t in_channels) : m_arch(std::move(arch)) {
 }
 
 const Node& Graph::in(int x) const {
-  TTQ_CHECK(x >= 0 && x < size()) << m_arch << ": node " << x << " does not exist (graph has " << size() << ")";
+  TTQ_CHECK(x >= 0 && x < size()) << m_arch << ": node " << x << " does not exist (graph has " << size()
+                                  << ")";
   return m_nodes[static_cast<size_t>(x)];
 }
 
@@ -63,16 +52,16 @@ int Graph::append(Node n) {
   return size() - 1;
 }
 
-int Graph::conv(int x, const std::string& name, int64_t out_channels, int kernel, int stride, int padding, bool bias,
-                int groups, int dilation) {
+int Graph::conv(int x, const std::string& name, int64_t out_channels, int kernel, int stride, int padding,
+                bool bias, int groups, int dilation) {
   const Node& src = in(x);
   TTQ_CHECK(src.rank == 4) << m_arch << ": " << name << " reads a rank-" << src.rank << " value";
   TTQ_CHECK(!name.empty()) << m_arch << ": a Conv2d needs a module name";
   TTQ_CHECK(out_channels >= 1 && kernel >= 1 && stride >= 1 && padding >= 0 && dilation >= 1 && groups >= 1)
       << m_arch << ": " << name << ": bad conv attributes";
   TTQ_CHECK(src.channels % groups == 0 && out_channels % groups == 0)
-      << m_arch << ": " << name << ": " << src.channels << " -> " << out_channels << " channels do not split into "
-      << groups << " groups";
+      << m_arch << ": " << name << ": " << src.channels << " -> " << out_channels
+      << " channels do not split into " << groups << " groups";
   Node n;
   n.kind = NodeKind::Conv2d;
   n.name = name;
@@ -109,7 +98,9 @@ Node passthrough(NodeKind kind, const Node& src, int x, const std::string& label
 }
 }  // namespace
 
-int Graph::relu(int x, const std::string& label) { return append(passthrough(NodeKind::ReLU, in(x), x, label)); }
+int Graph::relu(int x, const std::string& label) {
+  return append(passthrough(NodeKind::ReLU, in(x), x, label));
+}
 
 int Graph::dropout(int x, double p, const std::string& label) {
   TTQ_CHECK(p >= 0 && p < 1) << m_arch << ": dropout p = " << p;
@@ -261,13 +252,12 @@ std::vector<Shape> Graph::infer_shapes(const Shape& input) const {
     const Node& node = m_nodes[i];
     const Shape& x = s[static_cast<size_t>(node.inputs[0])];
     auto too_small = [&](const std::string& what) {
-      TTQ_INPUT_ERROR() << m_arch << ": input " << input[2] << "x" << input[3] << " is too small: " << what << " "
-                        << (node.name.empty() ? std::string(node_kind_name(node.kind)) : node.name) << " sees "
-                        << x[2] << "x" << x[3];
+      TTQ_INPUT_ERROR() << m_arch << ": input " << input[2] << "x" << input[3] << " is too small: " << what
+                        << " " << (node.name.empty() ? std::string(node_kind_name(node.kind)) : node.name)
+                        << " sees " << x[2] << "x" << x[3];
     };
     switch (node.kind) {
-      case NodeKind::Input:
-        break;
+      case NodeKind::Input: break;
       case NodeKind::Conv2d: {
         const ConvAttrs& c = node.conv;
         const int64_t ho = window_out(x[2], c.kernel, c.stride, c.padding, c.dilation, false);
@@ -285,9 +275,7 @@ std::vector<Shape> Graph::infer_shapes(const Shape& input) const {
         s[i] = {n, x[1], ho, wo};
         break;
       }
-      case NodeKind::GlobalAvgPool:
-        s[i] = {n, x[1]};
-        break;
+      case NodeKind::GlobalAvgPool: s[i] = {n, x[1]}; break;
       case NodeKind::Concat: {
         int64_t c = 0;
         for (int j : node.inputs) {
@@ -303,25 +291,21 @@ std::vector<Shape> Graph::infer_shapes(const Shape& input) const {
       case NodeKind::Add: {
         const Shape& b = s[static_cast<size_t>(node.inputs[1])];
         if (b != x)
-          TTQ_INPUT_ERROR() << m_arch << ": input " << input[2] << "x" << input[3] << " gives add " << node.name
-                            << " inputs " << shape_str(x) << " and " << shape_str(b);
+          TTQ_INPUT_ERROR() << m_arch << ": input " << input[2] << "x" << input[3] << " gives add "
+                            << node.name << " inputs " << shape_str(x) << " and " << shape_str(b);
         s[i] = x;
         break;
       }
       case NodeKind::Linear:
         if (x.size() != 2 || x[1] != node.features_in)
-          TTQ_INPUT_ERROR() << m_arch << ": input " << input[2] << "x" << input[3] << " gives " << node.name << " "
-                            << shape_str(x) << ", expected [N, " << node.features_in << "]";
+          TTQ_INPUT_ERROR() << m_arch << ": input " << input[2] << "x" << input[3] << " gives " << node.name
+                            << " " << shape_str(x) << ", expected [N, " << node.features_in << "]";
         s[i] = {n, node.features_out};
         break;
-      case NodeKind::Flatten:
-        s[i] = {n, shape_numel(x) / n};
-        break;
+      case NodeKind::Flatten: s[i] = {n, shape_numel(x) / n}; break;
       case NodeKind::BatchNorm2d:
       case NodeKind::ReLU:
-      case NodeKind::Dropout:
-        s[i] = x;
-        break;
+      case NodeKind::Dropout: s[i] = x; break;
     }
   }
   return s;
@@ -393,7 +377,8 @@ std::vector<int> Graph::quantizable_convs() const {
   std::vector<int> out;
   for (int i = 0; i < size(); ++i) {
     if (m_nodes[static_cast<size_t>(i)].kind != NodeKind::Conv2d) continue;
-    if (std::binary_search(first.begin(), first.end(), i) || std::binary_search(cls.begin(), cls.end(), i)) continue;
+    if (std::binary_search(first.begin(), first.end(), i) || std::binary_search(cls.begin(), cls.end(), i))
+      continue;
     out.push_back(i);
   }
   return out;
@@ -406,8 +391,9 @@ std::vector<std::pair<std::string, Shape>> Graph::state_shapes() const {
   for (const Node& n : m_nodes) {
     switch (n.kind) {
       case NodeKind::Conv2d:
-        out.push_back({n.name + ".weight",
-                       {n.conv.out_channels, n.conv.in_channels / n.conv.groups, n.conv.kernel, n.conv.kernel}});
+        out.push_back(
+            {n.name + ".weight",
+             {n.conv.out_channels, n.conv.in_channels / n.conv.groups, n.conv.kernel, n.conv.kernel}});
         if (n.conv.bias) out.push_back({n.name + ".bias", {n.conv.out_channels}});
         break;
       case NodeKind::BatchNorm2d:
@@ -418,8 +404,7 @@ std::vector<std::pair<std::string, Shape>> Graph::state_shapes() const {
         out.push_back({n.name + ".weight", {n.features_out, n.features_in}});
         if (n.bias) out.push_back({n.name + ".bias", {n.features_out}});
         break;
-      default:
-        break;
+      default: break;
     }
   }
   return out;
@@ -458,7 +443,8 @@ Registry& registry() {
 void register_architecture(const std::string& name, GraphBuilder builder) {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
-  for (const auto& [n, b] : r.builders) TTQ_CHECK(n != name) << "architecture '" << name << "' is registered twice";
+  for (const auto& [n, b] : r.builders)
+    TTQ_CHECK(n != name) << "architecture '" << name << "' is registered twice";
   r.builders.emplace_back(name, std::move(builder));
 }
 

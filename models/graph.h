@@ -21,8 +21,8 @@ namespace ttq::models {
 
 enum class NodeKind : uint8_t {
   Input,
-  Conv2d,         // params: weight [out, in/groups, k, k], bias [out] when bias
-  BatchNorm2d,    // params: weight, bias [c]; buffers: running_mean, running_var [c]
+  Conv2d,       // params: weight [out, in/groups, k, k], bias [out] when bias
+  BatchNorm2d,  // params: weight, bias [c]; buffers: running_mean, running_var [c]
   ReLU,
   MaxPool2d,
   AvgPool2d,
@@ -51,9 +51,9 @@ struct Node {
   // Parametrised nodes: the module name, prefix of the state-dict names
   // ("<name>.weight"). Others: a readable label (may be empty).
   std::string name;
-  std::vector<int> inputs;  // node indices, all smaller than this node's
-  ConvAttrs conv;           // Conv2d
-  PoolAttrs pool;           // MaxPool2d, AvgPool2d
+  std::vector<int> inputs;                    // node indices, all smaller than this node's
+  ConvAttrs conv;                             // Conv2d
+  PoolAttrs pool;                             // MaxPool2d, AvgPool2d
   int64_t features_in = 0, features_out = 0;  // Linear
   bool bias = false;                          // Linear
   double eps = 1e-5, momentum = 0.1;          // BatchNorm2d

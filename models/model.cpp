@@ -20,30 +20,23 @@ std::shared_ptr<nn::Module> make_module(const Node& n, Generator& gen) {
   switch (n.kind) {
     case NodeKind::Conv2d: {
       const ConvAttrs& c = n.conv;
-      return std::make_shared<nn::Conv2d>(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.bias, gen,
-                                          c.dilation, c.groups);
+      return std::make_shared<nn::Conv2d>(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding,
+                                          c.bias, gen, c.dilation, c.groups);
     }
-    case NodeKind::BatchNorm2d:
-      return std::make_shared<nn::BatchNorm2d>(n.channels, n.eps, n.momentum);
-    case NodeKind::Linear:
-      return std::make_shared<nn::Linear>(n.features_in, n.features_out, n.bias, gen);
-    case NodeKind::ReLU:
-      return std::make_shared<nn::ReLU>();
+    case NodeKind::BatchNorm2d: return std::make_shared<nn::BatchNorm2d>(n.channels, n.eps, n.momentum);
+    case NodeKind::Linear: return std::make_shared<nn::Linear>(n.features_in, n.features_out, n.bias, gen);
+    case NodeKind::ReLU: return std::make_shared<nn::ReLU>();
     case NodeKind::MaxPool2d:
       return std::make_shared<nn::MaxPool2d>(n.pool.kernel, n.pool.stride, n.pool.padding, n.pool.ceil_mode);
     case NodeKind::AvgPool2d:
       return std::make_shared<nn::AvgPool2d>(n.pool.kernel, n.pool.stride, n.pool.padding, n.pool.ceil_mode,
                                              n.pool.count_include_pad);
-    case NodeKind::GlobalAvgPool:
-      return std::make_shared<nn::GlobalAvgPool>();
-    case NodeKind::Flatten:
-      return std::make_shared<nn::Flatten>();
-    case NodeKind::Dropout:
-      return std::make_shared<nn::Dropout>(n.p, nn::global_generator());
+    case NodeKind::GlobalAvgPool: return std::make_shared<nn::GlobalAvgPool>();
+    case NodeKind::Flatten: return std::make_shared<nn::Flatten>();
+    case NodeKind::Dropout: return std::make_shared<nn::Dropout>(n.p, nn::global_generator());
     case NodeKind::Input:
     case NodeKind::Concat:
-    case NodeKind::Add:
-      return nullptr;
+    case NodeKind::Add: return nullptr;
   }
   return nullptr;
 }
@@ -54,7 +47,8 @@ bool has_parameters(NodeKind k) {
 
 }  // namespace
 
-Model::Model(Graph graph, const ModelConfig& config, Generator& gen) : m_graph(std::move(graph)), m_config(config) {
+Model::Model(Graph graph, const ModelConfig& config, Generator& gen)
+    : m_graph(std::move(graph)), m_config(config) {
   const auto& nodes = m_graph.nodes();
   const int n = m_graph.size();
   m_modules.resize(static_cast<size_t>(n));
@@ -122,18 +116,13 @@ Tensor Model::forward(const Tensor& x) {
       v[static_cast<size_t>(bottleneck)] =
           ops::dense_bottleneck(in, norm.weight(), norm.bias(), norm.running_mean(), norm.running_var(),
                                 norm.momentum(), norm.eps(), conv.effective_weight());
-      done[static_cast<size_t>(bn)] = done[static_cast<size_t>(relu)] = done[static_cast<size_t>(bottleneck)] = 1;
+      done[static_cast<size_t>(bn)] = done[static_cast<size_t>(relu)] =
+          done[static_cast<size_t>(bottleneck)] = 1;
     } else {
       switch (node.kind) {
-        case NodeKind::Concat:
-          v[static_cast<size_t>(i)] = in.size() == 1 ? in[0] : ops::concat(in, 1);
-          break;
-        case NodeKind::Add:
-          v[static_cast<size_t>(i)] = ops::add(in[0], in[1]);
-          break;
-        default:
-          v[static_cast<size_t>(i)] = m_modules[static_cast<size_t>(i)]->forward(in[0]);
-          break;
+        case NodeKind::Concat: v[static_cast<size_t>(i)] = in.size() == 1 ? in[0] : ops::concat(in, 1); break;
+        case NodeKind::Add: v[static_cast<size_t>(i)] = ops::add(in[0], in[1]); break;
+        default: v[static_cast<size_t>(i)] = m_modules[static_cast<size_t>(i)]->forward(in[0]); break;
       }
     }
     // Drop what no later node reads (autograd keeps what backward needs).
@@ -164,7 +153,8 @@ nn::Module& Model::classifier() { return *m_modules[static_cast<size_t>(m_graph.
 std::vector<std::pair<std::string, nn::Conv2d*>> Model::quantizable_convs() {
   std::vector<std::pair<std::string, nn::Conv2d*>> out;
   for (int i : m_graph.quantizable_convs())
-    out.emplace_back(m_graph.node(i).name, dynamic_cast<nn::Conv2d*>(m_modules[static_cast<size_t>(i)].get()));
+    out.emplace_back(m_graph.node(i).name,
+                     dynamic_cast<nn::Conv2d*>(m_modules[static_cast<size_t>(i)].get()));
   return out;
 }
 

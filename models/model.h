@@ -90,7 +90,7 @@ class Model : public nn::Module {
   ModelConfig m_config;
   int64_t m_min_input = 1;
   std::vector<std::shared_ptr<nn::Module>> m_modules;  // by node
-  std::vector<int> m_last_use;                          // last node reading each node's value
+  std::vector<int> m_last_use;                         // last node reading each node's value
   // Dense bottlenecks: for a Concat node c, the index of the 1x1 conv ending its
   // Concat -> BN -> ReLU -> Conv chain (-1 when c starts none).
   std::vector<int> m_bottleneck_conv;
@@ -133,6 +133,5 @@ void load_weights(Model& model, const std::string& path, const LoadOptions& opti
 // config they imply fails check_config.
 ModelConfig config_from_weights(const std::string& arch, const io::NamedTensors& tensors,
                                 const std::string& source, ModelConfig base = {});
-
 
 }  // namespace ttq::models

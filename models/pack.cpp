@@ -1,4 +1,6 @@
 // Packing: ttq_pack's logic (see models/packed.h). Tests: tests/test_packed_model.cpp.
+#include "kernels/pack.h"
+
 #include <cmath>
 #include <filesystem>
 #include <iomanip>
@@ -7,7 +9,6 @@
 
 #include "engine/io/values.h"
 #include "engine/io/write_file.h"
-#include "kernels/pack.h"
 #include "kernels/packed_format.h"
 #include "models/packed.h"
 #include "models/packed_internal.h"
@@ -75,7 +76,6 @@ std::string layer_of(const std::string& name, const std::string& suffix,
   return layers.count(l) ? l : "";
 }
 
-
 }  // namespace detail
 
 using namespace detail;
@@ -90,7 +90,6 @@ std::string dims(const Shape& s) {
   }
   return r;
 }
-
 
 }  // namespace
 

@@ -2,9 +2,9 @@
 // (a TTQ checkpoint or ternary weights -> a "ttq-packed-2bit" safetensors file) and
 // PackedModel, which runs a whole forward pass on the packed weights (CPU or CUDA)
 // with BN and ReLU fused into the packed convolutions and, on CUDA, the pass
-// captured in a CUDA graph. Implementation: models/pack.cpp (packing), models/packed_model.cpp (the runner); kernels:
-// kernels/packed_conv.h, kernels/packed_ops.h. Tests: tests/test_packed_model.cpp;
-// timing: bench/bench_packed_model.cpp.
+// captured in a CUDA graph. Implementation: models/pack.cpp (packing), models/packed_model.cpp (the runner);
+// kernels: kernels/packed_conv.h, kernels/packed_ops.h. Tests: tests/test_packed_model.cpp; timing:
+// bench/bench_packed_model.cpp.
 //
 // Using a packed file from an inference tool:
 //   if (models::is_packed_file(path)) {

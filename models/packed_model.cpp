@@ -438,10 +438,8 @@ class Compiler {
       case NodeKind::Add:
         for (int x : node(i).inputs) r.push_back(root(x));
         break;
-      case NodeKind::Input:
-        break;
-      default:
-        r.push_back(input_of(i));
+      case NodeKind::Input: break;
+      default: r.push_back(input_of(i));
     }
     if (p.residual >= 0) r.push_back(p.residual);
     for (int& v : r) v = base_of(v);
@@ -457,8 +455,9 @@ class Compiler {
       if (node(i).kind == NodeKind::Concat) continue;  // filled in place (or by copies)
       order.push_back(i);
     }
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int a, int b) { return plan[static_cast<size_t>(a)].at < plan[static_cast<size_t>(b)].at; });
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+      return plan[static_cast<size_t>(a)].at < plan[static_cast<size_t>(b)].at;
+    });
     for (size_t pos = 0; pos < order.size(); ++pos)
       for (int v : reads_of(order[pos])) last_read[v] = static_cast<int>(pos);
     last_read[base_of(root(g.output()))] = static_cast<int>(order.size());
@@ -497,7 +496,9 @@ class Compiler {
           kernels::PackedConvOptions o = conv_options(i);
           if (q.residual >= 0) {
             const Tensor r = value.at(q.residual);
-            o.residual = q.residual_offset > 0 || r.size(1) != y.size(1) ? r.narrow(1, q.residual_offset, y.size(1)) : r;
+            o.residual = q.residual_offset > 0 || r.size(1) != y.size(1)
+                             ? r.narrow(1, q.residual_offset, y.size(1))
+                             : r;
           }
           const kernels::PackedConvWeight* w = &m.packed.at(i);
           TTQ_CHECK(kernels::packed_conv_output_shape(x, *w, o) == y.shape())
@@ -530,8 +531,9 @@ class Compiler {
         } else {
           relu = true;
         }
-        p.steps.push_back(
-            [x, scale, shift, relu, pool, y]() mutable { kernels::affine_maxpool_out(x, scale, shift, relu, pool, y); });
+        p.steps.push_back([x, scale, shift, relu, pool, y]() mutable {
+          kernels::affine_maxpool_out(x, scale, shift, relu, pool, y);
+        });
         return;
       }
       case NodeKind::GlobalAvgPool: {
@@ -540,8 +542,9 @@ class Compiler {
         Tensor scale, shift;
         if (q.pre) scale = q.pre->scale, shift = q.pre->shift;
         const bool relu = q.pre_relu;
-        p.steps.push_back(
-            [x, scale, shift, relu, y]() mutable { kernels::affine_global_avgpool_out(x, scale, shift, relu, y); });
+        p.steps.push_back([x, scale, shift, relu, y]() mutable {
+          kernels::affine_global_avgpool_out(x, scale, shift, relu, y);
+        });
         return;
       }
       case NodeKind::Linear: {
@@ -557,8 +560,7 @@ class Compiler {
         value[i] = x.reshape(shapes[static_cast<size_t>(i)]);
         return;
       }
-      case NodeKind::Concat:
-        return;
+      case NodeKind::Concat: return;
       case NodeKind::AvgPool2d: {
         const Tensor x = value.at(input_of(i));
         Tensor y = acquire(p, q.out);
@@ -576,8 +578,7 @@ class Compiler {
         return;
       }
       case NodeKind::Dropout:
-      case NodeKind::Input:
-        return;
+      case NodeKind::Input: return;
     }
   }
 
@@ -603,7 +604,8 @@ void PackedModel::Impl::run(Plan& p) {
   auto eager = [&] {
     for (auto& step : p.steps) step();
   };
-  const bool graphs = device.is_cuda() && options.cuda_graph_max_batch > 0 && p.n <= options.cuda_graph_max_batch;
+  const bool graphs =
+      device.is_cuda() && options.cuda_graph_max_batch > 0 && p.n <= options.cuda_graph_max_batch;
   if (graphs && !p.graph_failed) {
     // The first run of a shape is eager (and checks every launch); the second captures.
     if (!p.graph.captured() && p.runs > 0) p.graph_failed = !p.graph.capture(eager);
@@ -693,9 +695,10 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
       TTQ_INPUT_CHECK(std::isfinite(wp) && std::isfinite(wn) && wp > 0 && wn > 0)
           << source << ": layer " << n.name << " has scales Wp = " << wp << ", Wn = " << wn
           << " (finite positive values expected)";
-      const Shape shape = {n.conv.out_channels, n.conv.in_channels / n.conv.groups, n.conv.kernel, n.conv.kernel};
-      kernels::PackedConvWeight w = kernels::PackedConvWeight::from_codes(codes, shape, wp, wn, device,
-                                                                          source + ": layer " + n.name, n.conv.groups);
+      const Shape shape = {n.conv.out_channels, n.conv.in_channels / n.conv.groups, n.conv.kernel,
+                           n.conv.kernel};
+      kernels::PackedConvWeight w = kernels::PackedConvWeight::from_codes(
+          codes, shape, wp, wn, device, source + ": layer " + n.name, n.conv.groups);
       if (n.conv.dilation == 1) {
         impl->packed.emplace(i, std::move(w));
       } else {
@@ -714,7 +717,8 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
       for (int64_t k = 0; k < c; ++k) {
         const double s = double(w.data<float>()[k]) / std::sqrt(double(var.data<float>()[k]) + n.eps);
         scale.data<float>()[k] = static_cast<float>(s);
-        shift.data<float>()[k] = static_cast<float>(double(b.data<float>()[k]) - double(mean.data<float>()[k]) * s);
+        shift.data<float>()[k] =
+            static_cast<float>(double(b.data<float>()[k]) - double(mean.data<float>()[k]) * s);
       }
       impl->bn[i] = {scale.to(device), shift.to(device)};
     }

@@ -6,8 +6,6 @@
 #include <map>
 #include <sstream>
 
-
-
 namespace ttq::models {
 
 namespace {
@@ -21,19 +19,14 @@ int64_t node_flops(const Node& n, const Shape& in, const Shape& out) {
       const int64_t k = static_cast<int64_t>(c.kernel) * c.kernel;
       return n_out * (2 * (c.in_channels / c.groups) * k + (c.bias ? 1 : 0));
     }
-    case NodeKind::Linear:
-      return n_out * (2 * n.features_in + (n.bias ? 1 : 0));
-    case NodeKind::BatchNorm2d:
-      return 2 * n_out;
+    case NodeKind::Linear: return n_out * (2 * n.features_in + (n.bias ? 1 : 0));
+    case NodeKind::BatchNorm2d: return 2 * n_out;
     case NodeKind::ReLU:
-    case NodeKind::Add:
-      return n_out;
+    case NodeKind::Add: return n_out;
     case NodeKind::GlobalAvgPool:
     case NodeKind::MaxPool2d:
-    case NodeKind::AvgPool2d:
-      return shape_numel(in);
-    default:
-      return 0;
+    case NodeKind::AvgPool2d: return shape_numel(in);
+    default: return 0;
   }
 }
 

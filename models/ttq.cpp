@@ -74,7 +74,8 @@ std::pair<float, float> mean_scales(const Tensor& weight, double t) {
 namespace {
 
 // Attaches a quantizer to each of `layers` and freezes `frozen` when asked.
-TtqModel quantize_layers(const TtqOptions& options, const std::vector<std::pair<std::string, nn::Conv2d*>>& layers,
+TtqModel quantize_layers(const TtqOptions& options,
+                         const std::vector<std::pair<std::string, nn::Conv2d*>>& layers,
                          const std::vector<nn::Conv2d*>& frozen) {
   TTQ_CHECK(options.t >= 0.0 && options.t < 1.0) << "quantize_model: t = " << options.t << " outside [0, 1)";
   TTQ_CHECK(options.scale_eps > 0.0f) << "quantize_model: scale_eps must be positive";

@@ -401,12 +401,12 @@ TEST_P(OpsOnDevice, TopkCorrectCountsTiesAndNonFiniteRowsAsWrong) {
   const Device dev = GetParam();
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float inf = std::numeric_limits<float>::infinity();
-  const Tensor logits = Tensor::from_vector<float>({1.0f, 1.0f, 1.0f, 1.0f,   // all equal (collapsed net)
-                                                    2.0f, 2.0f, 0.0f, -1.0f,  // a tie for first place
-                                                    3.0f, nan, 0.0f, 0.0f,    // NaN elsewhere in the row
-                                                    nan, nan, nan, nan,       // NaN weights
-                                                    inf, 0.0f, 0.0f, 0.0f,    // +inf on the label
-                                                    0.0f, -inf, 1.0f, 0.0f,   // -inf elsewhere
+  const Tensor logits = Tensor::from_vector<float>({1.0f, 1.0f,  1.0f, 1.0f,   // all equal (collapsed net)
+                                                    2.0f, 2.0f,  0.0f, -1.0f,  // a tie for first place
+                                                    3.0f, nan,   0.0f, 0.0f,   // NaN elsewhere in the row
+                                                    nan,  nan,   nan,  nan,    // NaN weights
+                                                    inf,  0.0f,  0.0f, 0.0f,   // +inf on the label
+                                                    0.0f, -inf,  1.0f, 0.0f,   // -inf elsewhere
                                                     0.5f, 0.25f, 0.0f, 0.0f},  // an honest win
                                                    {7, 4})
                             .to(dev);

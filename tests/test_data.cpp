@@ -612,8 +612,10 @@ TEST(Splits, ValSizeDefaultsAndRange) {
 
 TEST(Splits, ViewsReportAnUnusableItemOnceAndCountIt) {
   TempDir dir;
-  for (int k = 0; k < 6; ++k) write_image(dir.path() / "a" / (std::to_string(k) + ".png"), make_image(8, 8, 3, k));
-  for (int k = 0; k < 6; ++k) write_image(dir.path() / "b" / (std::to_string(k) + ".png"), make_image(8, 8, 3, k));
+  for (int k = 0; k < 6; ++k)
+    write_image(dir.path() / "a" / (std::to_string(k) + ".png"), make_image(8, 8, 3, k));
+  for (int k = 0; k < 6; ++k)
+    write_image(dir.path() / "b" / (std::to_string(k) + ".png"), make_image(8, 8, 3, k));
   write_text(dir.path() / "a" / "bad.png", "not a png\n");
   auto base = open_image_folder(dir.path().string(), 8);
   std::vector<int64_t> all(static_cast<size_t>(base->size()));
@@ -1050,7 +1052,8 @@ TEST(Loader, BadFilesAreSkippedCountedAndReportedOnce) {
   LoaderOptions o;
   o.batch_size = 4;
   o.seed = 3;
-  auto full_train = std::make_shared<ConcatDataset>(std::vector<std::shared_ptr<const Dataset>>{s.train, s.val});
+  auto full_train =
+      std::make_shared<ConcatDataset>(std::vector<std::shared_ptr<const Dataset>>{s.train, s.val});
   Loader loader(full_train, Preprocess::seed_rgb(), o);
   std::vector<std::string> skipped;
   for (int64_t epoch : {0, 1}) {

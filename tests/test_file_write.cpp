@@ -98,7 +98,8 @@ TEST_F(WriteFile, AFullDiskLeavesThePreviousContent) {
                                   try {
                                     io::write_file_atomic(p, big);
                                   } catch (const InputError& e) {
-                                    if (std::string(e.what()) != p + ": write failed: File too large") _exit(3);
+                                    if (std::string(e.what()) != p + ": write failed: File too large")
+                                      _exit(3);
                                     throw;
                                   }
                                 }),
@@ -128,7 +129,10 @@ TEST_F(WriteFile, SafetensorsUnderAFullDiskKeepThePreviousFile) {
   const std::string p = (m_dir / "last.safetensors").string();
   io::write_safetensors(p, {{"w", test::rand({4, 4}, 1)}});
   const std::string before = slurp(p);
-  EXPECT_EQ(run_with_file_limit(100 * 1024, [&] { io::write_safetensors(p, {{"w", test::rand({256, 256}, 2)}}); }),
+  EXPECT_EQ(run_with_file_limit(100 * 1024,
+                                [&] {
+                                  io::write_safetensors(p, {{"w", test::rand({256, 256}, 2)}});
+                                }),
             2);
   EXPECT_EQ(slurp(p), before);
   expect_only({"last.safetensors"});

@@ -29,9 +29,9 @@ TEST(Flags, IntegersAreParsedWholeAndInRange) {
   EXPECT_EQ(parse_int_flag("--batch", "1", r), 1);
   EXPECT_EQ(parse_int_flag("--batch", "4096", r), 4096);
   EXPECT_EQ(parse_int_flag("--x", "-3", IntRange{-5, 5}), -3);
-  for (const char* bad : {"0", "-1", "-7", "4097", "12abc", "", " 5", "5 ", "+5", "0x10", "1e3", "1.0", "nan",
-                          "9223372036854775807", "9223372036854775808", "-9223372036854775809",
-                          "99999999999999999999999"}) {
+  for (const char* bad :
+       {"0", "-1", "-7", "4097", "12abc", "", " 5", "5 ", "+5", "0x10", "1e3", "1.0", "nan",
+        "9223372036854775807", "9223372036854775808", "-9223372036854775809", "99999999999999999999999"}) {
     const std::string msg = input_error([&] { parse_int_flag("--batch", bad, r); });
     EXPECT_EQ(msg, std::string("--batch: expected an integer in 1..4096, got '") + bad + "'") << bad;
   }
@@ -55,8 +55,9 @@ TEST(Flags, RealsAreFiniteDecimalsInRange) {
   EXPECT_EQ(parse_real_flag("--t", "5E-2", unit), 0.05);
   EXPECT_EQ(parse_real_flag("--lr", "1e30", train::limits::kLr), 1e30);
   EXPECT_EQ(parse_real_flag("--x", "-2.5", RealRange{-3, 3}), -2.5);
-  for (const char* bad : {"1", "-0.1", "nan", "NaN", "inf", "-inf", "infinity", "1e999", "-1e999", "0x1p-3", "1e",
-                          "e5", "--1", "1.2.3", "", " 0.1", "0.1 ", "+0.1", "0.1abc", "1e-999"}) {
+  for (const char* bad :
+       {"1",  "-0.1", "nan", "NaN",   "inf", "-inf", "infinity", "1e999", "-1e999", "0x1p-3",
+        "1e", "e5",   "--1", "1.2.3", "",    " 0.1", "0.1 ",     "+0.1",  "0.1abc", "1e-999"}) {
     const std::string msg = input_error([&] { parse_real_flag("--t", bad, unit); });
     EXPECT_EQ(msg, std::string("--t: expected a number in [0, 1), got '") + bad + "'") << bad;
   }
@@ -67,9 +68,13 @@ TEST(Flags, RealsAreFiniteDecimalsInRange) {
 }
 
 TEST(Flags, ChecksOfValuesSetByCode) {
-  EXPECT_EQ(input_error([] { check_flag_range("--workers", int64_t{0}, IntRange{1, 64}); }),
+  EXPECT_EQ(input_error([] {
+              check_flag_range("--workers", int64_t{0}, IntRange{1, 64});
+            }),
             "--workers: expected an integer in 1..64, got 0");
-  EXPECT_EQ(input_error([] { check_flag_range("--momentum", NAN, RealRange{0, 1, false, true}); }),
+  EXPECT_EQ(input_error([] {
+              check_flag_range("--momentum", NAN, RealRange{0, 1, false, true});
+            }),
             "--momentum: expected a number in [0, 1), got nan");
   EXPECT_EQ(input_error([] { check_flag_range("--workers", int64_t{64}, IntRange{1, 64}); }), "");
 }

@@ -127,7 +127,8 @@ Toy toy_data(int64_t n, uint64_t seed) {
 double accuracy(models::Model& m, const Toy& d) {
   autograd::NoGradGuard ng;
   m.eval();
-  const double a = static_cast<double>(ops::topk_correct(m.forward(d.x), d.y, 1)) / static_cast<double>(d.y.size(0));
+  const double a =
+      static_cast<double>(ops::topk_correct(m.forward(d.x), d.y, 1)) / static_cast<double>(d.y.size(0));
   m.train();
   return a;
 }
@@ -190,7 +191,8 @@ TEST(Graph, AFourthArchitectureTrainsQuantizesPacksAndMatchesItsFloatModel) {
   const io::NamedTensors view = models::ttq_checkpoint_view(*m, ttq);
   models::PackedContent packed = models::pack_tensors(view, {}, "tiny_resnet", "tiny_resnet");
   EXPECT_EQ(packed.report.layers.size(), 5u);
-  auto pm = models::PackedModel::from_tensors(packed.tensors, packed.metadata, "", Device::cpu(), "tiny_resnet");
+  auto pm =
+      models::PackedModel::from_tensors(packed.tensors, packed.metadata, "", Device::cpu(), "tiny_resnet");
   EXPECT_EQ(pm->quantized_layers(), 5);
   m->eval();
   autograd::NoGradGuard ng;

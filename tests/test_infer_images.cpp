@@ -9,12 +9,12 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "app/infer.h"
 #include "data/dataset.h"
 #include "data/image.h"
 #include "engine/autograd.h"
 #include "engine/io/safetensors.h"
 #include "engine/ops/ops.h"
-#include "app/infer.h"
 #include "models/model_file.h"
 #include "tests/test_util.h"
 
@@ -85,11 +85,11 @@ TEST(InferImages, NamesAndTransformFromMetadata) {
   m->eval();
   const std::string ckpt = temp_path("fm.safetensors"), png = temp_path("fm.png");
   nlohmann::json classes = data::fashion_mnist_classes();
-  io::write_safetensors(ckpt, m->state_dict(),
-                        {{"model", "small_densenet"},
-                         {"classes", classes.dump()},
-                         {"preprocess",
-                          R"({"channels":1,"image_size":28,"crop":28,"mean":[0.5],"std":[0.25]})"}});
+  io::write_safetensors(
+      ckpt, m->state_dict(),
+      {{"model", "small_densenet"},
+       {"classes", classes.dump()},
+       {"preprocess", R"({"channels":1,"image_size":28,"crop":28,"mean":[0.5],"std":[0.25]})"}});
   data::save_image(png, random_image(28, 28, 1, 4));
   app::ImageInferOptions o;
   o.model_path = ckpt;

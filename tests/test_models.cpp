@@ -296,8 +296,7 @@ TEST(Models, LoadRejectsMissingExtraAndMisshapenTensorsWithoutTouchingTheModel) 
   auto model = models::create("squeezenet", {}, g);
   io::NamedTensors before;
   for (auto& [n, t] : model->state_dict()) before.emplace_back(n, t.clone());
-  io::NamedTensors good =
-      io::read_safetensors(test::seed_dir() + "/squeezenet_fp.safetensors").tensors();
+  io::NamedTensors good = io::read_safetensors(test::seed_dir() + "/squeezenet_fp.safetensors").tensors();
 
   auto expect_unchanged = [&] {
     auto now = model->state_dict();
@@ -336,8 +335,7 @@ TEST(Models, LoadRejectsMissingExtraAndMisshapenTensorsWithoutTouchingTheModel) 
 TEST(Models, LoadRejectsNonFiniteNegativeVarianceAndWrongDtypesWithoutTouchingTheModel) {
   Generator g(9);
   auto model = models::create("squeezenet", {}, g);
-  io::NamedTensors good =
-      io::read_safetensors(test::seed_dir() + "/squeezenet_fp.safetensors").tensors();
+  io::NamedTensors good = io::read_safetensors(test::seed_dir() + "/squeezenet_fp.safetensors").tensors();
   models::load_weights(*model, good, "w.safetensors");
   io::NamedTensors before;
   for (auto& [n, t] : model->state_dict()) before.emplace_back(n, t.clone());
@@ -412,8 +410,7 @@ TEST(Models, ConfigBoundsAndConfigFromWeights) {
     EXPECT_THROW(models::create("small_densenet", m), InputError);
   }
   // A classifier shape that claims 2^40 classes with no bytes behind it.
-  io::NamedTensors ts =
-      io::read_safetensors(test::seed_dir() + "/small_densenet_fp.safetensors").tensors();
+  io::NamedTensors ts = io::read_safetensors(test::seed_dir() + "/small_densenet_fp.safetensors").tensors();
   for (auto& [n, t] : ts)
     if (n == "classifier.weight") t = Tensor::empty({int64_t(1) << 40, 0});
   try {

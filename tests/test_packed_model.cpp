@@ -18,12 +18,12 @@
 #include <set>
 #include <sstream>
 
+#include "app/infer.h"
 #include "engine/autograd.h"
 #include "engine/io/safetensors.h"
 #include "engine/ops/ops.h"
 #include "kernels/pack.h"
 #include "kernels/packed_ops.h"
-#include "app/infer.h"
 #include "models/model_file.h"
 #include "models/packed.h"
 #include "tests/test_util.h"
@@ -302,8 +302,9 @@ TEST(PackedInference, TheGraphCompilerFusesTheKnownModelsCompletely) {
   // pool, 3 convs x 8 Fires, 2 pools, classifier conv, relu+global pool.
   // DenseNet-121: conv0, 2 x 58 dense layers, 3 transitions, norm5 + relu + pool,
   // classifier; its norm0 + relu0 (no pool0) is one affine step.
-  for (const Case& c : {Case{"small_densenet", 1 + 1 + 60 + 2 + 1 + 1}, Case{"squeezenet", 1 + 1 + 24 + 2 + 1 + 1},
-                        Case{"densenet121", 1 + 1 + 116 + 3 + 1 + 1}}) {
+  for (const Case& c :
+       {Case{"small_densenet", 1 + 1 + 60 + 2 + 1 + 1}, Case{"squeezenet", 1 + 1 + 24 + 2 + 1 + 1},
+        Case{"densenet121", 1 + 1 + 116 + 3 + 1 + 1}}) {
     Generator g(5);
     auto model = models::create(c.arch, {}, g);
     const io::NamedTensors sd = random_ternary_weights(*model);

@@ -90,8 +90,8 @@ class RunFolder : public ::testing::Test {
   }
   // ttq_train on the tiny data: 6 batches of 16 per epoch.
   static std::vector<std::string> train_args(const std::string& out, int epochs) {
-    return {test::tool_path("ttq_train"), "--data", data(), "--out", out, "--device", "cpu", "--epochs",
-            std::to_string(epochs), "--batch", "16", "--lr", "0.05", "--seed", "7", "--quiet"};
+    return {test::tool_path("ttq_train"), "--data",  data(), "--out", out,    "--device", "cpu", "--epochs",
+            std::to_string(epochs),       "--batch", "16",   "--lr",  "0.05", "--seed",   "7",   "--quiet"};
   }
   // `args` with `more` (flags with a value replace the same flag's value in args).
   static test::ToolRun train(std::vector<std::string> args, const std::vector<std::string>& more = {},
@@ -122,7 +122,8 @@ TEST_F(RunFolder, ANewRunRefusesAFolderThatHoldsARun) {
   const std::string out = dir("held");
   ASSERT_EQ(train(train_args(out, 1)).code, 0);
   const auto before = snapshot(out);
-  ASSERT_TRUE(before.count("config.json") && before.count("metrics.jsonl") && before.count("last.safetensors"));
+  ASSERT_TRUE(before.count("config.json") && before.count("metrics.jsonl") &&
+              before.count("last.safetensors"));
   expect_one_line(train(train_args(out, 1)), "--out " + out + " already holds a run");
   expect_one_line(train(train_args(out, 1), {"--lr", "0.01"}), "--out " + out + " already holds a run");
   EXPECT_EQ(snapshot(out), before);
@@ -149,9 +150,8 @@ TEST_F(RunFolder, NothingIsCreatedOrReplacedBeforeTheInputsAreValid) {
   ASSERT_EQ(no_device[5], "--epochs");
   expect_one_line(train(no_device, {"--init", (s_root / "missing.safetensors").string()}),
                   (s_root / "missing.safetensors").string());
-  expect_one_line(
-      train(train_args(fresh, 1), {"--init", test::seed_dir() + "/squeezenet_fp.safetensors"}),
-      test::seed_dir() + "/squeezenet_fp.safetensors");
+  expect_one_line(train(train_args(fresh, 1), {"--init", test::seed_dir() + "/squeezenet_fp.safetensors"}),
+                  test::seed_dir() + "/squeezenet_fp.safetensors");
   EXPECT_FALSE(fs::exists(fs::path(fresh).parent_path()));
   // Bad data likewise.
   std::vector<std::string> args = train_args(fresh, 1);
@@ -162,8 +162,9 @@ TEST_F(RunFolder, NothingIsCreatedOrReplacedBeforeTheInputsAreValid) {
   const std::string held = dir("held_overwrite");
   ASSERT_EQ(train(train_args(held, 1)).code, 0);
   const auto before = snapshot(held);
-  expect_one_line(train(train_args(held, 1), {"--overwrite", "--init", (s_root / "missing.safetensors").string()}),
-                  (s_root / "missing.safetensors").string());
+  expect_one_line(
+      train(train_args(held, 1), {"--overwrite", "--init", (s_root / "missing.safetensors").string()}),
+      (s_root / "missing.safetensors").string());
   EXPECT_EQ(snapshot(held), before);
 }
 
@@ -218,15 +219,16 @@ TEST_F(RunFolder, ResumeRefusesOptionsThatShapeTheDataOrTheModel) {
 
 TEST_F(RunFolder, ResumeTakesUnsetOptionsFromTheRun) {
   // Straight: 2 epochs with non-default options.
-  const std::vector<std::string> shaping = {"--limit-train", "64", "--limit-val", "32", "--dropout", "0.1",
-                                            "--momentum", "0.9", "--weight-decay", "0.001"};
+  const std::vector<std::string> shaping = {"--limit-train",  "64",   "--limit-val", "32",
+                                            "--dropout",      "0.1",  "--momentum",  "0.9",
+                                            "--weight-decay", "0.001"};
   const std::string a = dir("adopt_straight");
   ASSERT_EQ(train(train_args(a, 2), shaping).code, 0);
   // Split: 1 epoch, then --resume naming only the folder, the data, the seed and the epochs.
   const std::string b = dir("adopt_split");
   ASSERT_EQ(train(train_args(b, 1), shaping).code, 0);
-  const test::ToolRun r = train({test::tool_path("ttq_train"), "--data", data(), "--out", b, "--device", "cpu",
-                                 "--seed", "7", "--epochs", "2", "--resume", "--quiet"});
+  const test::ToolRun r = train({test::tool_path("ttq_train"), "--data", data(), "--out", b, "--device",
+                                 "cpu", "--seed", "7", "--epochs", "2", "--resume", "--quiet"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(metrics(a), metrics(b));
   expect_same_tensors(a + "/last.safetensors", b + "/last.safetensors");
@@ -236,8 +238,17 @@ TEST_F(RunFolder, ResumeTakesUnsetOptionsFromTheRun) {
   EXPECT_EQ(cfg["epochs"], 2);
   // A finished run: fewer epochs than it has done are refused; as many (the
   // run's, when --epochs is left out) only redo the final test line.
-  const std::vector<std::string> again = {test::tool_path("ttq_train"), "--data", data(), "--out", b,
-                                          "--device", "cpu", "--seed", "7", "--resume", "--quiet"};
+  const std::vector<std::string> again = {test::tool_path("ttq_train"),
+                                          "--data",
+                                          data(),
+                                          "--out",
+                                          b,
+                                          "--device",
+                                          "cpu",
+                                          "--seed",
+                                          "7",
+                                          "--resume",
+                                          "--quiet"};
   const auto before = snapshot(b);
   expect_one_line(train(again, {"--epochs", "1"}), "--epochs 1: the run in " + b + " has completed 2 epochs");
   EXPECT_EQ(snapshot(b), before);
@@ -315,9 +326,9 @@ TEST_F(RunFolder, SigtermInTheValidationStopsWithinASecond) {
   test::make_tiny_idx(slow, 4016, 8, 5);
   const std::string out = dir("sigterm_val");
   const std::string err = (s_root / "sigterm_val.err").string();
-  const pid_t pid = spawn({test::tool_path("ttq_train"), "--data", "mnist:" + slow, "--out", out, "--device", "cpu",
-                           "--epochs", "3", "--batch", "16", "--val-size", "4000", "--limit-train", "16",
-                           "--eval-batch", "1", "--workers", "1"},
+  const pid_t pid = spawn({test::tool_path("ttq_train"), "--data", "mnist:" + slow, "--out", out, "--device",
+                           "cpu", "--epochs", "3", "--batch", "16", "--val-size", "4000", "--limit-train",
+                           "16", "--eval-batch", "1", "--workers", "1"},
                           err);
   // The progress line of the epoch's only batch comes just before the validation.
   ASSERT_TRUE(wait_for([&] { return slurp(err).find("[1/1]") != std::string::npos; }, 60)) << slurp(err);
@@ -344,9 +355,25 @@ TEST_F(RunFolder, SigtermInTheFinalTestStopsWithinASecond) {
   test::make_tiny_idx(slow, 32, 5000, 6);
   const std::string out = dir("sigterm_test");
   const std::string err = (s_root / "sigterm_test.err").string();
-  const std::vector<std::string> args = {test::tool_path("ttq_train"), "--data", "mnist:" + slow, "--out", out,
-                                         "--device", "cpu", "--epochs", "1", "--batch", "16", "--val-size", "8",
-                                         "--limit-train", "16", "--eval-batch", "1", "--workers", "1"};
+  const std::vector<std::string> args = {test::tool_path("ttq_train"),
+                                         "--data",
+                                         "mnist:" + slow,
+                                         "--out",
+                                         out,
+                                         "--device",
+                                         "cpu",
+                                         "--epochs",
+                                         "1",
+                                         "--batch",
+                                         "16",
+                                         "--val-size",
+                                         "8",
+                                         "--limit-train",
+                                         "16",
+                                         "--eval-batch",
+                                         "1",
+                                         "--workers",
+                                         "1"};
   const pid_t pid = spawn(args, err);
   ASSERT_TRUE(wait_for([&] { return slurp(err).find("on 5000 test images") != std::string::npos; }, 60))
       << slurp(err);
@@ -375,8 +402,10 @@ TEST_F(RunFolder, TwoTrainersOnOneFolder) {
   const std::string err = (s_root / "two.err").string();
   const pid_t first = spawn(train_args(out, 200), err);
   ASSERT_TRUE(wait_for([&] { return fs::exists(out + "/config.json"); }, 60)) << slurp(err);
-  expect_one_line(train(train_args(out, 200), {"--resume"}), "--out " + out + ": in use by another ttq_train");
-  expect_one_line(train(train_args(out, 200), {"--overwrite"}), "--out " + out + ": in use by another ttq_train");
+  expect_one_line(train(train_args(out, 200), {"--resume"}),
+                  "--out " + out + ": in use by another ttq_train");
+  expect_one_line(train(train_args(out, 200), {"--overwrite"}),
+                  "--out " + out + ": in use by another ttq_train");
   expect_one_line(train(train_args(out, 200)), "--out " + out + " already holds a run");
   kill(first, SIGINT);
   int status = 0;

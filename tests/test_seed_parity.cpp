@@ -12,11 +12,11 @@
 #include <fstream>
 #include <sstream>
 
+#include "app/infer.h"
 #include "engine/autograd.h"
 #include "engine/io/safetensors.h"
-#include "app/infer.h"
-#include "models/model_file.h"
 #include "models/model.h"
+#include "models/model_file.h"
 #include "models/packed.h"
 #include "tests/test_util.h"
 
@@ -149,7 +149,6 @@ test::ToolRun run_infer(const std::string& args, const TempDir& dir) {
   return test::run_tool(kInfer + " " + args, dir.path());
 }
 
-
 class InferTool : public testing::Test {
  protected:
   void SetUp() override {
@@ -162,9 +161,9 @@ TEST_F(InferTool, TensorModeReproducesTheSeedLogits) {
   for (const SeedCase& c : {kCases[1], kCases[2]}) {
     const std::string out = dir.file(c.file + "_logits.safetensors");
     test::ToolRun r = run_infer("--model " + kSeed + "/" + c.file + ".safetensors --arch " + c.arch +
-                                " --device cpu --input-tensors " + kSeed +
-                                "/reference_io.safetensors --input-name input --logits-out " + out,
-                            dir);
+                                    " --device cpu --input-tensors " + kSeed +
+                                    "/reference_io.safetensors --input-name input --logits-out " + out,
+                                dir);
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(r.err, "");
     io::SafeTensors st = io::read_safetensors(out);
@@ -191,8 +190,8 @@ TEST_F(InferTool, ArchitectureFromMetadataAndDefaultDevice) {
   io::write_safetensors(ckpt, content, {{"model", "squeezenet"}, {"phase", "ttq"}});
   const std::string out = dir.file("logits.safetensors");
   test::ToolRun r = run_infer("--model " + ckpt + " --input-tensors " + kSeed +
-                              "/reference_io.safetensors --input-name input --logits-out " + out,
-                          dir);
+                                  "/reference_io.safetensors --input-name input --logits-out " + out,
+                              dir);
   ASSERT_EQ(r.code, 0) << r.err;
   if (!cuda::available()) {
     EXPECT_EQ(r.err, "no CUDA device available: running on the CPU\n");
@@ -213,8 +212,8 @@ TEST_F(InferTool, PackedModelsRunThroughThePackedRuntime) {
   models::pack_model_file(kSeed + "/squeezenet_ttq.safetensors", packed, "");
   const std::string out = dir.file("logits.safetensors");
   test::ToolRun r = run_infer("--model " + packed + " --device cpu --input-tensors " + kSeed +
-                              "/reference_io.safetensors --input-name input --logits-out " + out,
-                          dir);
+                                  "/reference_io.safetensors --input-name input --logits-out " + out,
+                              dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_LT(
       test::max_rel_error(io::read_safetensors(out).at("logits"), reference().at("squeezenet_ttq.logits")),

@@ -26,8 +26,8 @@ struct BadFlag {
 // Values no numeric flag of the tools accepts: a few per flag here; every
 // kind of malformed text is in tests/test_flags.cpp, and on --batch and --lr below.
 const std::vector<std::string> kNeverValid = {"-1", "9223372036854775808", "nan", "12abc", ""};
-const std::vector<std::string> kMalformed = {"-7",  "99999999999999999999", "inf", "-inf", "1e999",
-                                             " 5",  "5 ",                   "0x10", "+5", "1e-999"};
+const std::vector<std::string> kMalformed = {
+    "-7", "99999999999999999999", "inf", "-inf", "1e999", " 5", "5 ", "0x10", "+5", "1e-999"};
 
 std::vector<std::string> with(std::vector<std::string> extra) {
   std::vector<std::string> v = kNeverValid;
@@ -95,8 +95,14 @@ class ToolFlags : public ::testing::Test {
   }
 
   std::map<std::string, std::string> train_base() const {
-    return {{"--data", "mnist:" + s_dir + "/data"}, {"--out", "OUT"}, {"--device", "cpu"}, {"--epochs", "1"},
-            {"--batch", "16"}, {"--limit-train", "16"}, {"--limit-val", "16"}, {"--quiet", ""}};
+    return {{"--data", "mnist:" + s_dir + "/data"},
+            {"--out", "OUT"},
+            {"--device", "cpu"},
+            {"--epochs", "1"},
+            {"--batch", "16"},
+            {"--limit-train", "16"},
+            {"--limit-val", "16"},
+            {"--quiet", ""}};
   }
 
   static std::string s_dir;
@@ -147,8 +153,8 @@ TEST_F(ToolFlags, EvalNumbersAndTexts) {
                                                    {"--device", "cpu"},
                                                    {"--json", "OUT"}};
   // The base command works.
-  const test::ToolRun ok = test::run_argv({test::tool_path("ttq_eval"), "--weights", base.at("--weights"), "--data",
-                                           base.at("--data"), "--device", "cpu"});
+  const test::ToolRun ok = test::run_argv({test::tool_path("ttq_eval"), "--weights", base.at("--weights"),
+                                           "--data", base.at("--data"), "--device", "cpu"});
   ASSERT_EQ(ok.code, 0) << ok.err;
   check_all("ttq_eval", base,
             {{"--batch", with({"0", "4097"})},
@@ -158,8 +164,8 @@ TEST_F(ToolFlags, EvalNumbersAndTexts) {
   for (const char* flag : {"--model", "--weights", "--data", "--device", "--split", "--json"})
     expect_refused("ttq_eval", base, flag, "", "empty value");
   // Without --device: no "running on the CPU" line before the error either.
-  const test::ToolRun r = test::run_argv({test::tool_path("ttq_eval"), "--weights", base.at("--weights"), "--data",
-                                          "mnist:" + s_dir + "/no_such_data"});
+  const test::ToolRun r = test::run_argv({test::tool_path("ttq_eval"), "--weights", base.at("--weights"),
+                                          "--data", "mnist:" + s_dir + "/no_such_data"});
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_EQ(test::count_lines(r.err), 1) << r.err;
 }
@@ -191,15 +197,17 @@ TEST_F(ToolFlags, InferNumbersAndTexts) {
 TEST_F(ToolFlags, PackTexts) {
   const std::map<std::string, std::string> base = {
       {"--in", test::seed_dir() + "/small_densenet_ttq.safetensors"}, {"--out", "OUT"}};
-  for (const char* flag : {"--in", "--out", "--arch"}) expect_refused("ttq_pack", base, flag, "", "empty value");
+  for (const char* flag : {"--in", "--out", "--arch"})
+    expect_refused("ttq_pack", base, flag, "", "empty value");
 }
 
 TEST_F(ToolFlags, HelpStatesRangesAndDefaults) {
   const test::ToolRun t = test::run_argv({test::tool_path("ttq_train"), "--help"});
   EXPECT_EQ(t.code, 0);
-  for (const char* s : {"--epochs INT", "(1..100000; default fp 30, ttq 20)", "(1..4096; default fp 128, ttq 512)",
-                        "--lr FLOAT", "(> 0; default fp 0.1", "--momentum FLOAT", "([0, 1); default 0.95)",
-                        "(1..64; default 2)", "(1..4096; default 256)", "--overwrite", "--limit-train INT"})
+  for (const char* s :
+       {"--epochs INT", "(1..100000; default fp 30, ttq 20)", "(1..4096; default fp 128, ttq 512)",
+        "--lr FLOAT", "(> 0; default fp 0.1", "--momentum FLOAT", "([0, 1); default 0.95)",
+        "(1..64; default 2)", "(1..4096; default 256)", "--overwrite", "--limit-train INT"})
     EXPECT_NE(t.out.find(s), std::string::npos) << s << "\n" << t.out;
   const test::ToolRun e = test::run_argv({test::tool_path("ttq_eval"), "--help"});
   EXPECT_NE(e.out.find("(1..4096; default 256)"), std::string::npos) << e.out;

@@ -42,8 +42,8 @@ class ToolOutputs : public ::testing::Test {
     o.progress = false;
     std::ostringstream log;
     train::run_training(o, log);
-    for (const char* f : {"small_densenet_ttq.safetensors", "small_densenet_fp.safetensors",
-                          "reference_io.safetensors"})
+    for (const char* f :
+         {"small_densenet_ttq.safetensors", "small_densenet_fp.safetensors", "reference_io.safetensors"})
       fs::copy_file(fs::path(test::seed_dir()) / f, s_dir / f);
   }
   static void TearDownTestSuite() { fs::remove_all(s_dir); }
@@ -78,8 +78,8 @@ TEST_F(ToolOutputs, InferRefusesToReplaceItsInputs) {
   const std::string input = (s_dir / "reference_io.safetensors").string();
   const std::string model_before = slurp(model), input_before = slurp(input);
   auto run = [&](const std::string& out) {
-    return test::run_argv({test::tool_path("ttq_infer"), "--model", model, "--device", "cpu", "--input-tensors",
-                           input, "--input-name", "input", "--logits-out", out});
+    return test::run_argv({test::tool_path("ttq_infer"), "--model", model, "--device", "cpu",
+                           "--input-tensors", input, "--input-name", "input", "--logits-out", out});
   };
   expect_one_line(run(model), "ttq_infer", "is the --model file");
   expect_one_line(run((s_dir / "." / "small_densenet_fp.safetensors").string()), "ttq_infer",
@@ -89,13 +89,14 @@ TEST_F(ToolOutputs, InferRefusesToReplaceItsInputs) {
   EXPECT_EQ(slurp(input), input_before);
   // Packed models too.
   const std::string packed = (s_dir / "packed.safetensors").string();
-  ASSERT_EQ(test::run_argv({test::tool_path("ttq_pack"), "--in", (s_dir / "small_densenet_ttq.safetensors").string(),
-                            "--out", packed})
+  ASSERT_EQ(test::run_argv({test::tool_path("ttq_pack"), "--in",
+                            (s_dir / "small_densenet_ttq.safetensors").string(), "--out", packed})
                 .code,
             0);
   const std::string packed_before = slurp(packed);
-  const test::ToolRun r = test::run_argv({test::tool_path("ttq_infer"), "--model", packed, "--device", "cpu",
-                                          "--input-tensors", input, "--input-name", "input", "--logits-out", packed});
+  const test::ToolRun r =
+      test::run_argv({test::tool_path("ttq_infer"), "--model", packed, "--device", "cpu", "--input-tensors",
+                      input, "--input-name", "input", "--logits-out", packed});
   expect_one_line(r, "ttq_infer", "is the --model file");
   EXPECT_EQ(slurp(packed), packed_before);
 }
@@ -103,9 +104,9 @@ TEST_F(ToolOutputs, InferRefusesToReplaceItsInputs) {
 TEST_F(ToolOutputs, EvalRefusesToReplaceTheWeights) {
   const std::string weights = (s_dir / "run" / "last.safetensors").string();
   const std::string before = slurp(weights);
-  const test::ToolRun r =
-      test::run_argv({test::tool_path("ttq_eval"), "--weights", weights, "--data", "mnist:" + (s_dir / "data").string(),
-                      "--device", "cpu", "--json", (s_dir / "run" / "." / "last.safetensors").string()});
+  const test::ToolRun r = test::run_argv({test::tool_path("ttq_eval"), "--weights", weights, "--data",
+                                          "mnist:" + (s_dir / "data").string(), "--device", "cpu", "--json",
+                                          (s_dir / "run" / "." / "last.safetensors").string()});
   expect_one_line(r, "ttq_eval", "is the --weights file");
   EXPECT_EQ(slurp(weights), before);
 }
@@ -135,7 +136,8 @@ TEST_F(ToolOutputs, EvalJsonUnderAFullDisk) {
 TEST_F(ToolOutputs, PackAndInferUnderAFullDisk) {
   const std::string packed = (s_dir / "full_packed.safetensors").string();
   const std::vector<std::string> pack = {test::tool_path("ttq_pack"), "--in",
-                                         (s_dir / "small_densenet_ttq.safetensors").string(), "--out", packed};
+                                         (s_dir / "small_densenet_ttq.safetensors").string(), "--out",
+                                         packed};
   ASSERT_EQ(test::run_argv(pack).code, 0);
   const std::string packed_before = slurp(packed);
   test::RunLimits full;

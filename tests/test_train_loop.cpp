@@ -9,20 +9,20 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <limits>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
+#include "app/eval.h"
 #include "data/idx.h"
 #include "engine/io/safetensors.h"
 #include "models/packed.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
-#include "train/trainer.h"
-#include "app/eval.h"
 #include "train/evaluate.h"
+#include "train/trainer.h"
 
 namespace fs = std::filesystem;
 
@@ -311,8 +311,7 @@ TEST_F(TrainLoop, NonFiniteValidationLossIsDivergence) {
   io::SafeTensors st = io::read_safetensors(fp.out + "/best.safetensors");
   io::NamedTensors tensors;
   for (const auto& [name, t] : st.tensors()) {
-    if (name.rfind("optimizer", 0) == 0 || name.rfind("scheduler.", 0) == 0)
-      continue;
+    if (name.rfind("optimizer", 0) == 0 || name.rfind("scheduler.", 0) == 0) continue;
     Tensor c = t.clone();
     if (name == "features.norm4.running_mean") {
       float* p = c.data<float>();
@@ -392,8 +391,15 @@ pid_t spawn_train(const std::vector<std::string>& args) {
 }
 
 std::vector<std::string> tool_args(const std::string& data, const std::string& out, int epochs) {
-  return {"--model", "small_densenet", "--data", "mnist:" + data, "--out", out, "--device", "cpu",
-          "--epochs", std::to_string(epochs), "--batch", "16", "--lr", "0.05", "--seed", "3", "--quiet"};
+  return {"--model",  "small_densenet",
+          "--data",   "mnist:" + data,
+          "--out",    out,
+          "--device", "cpu",
+          "--epochs", std::to_string(epochs),
+          "--batch",  "16",
+          "--lr",     "0.05",
+          "--seed",   "3",
+          "--quiet"};
 }
 
 TEST_F(TrainLoop, SigintWritesCheckpointAndExits130) {
@@ -401,7 +407,8 @@ TEST_F(TrainLoop, SigintWritesCheckpointAndExits130) {
   std::string out = run_dir("sigint");
   pid_t pid = spawn_train(tool_args(s_data, out, 50));
   // Wait until the first epoch's checkpoint exists, then interrupt.
-  for (int i = 0; i < 600 && !fs::exists(out + "/last.safetensors"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 600 && !fs::exists(out + "/last.safetensors"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   ASSERT_TRUE(fs::exists(out + "/last.safetensors"));
   kill(pid, SIGINT);
   int status = 0;
@@ -426,7 +433,8 @@ TEST_F(TrainLoop, SigkillNeverLeavesABrokenCheckpoint) {
     pid_t pid = spawn_train(args);
     if (round == 0) {
       // Let the first checkpoint appear, then kill at a random moment after it.
-      for (int i = 0; i < 1800 && !fs::exists(last); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      for (int i = 0; i < 1800 && !fs::exists(last); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
       ASSERT_TRUE(fs::exists(last)) << "no checkpoint within 180 s";
     }
     // A random moment: during start-up, a step, or a checkpoint write.

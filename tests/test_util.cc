@@ -1,8 +1,5 @@
 #include "tests/test_util.h"
 
-#include "data/idx.h"
-#include "engine/process.h"
-
 #include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -18,6 +15,9 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include "data/idx.h"
+#include "engine/process.h"
 
 namespace ttq::test {
 
@@ -149,7 +149,8 @@ std::string make_tiny_idx(const std::string& dir, int64_t n_train, int64_t n_tes
 
 std::string tool_path(const std::string& name) {
   const char* dir = std::getenv("TTQ_TOOLS_DIR");
-  return (dir != nullptr && *dir != 0 ? std::string(dir) : std::string(TTQ_BINARY_DIR) + "/tools") + "/" + name;
+  return (dir != nullptr && *dir != 0 ? std::string(dir) : std::string(TTQ_BINARY_DIR) + "/tools") + "/" +
+         name;
 }
 
 ToolRun run_argv(const std::vector<std::string>& args, const RunLimits& limits) {

@@ -37,16 +37,15 @@ bool all_finite(const Tensor& t);
 // Devices to run device-parameterised tests on: cpu always, cuda:0 always listed
 // (tests on it call GTEST_SKIP when no device is present).
 std::vector<Device> all_devices();
-#define TTQ_SKIP_IF_NO_DEVICE(dev)                                  \
-  do {                                                              \
-    if ((dev).is_cuda() && !::ttq::cuda::available())               \
-      GTEST_SKIP() << "no CUDA device";                             \
+#define TTQ_SKIP_IF_NO_DEVICE(dev)                                                      \
+  do {                                                                                  \
+    if ((dev).is_cuda() && !::ttq::cuda::available()) GTEST_SKIP() << "no CUDA device"; \
   } while (0)
 
 // Central finite differences in float64 of a scalar function f(inputs) with
 // respect to input `which`; returns the numeric gradient (same shape).
-Tensor numeric_grad(const std::function<double(const std::vector<Tensor>&)>& f,
-                    std::vector<Tensor> inputs, size_t which, double eps = 1e-6);
+Tensor numeric_grad(const std::function<double(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs,
+                    size_t which, double eps = 1e-6);
 
 std::string device_name(const testing::TestParamInfo<Device>& info);
 
@@ -61,11 +60,11 @@ int count_lines(const std::string& s);
 
 // The message of the ttq::InputError `f` throws, "no error", or "not an InputError: ..."
 std::string input_error_message(const std::function<void()>& f);
-#define EXPECT_INPUT_ERROR_MENTIONS(stmt, text)                                                    \
-  do {                                                                                             \
-    const std::string msg_ = ::ttq::test::input_error_message([&] { stmt; });                     \
-    EXPECT_NE(msg_.find(text), std::string::npos) << "message: " << msg_;                          \
-    EXPECT_EQ(msg_.find("not an InputError"), std::string::npos) << msg_;                          \
+#define EXPECT_INPUT_ERROR_MENTIONS(stmt, text)                               \
+  do {                                                                        \
+    const std::string msg_ = ::ttq::test::input_error_message([&] { stmt; }); \
+    EXPECT_NE(msg_.find(text), std::string::npos) << "message: " << msg_;     \
+    EXPECT_EQ(msg_.find("not an InputError"), std::string::npos) << msg_;     \
   } while (0)
 
 // A small data set in the mnist:DIR layout (28x28 grey images, 10 classes; class

@@ -32,8 +32,9 @@ class Flags {
     TTQ_CHECK(r.lo >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
               r.hi <= static_cast<int64_t>(std::numeric_limits<T>::max()))
         << name << ": range wider than its type";
-    return add(name, help + " (" + range_text(r) + "; default " + default_text + ")", "INT",
-               [&target, name, r](const std::string& v) { target = static_cast<T>(parse_int_flag(name, v, r)); });
+    return add(
+        name, help + " (" + range_text(r) + "; default " + default_text + ")", "INT",
+        [&target, name, r](const std::string& v) { target = static_cast<T>(parse_int_flag(name, v, r)); });
   }
 
   CLI::Option* real(const std::string& name, double& target, RealRange r, const std::string& help,
@@ -44,8 +45,9 @@ class Flags {
 
   CLI::Option* seed(const std::string& name, uint64_t& target, const std::string& help,
                     const std::string& default_text) {
-    return add(name, help + " (0.." + std::to_string(std::numeric_limits<uint64_t>::max()) + "; default " +
-                         default_text + ")",
+    return add(name,
+               help + " (0.." + std::to_string(std::numeric_limits<uint64_t>::max()) + "; default " +
+                   default_text + ")",
                "INT", [&target, name](const std::string& v) { target = parse_uint64_flag(name, v); });
   }
 
@@ -86,7 +88,7 @@ inline int parse(CLI::App& app, const Flags& flags, int argc, char** argv, const
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    if (e.get_exit_code() == 0) return app.exit(e);                         // --help
     std::cerr << tool << ": " << printable(e.what()) << " (see --help)\n";  // argv may hold anything
     return 2;
   }

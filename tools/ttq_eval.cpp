@@ -8,30 +8,33 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "app/eval.h"
 #include "engine/io/write_file.h"
 #include "engine/process.h"
 #include "tools/flags.h"
 #include "train/options.h"
-#include "app/eval.h"
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
   ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
-  CLI::App app{"Evaluate a ttq checkpoint (full precision or TTQ), a packed 2-bit model or a PyTorch import."};
+  CLI::App app{
+      "Evaluate a ttq checkpoint (full precision or TTQ), a packed 2-bit model or a PyTorch import."};
   namespace L = ttq::train::limits;
   ttq::app::EvalOptions o;
   std::string json_out;
   ttq::tools::Flags f(app);
   f.text("--model", o.model, "Architecture (optional when the file's metadata names it)");
-  f.text("--weights", o.weights, "Checkpoint, packed 2-bit model or PyTorch import (.safetensors)")->required();
+  f.text("--weights", o.weights, "Checkpoint, packed 2-bit model or PyTorch import (.safetensors)")
+      ->required();
   f.text("--data", o.data, "fashion-mnist[:DIR] | tiny-imagenet:DIR | folder:DIR | mnist:DIR", o.data);
   f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");
   f.integer("--batch", o.batch, L::kEvalBatch, "Batch size", std::to_string(o.batch));
-  f.text("--split", o.split,
-         "val: the validation split as training formed it (held out of the training images when the data set "
-         "has no validation split of its own); test: the test split (fashion-mnist/mnist t10k, tiny-imagenet's "
-         "val/, folder:DIR/test); all: every image of the data set",
-         o.split);
+  f.text(
+      "--split", o.split,
+      "val: the validation split as training formed it (held out of the training images when the data set "
+      "has no validation split of its own); test: the test split (fashion-mnist/mnist t10k, tiny-imagenet's "
+      "val/, folder:DIR/test); all: every image of the data set",
+      o.split);
   f.integer("--val-size", o.val_size, L::kValSize, "Held-out validation size, fewer than the training images",
             "what the weights' metadata records, else 10% of the training images, at most 5000");
   f.integer("--limit", o.limit, L::kLimit, "Evaluate a seeded subset of N images of the split", "all");
@@ -44,7 +47,8 @@ int main(int argc, char** argv) {
       TTQ_INPUT_CHECK(!ttq::io::same_file(json_out, o.weights))
           << "--json " << json_out << " is the --weights file; write the report to another file";
       const std::filesystem::path dir = std::filesystem::absolute(json_out).parent_path();
-      TTQ_INPUT_CHECK(std::filesystem::is_directory(dir)) << "--json " << json_out << ": no folder " << dir.string();
+      TTQ_INPUT_CHECK(std::filesystem::is_directory(dir))
+          << "--json " << json_out << ": no folder " << dir.string();
       TTQ_INPUT_CHECK(!std::filesystem::is_directory(json_out)) << "--json " << json_out << ": is a folder";
     }
     const ttq::app::EvalReport report = ttq::app::run_eval(o, std::cerr);

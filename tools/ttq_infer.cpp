@@ -6,8 +6,8 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
-#include "engine/process.h"
 #include "app/infer.h"
+#include "engine/process.h"
 #include "models/model_file.h"
 #include "models/summary.h"
 #include "tools/flags.h"
@@ -15,7 +15,7 @@
 namespace {
 
 // The ranges of ttq_infer's numeric flags (one place; --help states them).
-constexpr ttq::IntRange kTopK{1, 1000};         // then at most the model's classes
+constexpr ttq::IntRange kTopK{1, 1000};  // then at most the model's classes
 constexpr ttq::IntRange kClasses{1, 100000};
 constexpr ttq::IntRange kInputChannels{1, 64};  // --input C
 constexpr ttq::IntRange kInputSide{1, 1024};    // --input H and W (one forward pass on the CPU)
@@ -39,7 +39,8 @@ int main(int argc, char** argv) {
   std::string data_spec;
   int top_k = 5;
   ttq::tools::Flags f(app);
-  f.text("--model", o.model_path, "Weights file (.safetensors): a checkpoint, a PyTorch import or a packed 2-bit model");
+  f.text("--model", o.model_path,
+         "Weights file (.safetensors): a checkpoint, a PyTorch import or a packed 2-bit model");
   f.text("--arch", o.arch, "Architecture when the file's metadata has no \"model\" (" + known + ")");
   f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");
   f.text("--input-tensors", o.input_path, "Tensor mode: safetensors file holding the input batch");
@@ -52,7 +53,8 @@ int main(int argc, char** argv) {
              ttq::range_text(kInputSide),
          input_chw);
   app.add_option("images", images, "Image mode: image files (JPEG, PNG, BMP)");
-  f.text("--data", data_spec, "Image mode: data spec naming the classes when the file does not (e.g. tiny-imagenet:DIR)");
+  f.text("--data", data_spec,
+         "Image mode: data spec naming the classes when the file does not (e.g. tiny-imagenet:DIR)");
   f.integer("--top-k", top_k, kTopK, "Image mode: classes printed per image, at most the model's", "5");
   f.integer("--classes", classes, kClasses, "Summary: number of classes", "200");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_infer"); rc >= 0) return rc;
@@ -86,9 +88,9 @@ int main(int argc, char** argv) {
       std::cout << ttq::app::format_predictions(ttq::app::run_image_inference(io, std::cerr));
       return 0;
     }
-    TTQ_INPUT_CHECK(!o.input_path.empty())
-        << "nothing to do: give image files, --input-tensors FILE (with --model, --input-name, --logits-out) or "
-           "--summary";
+    TTQ_INPUT_CHECK(!o.input_path.empty()) << "nothing to do: give image files, --input-tensors FILE (with "
+                                              "--model, --input-name, --logits-out) or "
+                                              "--summary";
     TTQ_INPUT_CHECK(!o.model_path.empty()) << "--model FILE is required";
     ttq::Tensor logits = ttq::app::run_tensor_inference(o, std::cerr);
     std::cout << "wrote " << o.logits_out << ": logits " << ttq::shape_str(logits.shape()) << "\n";

@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
   for (const auto& n : ttq::models::names()) known += (known.empty() ? "" : ", ") + n;
   ttq::tools::Flags f(app);
   f.text("--in", in, "TTQ checkpoint or ternary weights (.safetensors)")->required();
-  f.text("--out", out, "Packed model to write (.safetensors; replaced atomically; not the --in file)")->required();
+  f.text("--out", out, "Packed model to write (.safetensors; replaced atomically; not the --in file)")
+      ->required();
   f.text("--arch", arch, "Architecture when the input's metadata has no \"model\" (" + known + ")");
   app.add_flag("--quiet", quiet, "Print only the totals");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_pack"); rc >= 0) return rc;

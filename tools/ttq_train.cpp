@@ -49,16 +49,20 @@ int main(int argc, char** argv) {
   f.text("--wn-grad", o.wn_grad, "ttq: dL/dWn sign: exact (-sum_N G) or seed (+sum_N G)", "exact");
   f.seed("--seed", o.seed, "Random seed (init, data order, augmentation, dropout)", "0");
   f.integer("--workers", o.workers, L::kWorkers, "Data loader threads", std::to_string(o.workers));
-  f.integer("--limit-train", o.limit_train, L::kLimit, "Train on a seeded subset of N training images", "all");
-  f.integer("--limit-val", o.limit_val, L::kLimit, "Validate on a seeded subset of N validation images", "all");
-  f.integer("--limit-test", o.limit_test, L::kLimit, "Test the final model on a seeded subset of N test images",
+  f.integer("--limit-train", o.limit_train, L::kLimit, "Train on a seeded subset of N training images",
             "all");
-  f.integer("--val-size", o.val_size, L::kValSize,
-            "Images held out of the training images for validation when the data set has no validation split "
-            "of its own (fashion-mnist, mnist, tiny-imagenet, folder:DIR without DIR/val); stratified by class, "
-            "seeded, the same in every run; fewer than the training images",
-            "10% of the training images, at most 5000");
-  f.integer("--eval-batch", o.eval_batch, L::kEvalBatch, "Validation batch size", std::to_string(o.eval_batch));
+  f.integer("--limit-val", o.limit_val, L::kLimit, "Validate on a seeded subset of N validation images",
+            "all");
+  f.integer("--limit-test", o.limit_test, L::kLimit,
+            "Test the final model on a seeded subset of N test images", "all");
+  f.integer(
+      "--val-size", o.val_size, L::kValSize,
+      "Images held out of the training images for validation when the data set has no validation split "
+      "of its own (fashion-mnist, mnist, tiny-imagenet, folder:DIR without DIR/val); stratified by class, "
+      "seeded, the same in every run; fewer than the training images",
+      "10% of the training images, at most 5000");
+  f.integer("--eval-batch", o.eval_batch, L::kEvalBatch, "Validation batch size",
+            std::to_string(o.eval_batch));
   f.integer("--early-stop-patience", o.early_stop_patience, L::kEarlyStopPatience,
             "Stop when val top-1 has not beaten the 5-epoch mean of N epochs earlier by 0.01",
             std::to_string(o.early_stop_patience));
@@ -68,8 +72,9 @@ int main(int argc, char** argv) {
          "Learning-rate schedule: plateau (the seed's ReduceLROnPlateau) or cosine (to 0 over --epochs)",
          "plateau");
   app.add_flag("--resume", o.resume, "Continue the run in --out from last.safetensors");
-  app.add_flag("--overwrite", o.overwrite,
-               "Start a new run in an --out that holds one (its files are replaced once the inputs are checked)");
+  app.add_flag(
+      "--overwrite", o.overwrite,
+      "Start a new run in an --out that holds one (its files are replaced once the inputs are checked)");
   app.add_flag("--quiet", quiet, "No progress lines, only one line per epoch");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_train"); rc >= 0) return rc;
   o.progress = !quiet;

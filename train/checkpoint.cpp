@@ -84,8 +84,8 @@ models::ModelConfig model_config_from_json(const std::string& s, const std::stri
 }
 
 void save_checkpoint(const std::string& path, models::Model& model, const models::TtqModel* ttq,
-                     const optim::Optimizer& opt, const optim::ReduceLROnPlateau& sched, const RunState& state,
-                     const io::Metadata& extra) {
+                     const optim::Optimizer& opt, const optim::ReduceLROnPlateau& sched,
+                     const RunState& state, const io::Metadata& extra) {
   io::NamedTensors tensors = ttq ? models::ttq_checkpoint_view(model, *ttq) : model.state_dict();
   for (auto& [name, t] : opt.state_tensors()) tensors.emplace_back(kOptTensor + name, t);
   for (auto& [name, v] : opt.state_scalars()) tensors.emplace_back(kOptScalar + name, scalar_tensor(v));
@@ -122,7 +122,8 @@ CheckpointContent read_checkpoint(const std::string& path) {
     if (starts_with(name, kOptTensor)) {
       c.optimizer_tensors[name.substr(std::string(kOptTensor).size())] = t;
     } else if (starts_with(name, kOptScalar) || starts_with(name, kSchedScalar)) {
-      TTQ_INPUT_CHECK(t.numel() == 1) << path << ": state scalar " << name << " has " << t.numel() << " elements";
+      TTQ_INPUT_CHECK(t.numel() == 1)
+          << path << ": state scalar " << name << " has " << t.numel() << " elements";
       auto& dst = starts_with(name, kOptScalar) ? c.optimizer_scalars : c.scheduler_scalars;
       const size_t plen = std::string(starts_with(name, kOptScalar) ? kOptScalar : kSchedScalar).size();
       dst[name.substr(plen)] = t.item();

@@ -48,8 +48,8 @@ struct CheckpointContent {
 // Writes atomically. `ttq` is null in the full-precision phase. `extra` metadata
 // (data spec, class names, preprocessing) is stored as given.
 void save_checkpoint(const std::string& path, models::Model& model, const models::TtqModel* ttq,
-                     const optim::Optimizer& opt, const optim::ReduceLROnPlateau& sched, const RunState& state,
-                     const io::Metadata& extra);
+                     const optim::Optimizer& opt, const optim::ReduceLROnPlateau& sched,
+                     const RunState& state, const io::Metadata& extra);
 
 // Reads and validates a checkpoint written by save_checkpoint (one InputError
 // line naming the file on any defect).

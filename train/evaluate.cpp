@@ -41,7 +41,8 @@ EvalResult evaluate(const Forward& forward, data::Loader& loader, Device device,
   return r;
 }
 
-EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device, const std::function<bool()>& stop) {
+EvalResult evaluate(nn::Module& model, data::Loader& loader, Device device,
+                    const std::function<bool()>& stop) {
   const bool was_training = model.is_training();
   model.eval();
   EvalResult r = evaluate([&](const Tensor& x) { return model(x); }, loader, device, stop);
@@ -59,7 +60,8 @@ data::LoaderOptions loader_options(int64_t batch, int workers, uint64_t seed, bo
   return lo;
 }
 
-void check_some_loaded(double loaded, const data::Loader& loader, const std::string& data, const char* split) {
+void check_some_loaded(double loaded, const data::Loader& loader, const std::string& data,
+                       const char* split) {
   TTQ_INPUT_CHECK(loaded > 0) << data << ": no readable image in the " << split << " split ("
                               << loader.skipped_in_epoch() << " unreadable skipped)";
 }

@@ -51,11 +51,11 @@ std::string TestMetrics::json() const {
 
 std::string EpochMetrics::line(int64_t epochs, bool best) const {
   std::ostringstream os;
-  os << std::fixed << "epoch " << epoch << "/" << epochs << ": train loss " << std::setprecision(4) << train_loss
-     << " top1 " << std::setprecision(2) << 100 * train_top1 << "% | val loss " << std::setprecision(4)
-     << val_loss << " top1 " << std::setprecision(2) << 100 * val_top1 << "% top5 " << 100 * val_top5
-     << "% | lr " << std::defaultfloat << lr << " | " << std::fixed << std::setprecision(1) << images_per_second
-     << " img/s, " << seconds << " s";
+  os << std::fixed << "epoch " << epoch << "/" << epochs << ": train loss " << std::setprecision(4)
+     << train_loss << " top1 " << std::setprecision(2) << 100 * train_top1 << "% | val loss "
+     << std::setprecision(4) << val_loss << " top1 " << std::setprecision(2) << 100 * val_top1 << "% top5 "
+     << 100 * val_top5 << "% | lr " << std::defaultfloat << lr << " | " << std::fixed << std::setprecision(1)
+     << images_per_second << " img/s, " << seconds << " s";
   if (ttq) os << " | zeros " << std::setprecision(1) << 100 * zero_fraction << "%";
   if (skipped) os << " | " << skipped << " images skipped";
   if (best) os << " (best)";

@@ -11,7 +11,8 @@
 namespace ttq::train {
 
 TrainOptions resolve_defaults(TrainOptions o) {
-  TTQ_INPUT_CHECK(o.phase == "fp" || o.phase == "ttq") << "--phase: expected fp or ttq, got '" << o.phase << "'";
+  TTQ_INPUT_CHECK(o.phase == "fp" || o.phase == "ttq")
+      << "--phase: expected fp or ttq, got '" << o.phase << "'";
   bool known = false;
   for (const auto& n : models::names()) known = known || n == o.model;
   TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model
@@ -45,7 +46,8 @@ TrainOptions resolve_defaults(TrainOptions o) {
   check_flag_range("--early-stop-patience", static_cast<int64_t>(o.early_stop_patience),
                    limits::kEarlyStopPatience);
   check_flag_range("--plateau-patience", static_cast<int64_t>(o.plateau_patience), limits::kPlateauPatience);
-  TTQ_CHECK(std::isfinite(o.early_stop_threshold) && o.stop_after_steps >= 0) << "resolve_defaults: bad testing aids";
+  TTQ_CHECK(std::isfinite(o.early_stop_threshold) && o.stop_after_steps >= 0)
+      << "resolve_defaults: bad testing aids";
   TTQ_INPUT_CHECK(o.schedule == "plateau" || o.schedule == "cosine")
       << "--schedule: expected plateau or cosine, got '" << o.schedule << "'";
   TTQ_INPUT_CHECK(o.wn_grad == "exact" || o.wn_grad == "seed")

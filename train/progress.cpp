@@ -12,8 +12,10 @@ std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   int64_t t = static_cast<int64_t>(s + 0.5);
   std::ostringstream os;
-  if (t >= 3600) os << t / 3600 << ":" << std::setw(2) << std::setfill('0') << (t / 60) % 60;
-  else os << t / 60;
+  if (t >= 3600)
+    os << t / 3600 << ":" << std::setw(2) << std::setfill('0') << (t / 60) % 60;
+  else
+    os << t / 60;
   os << ":" << std::setw(2) << std::setfill('0') << t % 60;
   return os.str();
 }

@@ -45,8 +45,8 @@ RunFolder::RunFolder(const TrainOptions& o)
   if (!o.resume && !o.init.empty()) {
     for (const char* name : kRunFiles) {
       TTQ_INPUT_CHECK(!io::same_file(o.init, path(name)))
-          << "--init " << o.init << " is " << path(name) << ", which this run would replace: copy it out of --out "
-          << o.out << " or choose another --out";
+          << "--init " << o.init << " is " << path(name)
+          << ", which this run would replace: copy it out of --out " << o.out << " or choose another --out";
     }
   }
   if (o.resume) {
@@ -90,7 +90,8 @@ void RunFolder::lock() {
   const int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) {
     const int err = errno;
-    TTQ_INPUT_ERROR() << "--out " << m_flag_text << ": cannot open the lock file " << p << ": " << std::strerror(err);
+    TTQ_INPUT_ERROR() << "--out " << m_flag_text << ": cannot open the lock file " << p << ": "
+                      << std::strerror(err);
   }
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
@@ -161,8 +162,8 @@ class RunOptions {
   // `value` unset: takes the run's; given: must equal it. A run that left the
   // option unset recorded `unset_value`, said as `unset_text`.
   template <class T>
-  void adopt(const char* flag, const char* key, T& value, bool unset, std::optional<T> unset_value = std::nullopt,
-             const char* unset_text = "") const {
+  void adopt(const char* flag, const char* key, T& value, bool unset,
+             std::optional<T> unset_value = std::nullopt, const char* unset_text = "") const {
     const std::optional<T> run = get<T>(key);
     if (!run) return;
     const bool run_unset = unset_value && *run == *unset_value;
@@ -249,14 +250,14 @@ void check_run_data(const nlohmann::json& config, int64_t train_images, int64_t 
                     const std::string& config_path) {
   const RunOptions run(config, config_path);
   if (auto n = run.get<int64_t>("train_images")) {
-    TTQ_INPUT_CHECK(*n == train_images) << "--data: the data now has " << train_images
-                                        << " training images, the run being resumed had " << *n << " ("
-                                        << config_path << "); the data order would differ";
+    TTQ_INPUT_CHECK(*n == train_images)
+        << "--data: the data now has " << train_images << " training images, the run being resumed had " << *n
+        << " (" << config_path << "); the data order would differ";
   }
   if (auto n = run.get<int64_t>("val_images")) {
-    TTQ_INPUT_CHECK(*n == val_images) << "--data: the data now has " << val_images
-                                      << " validation images, the run being resumed had " << *n << " ("
-                                      << config_path << ")";
+    TTQ_INPUT_CHECK(*n == val_images)
+        << "--data: the data now has " << val_images << " validation images, the run being resumed had " << *n
+        << " (" << config_path << ")";
   }
 }
 

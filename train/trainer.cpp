@@ -29,7 +29,9 @@ namespace ttq::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 io::NamedTensors read_init_weights(const std::string& path, const std::string& arch) {
   io::Header h = io::read_safetensors_header(path);
@@ -92,7 +94,8 @@ void open_run_data(Run& r, const RunFolder& folder) {
   if (o.limit_train > 0) r.train_set = data::random_subset(r.train_set, o.limit_train, o.seed);
   if (o.limit_val > 0) r.val_set = data::random_subset(r.val_set, o.limit_val, o.seed + 1);
   if (r.test_set && o.limit_test > 0) r.test_set = data::random_subset(r.test_set, o.limit_test, o.seed + 2);
-  if (o.resume) check_run_data(folder.run_config(), r.train_set->size(), r.val_set->size(), folder.config_path());
+  if (o.resume)
+    check_run_data(folder.run_config(), r.train_set->size(), r.val_set->size(), folder.config_path());
 }
 
 // The model of the phase: from --init (or fresh), quantized for TTQ; on
@@ -218,7 +221,8 @@ int stop_in_epoch(Run& r, const EpochSums& s, const data::Loader& train_loader, 
 
 // The training batches of one epoch. Returns the batches done when a stop
 // signal came before the last one (the caller then stops the run), else nothing.
-std::optional<int64_t> train_epoch(Run& r, data::Loader& loader, int64_t epoch, EpochSums& s, Progress& progress) {
+std::optional<int64_t> train_epoch(Run& r, data::Loader& loader, int64_t epoch, EpochSums& s,
+                                   Progress& progress) {
   const int64_t nb = loader.batches_per_epoch();
   r.model->train();
   while (auto b = loader.next()) {
@@ -384,7 +388,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   if (o.resume) {
     const RunState& rs = resume_ckpt.state;
     TTQ_INPUT_CHECK(rs.batch <= nb) << r.last_path << ": the run stopped after batch " << rs.batch
-                                    << " of an epoch, but " << o.data << " gives " << nb << " batches per epoch";
+                                    << " of an epoch, but " << o.data << " gives " << nb
+                                    << " batches per epoch";
     // As many epochs as done: the run only redoes its final test.
     TTQ_INPUT_CHECK(rs.epoch <= o.epochs) << "--epochs " << o.epochs << ": the run in " << o.out
                                           << " has completed " << rs.epoch << " epochs already";
@@ -412,7 +417,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   folder.write_config(run_config_text(r));
   folder.start_metrics(r.st.epoch);
 
-  if (o.resume) log << "resuming " << o.out << " at epoch " << r.st.epoch + 1 << ", batch " << r.st.batch << "\n";
+  if (o.resume)
+    log << "resuming " << o.out << " at epoch " << r.st.epoch + 1 << ", batch " << r.st.batch << "\n";
   Progress progress(log, o.progress, isatty(STDERR_FILENO) != 0);
   log << o.model << " " << o.phase << " on " << r.device.str() << ": " << r.train_set->size() << " train / "
       << r.val_set->size() << " val / " << (r.test_set ? r.test_set->size() : 0) << " test images, "
@@ -456,7 +462,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
       break;
     }
     if (int sig = stop_signal(); sig != 0) {
-      log << "stopped by signal " << sig << " after epoch " << r.st.epoch << "; " << r.last_path << " written\n";
+      log << "stopped by signal " << sig << " after epoch " << r.st.epoch << "; " << r.last_path
+          << " written\n";
       result.exit_code = 128 + sig;
       return result;
     }

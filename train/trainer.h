@@ -75,7 +75,7 @@ struct EpochMetrics {
   double seconds = 0, images_per_second = 0;
   bool ttq = false;
   double zero_fraction = 0, mean_wp = 0, mean_wn = 0;
-  int64_t skipped = 0;  // unreadable images skipped this epoch (train + val)
+  int64_t skipped = 0;       // unreadable images skipped this epoch (train + val)
   std::string json() const;  // one line
   // The log line: "epoch 3/30: train loss ... (best)".
   std::string line(int64_t epochs, bool best) const;
@@ -89,7 +89,7 @@ struct TestMetrics {
   double best_val_top1 = 0;
   double loss = 0, top1 = 0, top5 = 0;
   int64_t count = 0;
-  std::string from;  // where the test split comes from
+  std::string from;          // where the test split comes from
   std::string json() const;  // one line
 };
 

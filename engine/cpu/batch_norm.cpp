@@ -147,7 +147,9 @@ TTQ_BN_INLINE void grad_x_impl(const T* gy, const T* z, const T* x, int64_t n, T
   }
 }
 
-TTQ_BN_CLONES void stats_f32(const float* r, int64_t n, double shift, LaneSums& s) { stats_impl(r, n, shift, s); }
+TTQ_BN_CLONES void stats_f32(const float* r, int64_t n, double shift, LaneSums& s) {
+  stats_impl(r, n, shift, s);
+}
 TTQ_BN_CLONES void grad_sums_f32(const float* gy, const float* z, const float* x, int64_t n, double mean,
                                  LaneSums& s) {
   if (z != nullptr) {
@@ -289,7 +291,8 @@ void forward_train_typed(const Planes<const T>& x, const BnGeom& g, const Tensor
     const double invstd = 1.0 / std::sqrt(var + eps);
     save_mean[c] = static_cast<T>(mean);
     save_invstd[c] = static_cast<T>(invstd);
-    if (rmp != nullptr) rmp[c] = static_cast<T>((1 - momentum) * static_cast<double>(rmp[c]) + momentum * mean);
+    if (rmp != nullptr)
+      rmp[c] = static_cast<T>((1 - momentum) * static_cast<double>(rmp[c]) + momentum * mean);
     if (rvp != nullptr) {
       const double unbiased =
           count > 1 ? var * static_cast<double>(count) / static_cast<double>(count - 1) : var;
@@ -299,7 +302,8 @@ void forward_train_typed(const Planes<const T>& x, const BnGeom& g, const Tensor
     const T af = static_cast<T>(static_cast<double>(param<T>(weight, c, T(1))) * invstd);
     if (save_scale != nullptr) save_scale[c] = af;
     const T bf = param<T>(bias, c, T(0)), mf = static_cast<T>(mean);
-    for (int64_t n = 0; n < g.n; ++n) row_affine(x.row(n, c), g.hw, mf, af, bf, relu, yp + (n * g.c + c) * g.hw);
+    for (int64_t n = 0; n < g.n; ++n)
+      row_affine(x.row(n, c), g.hw, mf, af, bf, relu, yp + (n * g.c + c) * g.hw);
   }
 }
 
@@ -320,19 +324,21 @@ void forward_eval_typed(const Planes<const T>& x, const BnGeom& g, const Tensor&
 
 // z = relu((x - mean) * scale + bias) from saved per-channel values.
 template <class T>
-void recompute_typed(const Planes<const T>& x, const BnGeom& g, const T* mean, const T* scale, const Tensor& bias,
-                     T* zp) {
+void recompute_typed(const Planes<const T>& x, const BnGeom& g, const T* mean, const T* scale,
+                     const Tensor& bias, T* zp) {
 #pragma omp parallel for collapse(2) schedule(static) if (g.n * g.c * g.hw >= kParallelElements)
   for (int64_t n = 0; n < g.n; ++n)
     for (int64_t c = 0; c < g.c; ++c)
-      row_affine(x.row(n, c), g.hw, mean[c], scale[c], param<T>(bias, c, T(0)), true, zp + (n * g.c + c) * g.hw);
+      row_affine(x.row(n, c), g.hw, mean[c], scale[c], param<T>(bias, c, T(0)), true,
+                 zp + (n * g.c + c) * g.hw);
 }
 
 // gy and z (optional ReLU output whose mask applies to gy) contiguous [N,C,H,W];
 // gx optional (written through its planes).
 template <class T>
-void backward_typed(const T* gyp, const T* zp, const Planes<const T>& x, const BnGeom& g, const Tensor& weight,
-                    const T* save_mean, const T* save_invstd, const Planes<T>* gx, T* gw, T* gb) {
+void backward_typed(const T* gyp, const T* zp, const Planes<const T>& x, const BnGeom& g,
+                    const Tensor& weight, const T* save_mean, const T* save_invstd, const Planes<T>* gx,
+                    T* gw, T* gb) {
   const int64_t count = g.n * g.hw;
 #pragma omp parallel for schedule(dynamic, 1) if (count * g.c >= kParallelElements)
   for (int64_t c = 0; c < g.c; ++c) {
@@ -358,7 +364,8 @@ void backward_typed(const T* gyp, const T* zp, const Planes<const T>& x, const B
     const T kf = static_cast<T>(k), uf = static_cast<T>(u), vf = static_cast<T>(v), mf = static_cast<T>(mean);
     for (int64_t n = 0; n < g.n; ++n) {
       const int64_t off = (n * g.c + c) * g.hw;
-      row_grad_x(gyp + off, zp != nullptr ? zp + off : nullptr, x.row(n, c), g.hw, kf, mf, uf, vf, gx->row(n, c));
+      row_grad_x(gyp + off, zp != nullptr ? zp + off : nullptr, x.row(n, c), g.hw, kf, mf, uf, vf,
+                 gx->row(n, c));
     }
   }
 }
@@ -378,8 +385,9 @@ void batch_norm_forward_train(const Tensor& x, const Tensor& weight, const Tenso
   const BnGeom g = geometry(parts);
   dispatch_float(x.dtype(), "batch_norm_forward_train", [&](auto tag) {
     using T = decltype(tag);
-    forward_train_typed<T>(planes_of<const T>(parts, g.hw), g, weight, bias, running_mean, running_var, momentum,
-                           eps, false, y.data<T>(), save_mean.data<T>(), save_invstd.data<T>(), nullptr);
+    forward_train_typed<T>(planes_of<const T>(parts, g.hw), g, weight, bias, running_mean, running_var,
+                           momentum, eps, false, y.data<T>(), save_mean.data<T>(), save_invstd.data<T>(),
+                           nullptr);
   });
 }
 
@@ -406,7 +414,8 @@ void batch_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight
     if (gx.defined()) gxp = planes_of<T>(std::vector<Tensor>{gx}, g.hw);
     backward_typed<T>(gy.data<T>(), nullptr, planes_of<const T>(parts, g.hw), g, weight, save_mean.data<T>(),
                       save_invstd.data<T>(), gx.defined() ? &gxp : nullptr,
-                      gweight.defined() ? gweight.data<T>() : nullptr, gbias.defined() ? gbias.data<T>() : nullptr);
+                      gweight.defined() ? gweight.data<T>() : nullptr,
+                      gbias.defined() ? gbias.data<T>() : nullptr);
   });
 }
 
@@ -417,8 +426,8 @@ void batch_norm_relu_forward_train(const std::vector<Tensor>& parts, const Tenso
   check_output(z, g, "batch_norm_relu_forward_train");
   dispatch_float(z.dtype(), "batch_norm_relu_forward_train", [&](auto tag) {
     using T = decltype(tag);
-    forward_train_typed<T>(planes_of<const T>(parts, g.hw), g, weight, bias, running_mean, running_var, momentum,
-                           eps, true, z.data<T>(), save_mean.data<T>(), save_invstd.data<T>(),
+    forward_train_typed<T>(planes_of<const T>(parts, g.hw), g, weight, bias, running_mean, running_var,
+                           momentum, eps, true, z.data<T>(), save_mean.data<T>(), save_invstd.data<T>(),
                            save_scale.data<T>());
   });
 }
@@ -443,12 +452,13 @@ void batch_norm_relu_backward(const Tensor& gz, const Tensor& z, const std::vect
   TTQ_CHECK(gparts.size() == parts.size()) << "batch_norm_relu_backward: one gradient per part expected";
   for (size_t i = 0; i < parts.size(); ++i)
     TTQ_CHECK(gparts[i].is_contiguous() && gparts[i].shape() == parts[i].shape())
-        << "batch_norm_relu_backward: gradient " << gparts[i].str() << " does not match part " << parts[i].str();
+        << "batch_norm_relu_backward: gradient " << gparts[i].str() << " does not match part "
+        << parts[i].str();
   dispatch_float(z.dtype(), "batch_norm_relu_backward", [&](auto tag) {
     using T = decltype(tag);
     const Planes<T> gxp = planes_of<T>(gparts, g.hw);
-    backward_typed<T>(gz.data<T>(), z.data<T>(), planes_of<const T>(parts, g.hw), g, weight, save_mean.data<T>(),
-                      save_invstd.data<T>(), &gxp, gweight.data<T>(), gbias.data<T>());
+    backward_typed<T>(gz.data<T>(), z.data<T>(), planes_of<const T>(parts, g.hw), g, weight,
+                      save_mean.data<T>(), save_invstd.data<T>(), &gxp, gweight.data<T>(), gbias.data<T>());
   });
 }
 

@@ -16,23 +16,12 @@ namespace {
 template <class F>
 void dispatch_any(DType t, F&& f) {
   switch (t) {
-    case DType::F32:
-      f(float{});
-      break;
-    case DType::F64:
-      f(double{});
-      break;
-    case DType::U8:
-      f(uint8_t{});
-      break;
-    case DType::I32:
-      f(int32_t{});
-      break;
-    case DType::I64:
-      f(int64_t{});
-      break;
-    default:
-      TTQ_THROW() << "CPU copy/fill: unsupported dtype " << dtype_name(t);
+    case DType::F32: f(float{}); break;
+    case DType::F64: f(double{}); break;
+    case DType::U8: f(uint8_t{}); break;
+    case DType::I32: f(int32_t{}); break;
+    case DType::I64: f(int64_t{}); break;
+    default: TTQ_THROW() << "CPU copy/fill: unsupported dtype " << dtype_name(t);
   }
 }
 

@@ -18,8 +18,9 @@ inline double keep_scale(double p) { return p < 1.0 ? 1.0 / (1.0 - p) : 0.0; }
 // AVX-512DQ has a vector 64-bit multiply, so the float path carries an
 // x86-64-v4 clone beside the AVX2 and baseline ones (integer math: same bits).
 template <class T>
-inline __attribute__((always_inline)) void dropout_block(const T* x, int64_t n, uint64_t seed, uint64_t offset,
-                                                         float pf, T scale, T* y, uint8_t* mask) {
+inline __attribute__((always_inline)) void dropout_block(const T* x, int64_t n, uint64_t seed,
+                                                         uint64_t offset, float pf, T scale, T* y,
+                                                         uint8_t* mask) {
   for (int64_t i = 0; i < n; ++i) {
     const uint8_t keep = rng::uniform_f32(seed, offset + static_cast<uint64_t>(i)) >= pf ? 1 : 0;
     const T v = x[i];  // loaded unconditionally so the select if-converts
@@ -29,12 +30,14 @@ inline __attribute__((always_inline)) void dropout_block(const T* x, int64_t n, 
 }
 
 __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void dropout_block_f32(
-    const float* x, int64_t n, uint64_t seed, uint64_t offset, float pf, float scale, float* y, uint8_t* mask) {
+    const float* x, int64_t n, uint64_t seed, uint64_t offset, float pf, float scale, float* y,
+    uint8_t* mask) {
   dropout_block(x, n, seed, offset, pf, scale, y, mask);
 }
 
 template <class T>
-void dropout_rows(const T* x, int64_t n, uint64_t seed, uint64_t offset, float pf, T scale, T* y, uint8_t* mask) {
+void dropout_rows(const T* x, int64_t n, uint64_t seed, uint64_t offset, float pf, T scale, T* y,
+                  uint8_t* mask) {
   if constexpr (std::is_same_v<T, float>) {
     dropout_block_f32(x, n, seed, offset, pf, scale, y, mask);
   } else {

@@ -23,7 +23,8 @@ void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, con
   // region; the engine's callers split the work themselves, so it gets one thread.
   const int saved = omp_get_max_threads();
   if (saved != 1) omp_set_num_threads(1);
-  const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  const dnnl_status_t st =
+      dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   if (saved != 1) omp_set_num_threads(saved);
   TTQ_CHECK(st == dnnl_success) << "dnnl_sgemm failed (status " << static_cast<int>(st) << ") for m " << m
                                 << ", n " << n << ", k " << k;

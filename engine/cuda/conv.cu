@@ -24,12 +24,9 @@ namespace {
 
 cudnnDataType_t cudnn_dtype(DType t) {
   switch (t) {
-    case DType::F32:
-      return CUDNN_DATA_FLOAT;
-    case DType::F64:
-      return CUDNN_DATA_DOUBLE;
-    default:
-      break;
+    case DType::F32: return CUDNN_DATA_FLOAT;
+    case DType::F64: return CUDNN_DATA_DOUBLE;
+    default: break;
   }
   TTQ_THROW() << "cuDNN convolution: unsupported dtype " << dtype_name(t) << " (expected F32 or F64)";
 }

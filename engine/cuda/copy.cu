@@ -31,23 +31,12 @@ struct Convert {
 template <class F>
 void dispatch_any(DType t, const char* what, F&& f) {
   switch (t) {
-    case DType::F32:
-      f(float{});
-      break;
-    case DType::F64:
-      f(double{});
-      break;
-    case DType::U8:
-      f(uint8_t{});
-      break;
-    case DType::I32:
-      f(int32_t{});
-      break;
-    case DType::I64:
-      f(int64_t{});
-      break;
-    default:
-      TTQ_THROW() << what << ": unsupported dtype " << dtype_name(t);
+    case DType::F32: f(float{}); break;
+    case DType::F64: f(double{}); break;
+    case DType::U8: f(uint8_t{}); break;
+    case DType::I32: f(int32_t{}); break;
+    case DType::I64: f(int64_t{}); break;
+    default: TTQ_THROW() << what << ": unsupported dtype " << dtype_name(t);
   }
 }
 

@@ -21,12 +21,9 @@ namespace {
 template <class T>
 __device__ __forceinline__ T binary_elem(BinaryOp op, T a, T b) {
   switch (op) {
-    case BinaryOp::Add:
-      return a + b;
-    case BinaryOp::Sub:
-      return a - b;
-    case BinaryOp::Mul:
-      return a * b;
+    case BinaryOp::Add: return a + b;
+    case BinaryOp::Sub: return a - b;
+    case BinaryOp::Mul: return a * b;
   }
   return a;
 }

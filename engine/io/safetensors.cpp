@@ -64,9 +64,7 @@ Json parse_json(std::string_view text, const std::string& label) {
     if (depth > kMaxJsonDepth) throw HeaderShapeError{"JSON header nests deeper than a safetensors header"};
     if (++values > kMaxJsonValues) throw HeaderShapeError{"JSON header holds too many values"};
     switch (event) {
-      case Json::parse_event_t::object_start:
-        keys.emplace_back();
-        break;
+      case Json::parse_event_t::object_start: keys.emplace_back(); break;
       case Json::parse_event_t::object_end:
         if (!keys.empty()) keys.pop_back();
         break;
@@ -75,8 +73,7 @@ Json parse_json(std::string_view text, const std::string& label) {
           throw HeaderShapeError{"duplicate key " + quoted_name(parsed.get<std::string>()) +
                                  " in JSON header"};
         break;
-      default:
-        break;
+      default: break;
     }
     return true;
   };

@@ -41,10 +41,8 @@ std::string load_value_problem(const Tensor& src, DType slot, bool non_negative)
   }
   const Tensor c = src.to(Device::cpu()).contiguous();
   switch (t) {
-    case DType::F32:
-      return first_bad_value(c.data<float>(), c.numel(), lo, hi, non_negative);
-    case DType::F64:
-      return first_bad_value(c.data<double>(), c.numel(), lo, hi, non_negative);
+    case DType::F32: return first_bad_value(c.data<float>(), c.numel(), lo, hi, non_negative);
+    case DType::F64: return first_bad_value(c.data<double>(), c.numel(), lo, hi, non_negative);
     default:
       if (!non_negative || t == DType::U8) return "";
       const Tensor d = c.to(DType::I64);

@@ -51,7 +51,8 @@ void write_file_atomic(const std::string& path, const std::vector<Chunk>& chunks
   split_path(path, &dir, &base);
   TTQ_INPUT_CHECK(!base.empty() && base != "." && base != "..") << path << ": not a file name";
   const size_t slash = path.rfind('/');
-  std::string tmp = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + "." + base + ".tmp.XXXXXX";
+  std::string tmp =
+      (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + "." + base + ".tmp.XXXXXX";
   const int fd = ::mkstemp(tmp.data());
   if (fd < 0) {
     const int err = errno;

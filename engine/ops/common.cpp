@@ -31,18 +31,11 @@ Tensor new_output(const Shape& shape, DType dtype, Device device) {
   if (poison_outputs() && t.numel() > 0) {
     switch (dtype) {
       case DType::F32:
-      case DType::F64:
-        TTQ_BACKEND(device, fill)(t, NAN);
-        break;
-      case DType::U8:
-        TTQ_BACKEND(device, fill)(t, 0xAB);
-        break;
+      case DType::F64: TTQ_BACKEND(device, fill)(t, NAN); break;
+      case DType::U8: TTQ_BACKEND(device, fill)(t, 0xAB); break;
       case DType::I32:
-      case DType::I64:
-        TTQ_BACKEND(device, fill)(t, -0x5453);
-        break;
-      default:
-        break;
+      case DType::I64: TTQ_BACKEND(device, fill)(t, -0x5453); break;
+      default: break;
     }
   }
   return t;
