@@ -452,119 +452,6 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* xq, const int
 
 // ---- the CPU twin: epilogues -------------------------------------------------------------------
 
-// One output row segment: len consecutive outputs of channel o at element idx, from the
-// tile's dot products minus the row's corrections.
-struct EpiRow {
-  int32_t corr_p, corr_n;
-  float sc, sh;
-  int64_t o, idx;
-};
-using EpiFn = void (*)(const Int8ConvArgs& a, const Epi& e, const EpiRow& er, const int32_t* tp,
-                       const int32_t* tn, int64_t len);
-
-void epi_scalar(const Int8ConvArgs& a, const Epi& e, const EpiRow& er, const int32_t* tp, const int32_t* tn,
-                int64_t len) {
-  for (int64_t i = 0; i < len; ++i) store_one(a, e, er.o, er.idx + i, tp[i] - er.corr_p, tn[i] - er.corr_n);
-}
-
-#if defined(__x86_64__)
-
-__attribute__((target("avx2,fma"))) void epi_avx2(const Int8ConvArgs& a, const Epi& e, const EpiRow& er,
-                                                  const int32_t* tp, const int32_t* tn, int64_t len) {
-  const __m256i cp = _mm256_set1_epi32(er.corr_p), cn = _mm256_set1_epi32(er.corr_n);
-  const __m256 va = _mm256_set1_ps(e.a), vb = _mm256_set1_ps(e.b), vsc = _mm256_set1_ps(er.sc),
-               vsh = _mm256_set1_ps(er.sh), zero = _mm256_setzero_ps(), inv = _mm256_set1_ps(e.inv),
-               lo = _mm256_set1_ps(-256.0f), hi = _mm256_set1_ps(256.0f);
-  const __m256i zy = _mm256_set1_epi32(e.zy), qlo = _mm256_set1_epi32(-128), qhi = _mm256_set1_epi32(127);
-  int64_t i = 0;
-  for (; i + 8 <= len; i += 8) {
-    const __m256i p = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(tp + i)), cp);
-    const __m256i n = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(tn + i)), cn);
-    if (a.out == Int8Out::Int32) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.p_sum + er.idx + i), p);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.n_sum + er.idx + i), n);
-      continue;
-    }
-    __m256 v = _mm256_fmsub_ps(va, _mm256_cvtepi32_ps(p), _mm256_mul_ps(vb, _mm256_cvtepi32_ps(n)));
-    v = _mm256_fmadd_ps(v, vsc, vsh);
-    if (a.post.relu) v = _mm256_max_ps(v, zero);
-    if (a.out == Int8Out::F32) {
-      _mm256_storeu_ps(a.y + er.idx + i, v);
-      continue;
-    }
-    __m256 f = _mm256_mul_ps(v, inv);
-    f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
-    __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(f), zy);
-    q = _mm256_min_epi32(_mm256_max_epi32(q, qlo), qhi);
-    alignas(32) int32_t t[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(t), q);
-    for (int j = 0; j < 8; ++j) a.yq[er.idx + i + j] = static_cast<int8_t>(t[j]);
-  }
-  for (; i < len; ++i) store_one(a, e, er.o, er.idx + i, tp[i] - er.corr_p, tn[i] - er.corr_n);
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vnni,fma"))) void epi_avx512(const Int8ConvArgs& a, const Epi& e,
-                                                                          const EpiRow& er, const int32_t* tp,
-                                                                          const int32_t* tn, int64_t len) {
-  const __m512i cp = _mm512_set1_epi32(er.corr_p), cn = _mm512_set1_epi32(er.corr_n);
-  const __m512 va = _mm512_set1_ps(e.a), vb = _mm512_set1_ps(e.b), vsc = _mm512_set1_ps(er.sc),
-               vsh = _mm512_set1_ps(er.sh), zero = _mm512_setzero_ps(), inv = _mm512_set1_ps(e.inv),
-               lo = _mm512_set1_ps(-256.0f), hi = _mm512_set1_ps(256.0f);
-  const __m512i zy = _mm512_set1_epi32(e.zy), qlo = _mm512_set1_epi32(-128), qhi = _mm512_set1_epi32(127);
-  const __mmask16 all = 0xFFFF;
-  for (int64_t i = 0; i < len; i += 16) {
-    const __mmask16 m = len - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (len - i)) - 1);
-    const __m512i p = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, tp + i), cp);
-    const __m512i n = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, tn + i), cn);
-    if (a.out == Int8Out::Int32) {
-      _mm512_mask_storeu_epi32(a.p_sum + er.idx + i, m, p);
-      _mm512_mask_storeu_epi32(a.n_sum + er.idx + i, m, n);
-      continue;
-    }
-    // Full-mask spellings of cvt / max / min (the same instructions): GCC 12's unmasked
-    // intrinsics trip -Wmaybe-uninitialized.
-    const __m512 pf = _mm512_mask_cvtepi32_ps(zero, all, p), nf = _mm512_mask_cvtepi32_ps(zero, all, n);
-    __m512 v = _mm512_fmsub_ps(va, pf, _mm512_mul_ps(vb, nf));
-    v = _mm512_fmadd_ps(v, vsc, vsh);
-    if (a.post.relu) v = _mm512_mask_max_ps(v, all, v, zero);
-    if (a.out == Int8Out::F32) {
-      _mm512_mask_storeu_ps(a.y + er.idx + i, m, v);
-      continue;
-    }
-    __m512 f = _mm512_mul_ps(v, inv);
-    f = _mm512_mask_max_ps(f, all, f, lo);
-    f = _mm512_mask_min_ps(f, all, f, hi);
-    __m512i q = _mm512_add_epi32(_mm512_mask_cvtps_epi32(zy, all, f), zy);
-    q = _mm512_mask_max_epi32(q, all, q, qlo);
-    q = _mm512_mask_min_epi32(q, all, q, qhi);
-    _mm512_mask_cvtepi32_storeu_epi8(a.yq + er.idx + i, m, q);
-  }
-}
-
-#endif  // __x86_64__
-
-struct Kernels {
-  TileFn tile[3];  // by the number of vectors
-  EpiFn epi;
-  int vec;         // columns per vector
-};
-Kernels pick_kernels(Int8Isa isa) {
-  switch (isa) {
-#if defined(__x86_64__)
-    case Int8Isa::Avx512Vnni:
-      return {{tile_avx512<1>, tile_avx512<2>, tile_avx512<3>}, epi_avx512, 16};
-    case Int8Isa::AvxVnni:
-      return {{tile_avxvnni<1>, tile_avxvnni<2>, tile_avxvnni<3>}, epi_avx2, 8};
-    case Int8Isa::Avx2:
-      return {{tile_avx2<1>, tile_avx2<2>, tile_avx2<3>}, epi_avx2, 8};
-#endif
-    default:
-      return {{tile_scalar<1>, tile_scalar<2>, tile_scalar<3>}, epi_scalar, 8};
-  }
-}
-
-// ---- the CPU twin: input preparation, plan, driver -------------------------------------------
-
 // A run of consecutive outputs within a tile: columns [off, off + len) of the tile are
 // outputs [p, p + len) of the plane.
 struct Seg {
@@ -572,12 +459,201 @@ struct Seg {
   int64_t p;
 };
 
+// The epilogue of one register block: for each of its rows r < rows, the output offset
+// at[r] = n * y_sn + o * y_sc, the corrections (128 + zx) * count and the affine; the
+// tile's segments. tp / tn hold the dot products ([kRows][kMaxTile]).
+struct TileEpi {
+  const Int8ConvArgs* a;
+  const Epi* e;
+  int rows;
+  int64_t at[kRows];
+  int32_t corr_p[kRows], corr_n[kRows];
+  float sc[kRows], sh[kRows];
+  const Seg* segs;
+  int64_t nsegs;
+};
+using EpiFn = void (*)(const TileEpi& te, const int32_t* tp, const int32_t* tn);
+
+// store_one with the output kind and the ReLU fixed.
+template <Int8Out OUT, bool RELU>
+inline void store_t(const Int8ConvArgs& a, const Epi& e, int64_t idx, int32_t p, int32_t n, float sc, float sh) {
+  if constexpr (OUT == Int8Out::Int32) {
+    a.p_sum[idx] = p;
+    a.n_sum[idx] = n;
+  } else {
+    const float v = int8_dequant(p, n, e.a, e.b, sc, sh, RELU);
+    if constexpr (OUT == Int8Out::F32) {
+      a.y[idx] = v;
+    } else {
+      a.yq[idx] = int8_requant(v, e.inv, e.zy);
+    }
+  }
+}
+
+// Elements [i0, len) of row r's segment sg, one at a time (every variant's tail).
+template <Int8Out OUT, bool RELU>
+inline void epi_rest(const TileEpi& te, int r, const Seg& sg, int64_t i0, const int32_t* tp, const int32_t* tn) {
+  const int32_t* pr = tp + r * kMaxTile + sg.off;
+  const int32_t* nr = tn + r * kMaxTile + sg.off;
+  const int64_t at = te.at[r] + sg.p;
+  for (int64_t i = i0; i < sg.len; ++i)
+    store_t<OUT, RELU>(*te.a, *te.e, at + i, pr[i] - te.corr_p[r], nr[i] - te.corr_n[r], te.sc[r], te.sh[r]);
+}
+
+template <Int8Out OUT, bool RELU>
+void epi_scalar(const TileEpi& te, const int32_t* tp, const int32_t* tn) {
+  for (int r = 0; r < te.rows; ++r)
+    for (int64_t si = 0; si < te.nsegs; ++si) epi_rest<OUT, RELU>(te, r, te.segs[si], 0, tp, tn);
+}
+
+#if defined(__x86_64__)
+
+template <Int8Out OUT, bool RELU>
+__attribute__((target("avx2,fma"))) void epi_avx2(const TileEpi& te, const int32_t* tp, const int32_t* tn) {
+  const Int8ConvArgs& a = *te.a;
+  const Epi& e = *te.e;
+  const __m256 va = _mm256_set1_ps(e.a), vb = _mm256_set1_ps(e.b), zero = _mm256_setzero_ps(),
+               inv = _mm256_set1_ps(e.inv), lo = _mm256_set1_ps(-256.0f), hi = _mm256_set1_ps(256.0f);
+  const __m256i zy = _mm256_set1_epi32(e.zy), qlo = _mm256_set1_epi32(-128), qhi = _mm256_set1_epi32(127);
+  for (int r = 0; r < te.rows; ++r) {
+    const __m256i cp = _mm256_set1_epi32(te.corr_p[r]), cn = _mm256_set1_epi32(te.corr_n[r]);
+    const __m256 vsc = _mm256_set1_ps(te.sc[r]), vsh = _mm256_set1_ps(te.sh[r]);
+    for (int64_t si = 0; si < te.nsegs; ++si) {
+      const Seg& sg = te.segs[si];
+      const int32_t* pr = tp + r * kMaxTile + sg.off;
+      const int32_t* nr = tn + r * kMaxTile + sg.off;
+      const int64_t at = te.at[r] + sg.p;
+      int64_t i = 0;
+      for (; i + 8 <= sg.len; i += 8) {
+        const __m256i p = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pr + i)), cp);
+        const __m256i n = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(nr + i)), cn);
+        if constexpr (OUT == Int8Out::Int32) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.p_sum + at + i), p);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.n_sum + at + i), n);
+        } else {
+          __m256 v = _mm256_fmsub_ps(va, _mm256_cvtepi32_ps(p), _mm256_mul_ps(vb, _mm256_cvtepi32_ps(n)));
+          v = _mm256_fmadd_ps(v, vsc, vsh);
+          if constexpr (RELU) v = _mm256_max_ps(v, zero);
+          if constexpr (OUT == Int8Out::F32) {
+            _mm256_storeu_ps(a.y + at + i, v);
+          } else {
+            __m256 f = _mm256_mul_ps(v, inv);
+            f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
+            __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(f), zy);
+            q = _mm256_min_epi32(_mm256_max_epi32(q, qlo), qhi);
+            // int32 lanes in [-128, 127] -> 8 bytes by two saturating packs (exact here).
+            const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(a.yq + at + i), _mm_packs_epi16(w16, w16));
+          }
+        }
+      }
+      epi_rest<OUT, RELU>(te, r, sg, i, tp, tn);
+    }
+  }
+}
+
+template <Int8Out OUT, bool RELU>
+__attribute__((target("avx512f,avx512bw,avx512vnni,fma"))) void epi_avx512(const TileEpi& te, const int32_t* tp,
+                                                                          const int32_t* tn) {
+  const Int8ConvArgs& a = *te.a;
+  const Epi& e = *te.e;
+  const __m512 va = _mm512_set1_ps(e.a), vb = _mm512_set1_ps(e.b), zero = _mm512_setzero_ps(),
+               inv = _mm512_set1_ps(e.inv), lo = _mm512_set1_ps(-256.0f), hi = _mm512_set1_ps(256.0f);
+  const __m512i zy = _mm512_set1_epi32(e.zy), qlo = _mm512_set1_epi32(-128), qhi = _mm512_set1_epi32(127);
+  const __mmask16 all = 0xFFFF;
+  for (int r = 0; r < te.rows; ++r) {
+    const __m512i cp = _mm512_set1_epi32(te.corr_p[r]), cn = _mm512_set1_epi32(te.corr_n[r]);
+    const __m512 vsc = _mm512_set1_ps(te.sc[r]), vsh = _mm512_set1_ps(te.sh[r]);
+    for (int64_t si = 0; si < te.nsegs; ++si) {
+      const Seg& sg = te.segs[si];
+      const int32_t* pr = tp + r * kMaxTile + sg.off;
+      const int32_t* nr = tn + r * kMaxTile + sg.off;
+      const int64_t at = te.at[r] + sg.p;
+      for (int64_t i = 0; i < sg.len; i += 16) {
+        const __mmask16 m =
+            sg.len - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (sg.len - i)) - 1);
+        const __m512i p = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, pr + i), cp);
+        const __m512i n = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, nr + i), cn);
+        if constexpr (OUT == Int8Out::Int32) {
+          _mm512_mask_storeu_epi32(a.p_sum + at + i, m, p);
+          _mm512_mask_storeu_epi32(a.n_sum + at + i, m, n);
+        } else {
+          // Full-mask spellings of cvt / max / min (the same instructions): GCC 12's
+          // unmasked intrinsics trip -Wmaybe-uninitialized.
+          const __m512 pf = _mm512_mask_cvtepi32_ps(zero, all, p), nf = _mm512_mask_cvtepi32_ps(zero, all, n);
+          __m512 v = _mm512_fmsub_ps(va, pf, _mm512_mul_ps(vb, nf));
+          v = _mm512_fmadd_ps(v, vsc, vsh);
+          if constexpr (RELU) v = _mm512_mask_max_ps(v, all, v, zero);
+          if constexpr (OUT == Int8Out::F32) {
+            _mm512_mask_storeu_ps(a.y + at + i, m, v);
+          } else {
+            __m512 f = _mm512_mul_ps(v, inv);
+            f = _mm512_mask_max_ps(f, all, f, lo);
+            f = _mm512_mask_min_ps(f, all, f, hi);
+            __m512i q = _mm512_add_epi32(_mm512_mask_cvtps_epi32(zy, all, f), zy);
+            q = _mm512_mask_max_epi32(q, all, q, qlo);
+            q = _mm512_mask_min_epi32(q, all, q, qhi);
+            _mm512_mask_cvtepi32_storeu_epi8(a.yq + at + i, m, q);
+          }
+        }
+      }
+    }
+  }
+}
+
+#endif  // __x86_64__
+
+// The six instantiations of an epilogue, indexed by output kind * 2 + relu.
+#define TTQ_INT8_EPI_TABLE(fn)                                                                          \
+  {                                                                                                     \
+    fn<Int8Out::Int32, false>, fn<Int8Out::Int32, true>, fn<Int8Out::F32, false>, fn<Int8Out::F32, true>, \
+        fn<Int8Out::Int8, false>, fn<Int8Out::Int8, true>                                               \
+  }
+
+struct Kernels {
+  TileFn tile[3];  // by the number of vectors
+  EpiFn epi;
+  int vec;  // columns per vector
+};
+Kernels pick_kernels(Int8Isa isa, Int8Out out, bool relu) {
+  const int e = static_cast<int>(out) * 2 + (out != Int8Out::Int32 && relu ? 1 : 0);
+  switch (isa) {
+#if defined(__x86_64__)
+    case Int8Isa::Avx512Vnni: {
+      static constexpr EpiFn epi[6] = TTQ_INT8_EPI_TABLE(epi_avx512);
+      return {{tile_avx512<1>, tile_avx512<2>, tile_avx512<3>}, epi[e], 16};
+    }
+    case Int8Isa::AvxVnni: {
+      static constexpr EpiFn epi[6] = TTQ_INT8_EPI_TABLE(epi_avx2);
+      return {{tile_avxvnni<1>, tile_avxvnni<2>, tile_avxvnni<3>}, epi[e], 8};
+    }
+    case Int8Isa::Avx2: {
+      static constexpr EpiFn epi[6] = TTQ_INT8_EPI_TABLE(epi_avx2);
+      return {{tile_avx2<1>, tile_avx2<2>, tile_avx2<3>}, epi[e], 8};
+    }
+#endif
+    default: {
+      static constexpr EpiFn epi[6] = TTQ_INT8_EPI_TABLE(epi_scalar);
+      return {{tile_scalar<1>, tile_scalar<2>, tile_scalar<3>}, epi[e], 8};
+    }
+  }
+}
+#undef TTQ_INT8_EPI_TABLE
+
+// ---- the CPU twin: input preparation, plan, driver -------------------------------------------
+
+template <class T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
 struct Scratch {
   std::vector<int64_t> koff, seg_start;  // per call (the calling thread's)
   std::vector<Seg> segs;
   std::vector<float> esc, esh;
-  std::vector<int8_t> fill;              // a row of zero points
+  std::vector<int8_t> fill;              // a plane of zero points
   std::vector<uint32_t> xprep, cols;     // per thread
+  std::vector<uint32_t> plane;           // per thread: one interleaved plane before padding
 };
 Scratch& scratch() {
   thread_local Scratch s;
@@ -629,26 +705,34 @@ void interleave4(const int8_t* const src[4], int64_t len, uint32_t* out) {
   for (; i < len; ++i) out[i] = quad_word(src[0][i], src[1][i], src[2][i], src[3][i]);
 }
 
-// X4 quad cq of sample n, group g: dst is [hp][wp] words.
+// X4 quad cq of sample n, group g: dst is [hp][wp] words. The quad's four planes are
+// interleaved in one pass: straight into dst without padding, else into a buffer whose
+// rows are then copied between the padding.
 void prepare_quad(const Plan& P, int64_t n, int64_t g, int64_t cq, uint32_t* dst) {
   const Int8ConvArgs& a = *P.a;
   const Int8ConvShape& s = a.shape;
-  const uint32_t fillw = 0x01010101u * ((static_cast<uint32_t>(a.x_quant.zero_point) & 0xFFu) ^ 0x80u);
-  const int64_t pad = s.pad;
-  std::fill(dst, dst + pad * P.wp, fillw);
-  std::fill(dst + (pad + s.h) * P.wp, dst + P.plane, fillw);
+  const int64_t hw = s.h * s.w, pad = s.pad;
   const int8_t* planes[4];
   for (int e = 0; e < 4; ++e) {
     const int64_t c = 4 * cq + e;
-    planes[e] = c < P.cg ? a.x + n * a.x_sn + (g * P.cg + c) * a.x_sc : nullptr;
+    planes[e] = c < P.cg ? a.x + n * a.x_sn + (g * P.cg + c) * a.x_sc : P.fill;
   }
+  if (pad == 0) {
+    interleave4(planes, hw, dst);
+    return;
+  }
+  Scratch& ts = scratch();
+  grow(ts.plane, static_cast<size_t>(hw));
+  const uint32_t* tmp = ts.plane.data();
+  interleave4(planes, hw, ts.plane.data());
+  const uint32_t fillw = 0x01010101u * ((static_cast<uint32_t>(a.x_quant.zero_point) & 0xFFu) ^ 0x80u);
+  std::fill(dst, dst + pad * P.wp, fillw);
+  std::fill(dst + (pad + s.h) * P.wp, dst + P.plane, fillw);
   for (int64_t ih = 0; ih < s.h; ++ih) {
     uint32_t* row = dst + (ih + pad) * P.wp;
     std::fill(row, row + pad, fillw);
+    std::copy(tmp + ih * s.w, tmp + (ih + 1) * s.w, row + pad);
     std::fill(row + pad + s.w, row + P.wp, fillw);
-    const int8_t* src[4];
-    for (int e = 0; e < 4; ++e) src[e] = planes[e] ? planes[e] + ih * s.w : P.fill;
-    interleave4(src, s.w, row + pad);
   }
 }
 
@@ -680,27 +764,21 @@ void run_item(const Plan& P, int64_t n, int64_t g, int64_t item, const uint32_t*
   const uint32_t* w = l.masks.data() + (g * l.blocks + b) * l.kqs * 2 * kRows;
   P.k.tile[nv - 1](base + q0, P.koff, l.kqs, w, tp, tn);
   const int32_t u0 = 128 + a.x_quant.zero_point;  // u of a real zero
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t row = b * kRows + r;
-    if (row >= P.og) break;
-    const int64_t o = g * P.og + row;
-    EpiRow er;
-    er.corr_p = u0 * l.counts[static_cast<size_t>(o)];
-    er.corr_n = u0 * l.counts[static_cast<size_t>(l.co + o)];
-    er.sc = P.esc[o];
-    er.sh = P.esh[o];
-    er.o = o;
-    for (int64_t si = P.seg_start[t]; si < P.seg_start[t + 1]; ++si) {
-      const Seg& sg = P.segs[si];
-      er.idx = n * a.y_sn + o * a.y_sc + sg.p;
-      P.k.epi(a, P.e, er, tp + r * kMaxTile + sg.off, tn + r * kMaxTile + sg.off, sg.len);
-    }
+  TileEpi te;
+  te.a = &a;
+  te.e = &P.e;
+  te.rows = static_cast<int>(std::min<int64_t>(kRows, P.og - b * kRows));
+  for (int r = 0; r < te.rows; ++r) {
+    const int64_t o = g * P.og + b * kRows + r;
+    te.at[r] = n * a.y_sn + o * a.y_sc;
+    te.corr_p[r] = u0 * l.counts[static_cast<size_t>(o)];
+    te.corr_n[r] = u0 * l.counts[static_cast<size_t>(l.co + o)];
+    te.sc[r] = P.esc[o];
+    te.sh[r] = P.esh[o];
   }
-}
-
-template <class T>
-void grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
+  te.segs = P.segs + P.seg_start[t];
+  te.nsegs = P.seg_start[t + 1] - P.seg_start[t];
+  P.k.epi(te, tp, tn);
 }
 
 // The whole of unit (n, g) on the calling thread, in its own scratch.
@@ -734,7 +812,7 @@ void ternary_int8_conv_cpu(const Int8ConvArgs& a, const Int8WeightLayout& l, Int
   Plan P;
   P.a = &a;
   P.l = &l;
-  P.k = pick_kernels(isa);
+  P.k = pick_kernels(isa, a.out, a.post.relu);
   P.e = make_epi(a);
   P.hp = s.h + 2 * s.pad;
   P.wp = s.w + 2 * s.pad;
@@ -786,7 +864,7 @@ void ternary_int8_conv_cpu(const Int8ConvArgs& a, const Int8WeightLayout& l, Int
     if (a.post.scale) sc.esc[static_cast<size_t>(o)] = a.post.scale[o];
     if (a.post.shift) sc.esh[static_cast<size_t>(o)] = a.post.shift[o];
   }
-  sc.fill.assign(static_cast<size_t>(s.w), static_cast<int8_t>(a.x_quant.zero_point));
+  sc.fill.assign(static_cast<size_t>(s.h * s.w), static_cast<int8_t>(a.x_quant.zero_point));
   P.koff = sc.koff.data();
   P.seg_start = sc.seg_start.data();
   P.segs = sc.segs.data();
