@@ -373,13 +373,13 @@ __attribute__((target("avx2,avxvnni,fma"))) void tile_avxvnni(const uint32_t* xq
       for (int v = 0; v < NV; ++v) xv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 8 * v));
 #pragma GCC unroll 2
       for (int r = 0; r < 2; ++r) {
+        // One broadcast live at a time: 12 accumulators + 3 columns + 1 = 16 registers.
         const __m256i bp = _mm256_set1_epi32(static_cast<int>(wk[2 * r]));
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) ap[r][v] = _mm256_dpbusd_avx_epi32(ap[r][v], xv[v], bp);
         const __m256i bn = _mm256_set1_epi32(static_cast<int>(wk[2 * r + 1]));
 #pragma GCC unroll 3
-        for (int v = 0; v < NV; ++v) {
-          ap[r][v] = _mm256_dpbusd_avx_epi32(ap[r][v], xv[v], bp);
-          an[r][v] = _mm256_dpbusd_avx_epi32(an[r][v], xv[v], bn);
-        }
+        for (int v = 0; v < NV; ++v) an[r][v] = _mm256_dpbusd_avx_epi32(an[r][v], xv[v], bn);
       }
     }
 #pragma GCC unroll 2
@@ -403,47 +403,37 @@ static_assert(kAvx2Window * 2 * 255 <= 32767, "the int16 window must not overflo
 template <int NV>
 __attribute__((target("avx2,fma"))) void tile_avx2(const uint32_t* xq, const int64_t* koff, int64_t kqs,
                                                    const uint32_t* w, int32_t* tp, int32_t* tn) {
+  // One row per pass: 2 * NV int16 sums + NV columns + a broadcast + a product = 11
+  // registers (two rows at once spill on 16).
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int half = 0; half < 2; ++half) {
-    for (int r = 0; r < 2; ++r)
-      for (int v = 0; v < NV; ++v) {
-        const int row = 2 * half + r;
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tp + row * kMaxTile + 8 * v), _mm256_setzero_si256());
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tn + row * kMaxTile + 8 * v), _mm256_setzero_si256());
-      }
+  for (int r = 0; r < kRows; ++r) {
+    __m256i* dp = reinterpret_cast<__m256i*>(tp + r * kMaxTile);
+    __m256i* dn = reinterpret_cast<__m256i*>(tn + r * kMaxTile);
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) dp[v] = dn[v] = _mm256_setzero_si256();
     for (int64_t kq0 = 0; kq0 < kqs; kq0 += kAvx2Window) {
       const int64_t kq1 = std::min(kqs, kq0 + kAvx2Window);
-      __m256i sp[2][NV], sn[2][NV];
-#pragma GCC unroll 2
-      for (int r = 0; r < 2; ++r)
+      __m256i sp[NV], sn[NV];
 #pragma GCC unroll 3
-        for (int v = 0; v < NV; ++v) sp[r][v] = sn[r][v] = _mm256_setzero_si256();
-      const uint32_t* wk = w + kq0 * 2 * kRows + 4 * half;
+      for (int v = 0; v < NV; ++v) sp[v] = sn[v] = _mm256_setzero_si256();
+      const uint32_t* wk = w + kq0 * 2 * kRows + 2 * r;
       for (int64_t kq = kq0; kq < kq1; ++kq, wk += 2 * kRows) {
         const uint32_t* xp = xq + koff[kq];
         __m256i xv[NV];
 #pragma GCC unroll 3
         for (int v = 0; v < NV; ++v) xv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 8 * v));
-#pragma GCC unroll 2
-        for (int r = 0; r < 2; ++r) {
-          const __m256i bp = _mm256_set1_epi32(static_cast<int>(wk[2 * r]));
+        const __m256i bp = _mm256_set1_epi32(static_cast<int>(wk[0]));
 #pragma GCC unroll 3
-          for (int v = 0; v < NV; ++v) sp[r][v] = _mm256_add_epi16(sp[r][v], _mm256_maddubs_epi16(xv[v], bp));
-          const __m256i bn = _mm256_set1_epi32(static_cast<int>(wk[2 * r + 1]));
+        for (int v = 0; v < NV; ++v) sp[v] = _mm256_add_epi16(sp[v], _mm256_maddubs_epi16(xv[v], bp));
+        const __m256i bn = _mm256_set1_epi32(static_cast<int>(wk[1]));
 #pragma GCC unroll 3
-          for (int v = 0; v < NV; ++v) sn[r][v] = _mm256_add_epi16(sn[r][v], _mm256_maddubs_epi16(xv[v], bn));
-        }
+        for (int v = 0; v < NV; ++v) sn[v] = _mm256_add_epi16(sn[v], _mm256_maddubs_epi16(xv[v], bn));
       }
-#pragma GCC unroll 2
-      for (int r = 0; r < 2; ++r)
 #pragma GCC unroll 3
-        for (int v = 0; v < NV; ++v) {
-          const int row = 2 * half + r;
-          __m256i* dp = reinterpret_cast<__m256i*>(tp + row * kMaxTile + 8 * v);
-          __m256i* dn = reinterpret_cast<__m256i*>(tn + row * kMaxTile + 8 * v);
-          _mm256_store_si256(dp, _mm256_add_epi32(_mm256_load_si256(dp), _mm256_madd_epi16(sp[r][v], ones)));
-          _mm256_store_si256(dn, _mm256_add_epi32(_mm256_load_si256(dn), _mm256_madd_epi16(sn[r][v], ones)));
-        }
+      for (int v = 0; v < NV; ++v) {
+        dp[v] = _mm256_add_epi32(dp[v], _mm256_madd_epi16(sp[v], ones));
+        dn[v] = _mm256_add_epi32(dn[v], _mm256_madd_epi16(sn[v], ones));
+      }
     }
   }
 }
