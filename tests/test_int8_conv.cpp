@@ -10,6 +10,7 @@
 // without a GPU).
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -535,6 +536,12 @@ TEST(Int8ConvArgs, BadArgumentsAreRejectedWithClearErrors) {
   a.out = Int8Out::F32;
   a.y = y;
   EXPECT_NO_THROW(kernels::ternary_int8_conv_cpu(a, p.layout, Int8Isa::Scalar));
+  Int8ConvArgs empty = a;  // an empty batch writes nothing
+  empty.shape.n = 0;
+  std::fill(y, y + 144, 0.5f);
+  for (Int8Isa isa : cpu_isas()) kernels::ternary_int8_conv_cpu(empty, p.layout, isa);
+  kernels::ternary_int8_conv_ref(empty, p.canon.data());
+  EXPECT_TRUE(std::all_of(y, y + 144, [](float v) { return v == 0.5f; }));
   Int8ConvArgs b = a;
   b.x = nullptr;
   EXPECT_NE(error_message([&] { kernels::ternary_int8_conv_cpu(b, p.layout); }).find("null x"), std::string::npos);
