@@ -42,12 +42,12 @@ struct ConvShape {
 };
 
 const std::vector<ConvShape> kShapes = {
-    {"densenet_bottleneck", 96, 48, 1, 28, 0.382},  // block 1, layer 5: 1x1 conv
-    {"densenet_bottleneck", 168, 48, 1, 14, 0.382}, // block 2, layer 9
-    {"densenet_growth", 48, 12, 3, 28, 0.382},      // every 3x3 conv of block 1
-    {"densenet_growth", 48, 12, 3, 14, 0.382},      // block 2
-    {"squeezenet_expand3x3", 16, 64, 3, 28, 0.641}, // fire 2 / 3
-    {"squeezenet_expand3x3", 32, 128, 3, 14, 0.641} // fire 4 / 5
+    {"densenet_bottleneck", 96, 48, 1, 28, 0.382},   // block 1, layer 5: 1x1 conv
+    {"densenet_bottleneck", 168, 48, 1, 14, 0.382},  // block 2, layer 9
+    {"densenet_growth", 48, 12, 3, 28, 0.382},       // every 3x3 conv of block 1
+    {"densenet_growth", 48, 12, 3, 14, 0.382},       // block 2
+    {"squeezenet_expand3x3", 16, 64, 3, 28, 0.641},  // fire 2 / 3
+    {"squeezenet_expand3x3", 32, 128, 3, 14, 0.641}  // fire 4 / 5
 };
 
 struct Layer {
@@ -168,8 +168,9 @@ const int kRegistered = [] {
           ->Unit(benchmark::kMicrosecond);
       for (Int8Isa isa : {Int8Isa::AvxVnni, Int8Isa::Avx2}) {
         if (isa == kernels::int8_isa_auto() || !kernels::int8_isa_supported(isa)) continue;
-        benchmark::RegisterBenchmark(("int8_f32_" + std::string(kernels::int8_isa_name(isa)) + "/" + tail).c_str(),
-                                     bm_int8, s, n, Int8Out::F32, isa)
+        benchmark::RegisterBenchmark(
+            ("int8_f32_" + std::string(kernels::int8_isa_name(isa)) + "/" + tail).c_str(), bm_int8, s, n,
+            Int8Out::F32, isa)
             ->Unit(benchmark::kMicrosecond);
       }
     }

@@ -51,28 +51,20 @@ constexpr int64_t kParallelMacs = int64_t(1) << 22;
 
 const char* int8_out_name(Int8Out o) {
   switch (o) {
-    case Int8Out::Int32:
-      return "int32";
-    case Int8Out::F32:
-      return "f32";
-    case Int8Out::Int8:
-      return "int8";
+    case Int8Out::Int32: return "int32";
+    case Int8Out::F32: return "f32";
+    case Int8Out::Int8: return "int8";
   }
   return "?";
 }
 
 const char* int8_isa_name(Int8Isa isa) {
   switch (isa) {
-    case Int8Isa::Auto:
-      return "auto";
-    case Int8Isa::Scalar:
-      return "scalar";
-    case Int8Isa::Avx2:
-      return "avx2";
-    case Int8Isa::AvxVnni:
-      return "avx_vnni";
-    case Int8Isa::Avx512Vnni:
-      return "avx512_vnni";
+    case Int8Isa::Auto: return "auto";
+    case Int8Isa::Scalar: return "scalar";
+    case Int8Isa::Avx2: return "avx2";
+    case Int8Isa::AvxVnni: return "avx_vnni";
+    case Int8Isa::Avx512Vnni: return "avx512_vnni";
   }
   return "?";
 }
@@ -81,16 +73,14 @@ bool int8_isa_supported(Int8Isa isa) {
 #if defined(__x86_64__)
   __builtin_cpu_init();  // libgcc also checks that the OS saves the wider registers
   switch (isa) {
-    case Int8Isa::Avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Int8Isa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Int8Isa::AvxVnni:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("avxvnni");
     case Int8Isa::Avx512Vnni:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vnni");
-    default:
-      return true;
+    default: return true;
   }
 #else
   return isa == Int8Isa::Auto || isa == Int8Isa::Scalar;
@@ -223,23 +213,19 @@ void ternary_int8_conv_check(const Int8ConvArgs& a) {
       << "ternary int8 conv: " << s.groups << " groups do not divide " << s.ci << " input and " << s.co
       << " output channels";
   TTQ_CHECK(s.h + 2 * s.pad >= s.kh && s.w + 2 * s.pad >= s.kw)
-      << "ternary int8 conv: kernel " << s.kh << "x" << s.kw << " larger than the padded input " << s.h
-      << "x" << s.w << " (pad " << s.pad << ")";
+      << "ternary int8 conv: kernel " << s.kh << "x" << s.kw << " larger than the padded input " << s.h << "x"
+      << s.w << " (pad " << s.pad << ")";
   TTQ_CHECK(s.k() <= kMaxK) << "ternary int8 conv: " << s.k()
                             << " taps per output; int32 sums are exact up to " << kMaxK;
   TTQ_CHECK(a.x != nullptr) << "ternary int8 conv: null x";
   switch (a.out) {
     case Int8Out::Int32:
-      TTQ_CHECK(a.p_sum != nullptr && a.n_sum != nullptr) << "ternary int8 conv: int32 output needs p_sum and n_sum";
+      TTQ_CHECK(a.p_sum != nullptr && a.n_sum != nullptr)
+          << "ternary int8 conv: int32 output needs p_sum and n_sum";
       break;
-    case Int8Out::F32:
-      TTQ_CHECK(a.y != nullptr) << "ternary int8 conv: f32 output needs y";
-      break;
-    case Int8Out::Int8:
-      TTQ_CHECK(a.yq != nullptr) << "ternary int8 conv: int8 output needs yq";
-      break;
-    default:
-      TTQ_THROW() << "ternary int8 conv: unknown output kind " << static_cast<int>(a.out);
+    case Int8Out::F32: TTQ_CHECK(a.y != nullptr) << "ternary int8 conv: f32 output needs y"; break;
+    case Int8Out::Int8: TTQ_CHECK(a.yq != nullptr) << "ternary int8 conv: int8 output needs yq"; break;
+    default: TTQ_THROW() << "ternary int8 conv: unknown output kind " << static_cast<int>(a.out);
   }
   check_quant(a.x_quant, "input");
   if (a.out == Int8Out::Int8) check_quant(a.y_quant, "output");
@@ -321,9 +307,9 @@ void tile_scalar(const uint32_t* xq, const int64_t* koff, int64_t kqs, const uin
 // 4 rows x NV zmm (16 columns each): 8 * NV accumulators.
 template <int NV>
 __attribute__((target("avx512f,avx512bw,avx512vnni,fma"))) void tile_avx512(const uint32_t* xq,
-                                                                           const int64_t* koff, int64_t kqs,
-                                                                           const uint32_t* w, int32_t* tp,
-                                                                           int32_t* tn) {
+                                                                            const int64_t* koff, int64_t kqs,
+                                                                            const uint32_t* w, int32_t* tp,
+                                                                            int32_t* tn) {
   __m512i ap[kRows][NV], an[kRows][NV];
 #pragma GCC unroll 4
   for (int r = 0; r < kRows; ++r)
@@ -466,7 +452,8 @@ using EpiFn = void (*)(const TileEpi& te, const int32_t* tp, const int32_t* tn);
 
 // store_one with the output kind and the ReLU fixed.
 template <Int8Out OUT, bool RELU>
-inline void store_t(const Int8ConvArgs& a, const Epi& e, int64_t idx, int32_t p, int32_t n, float sc, float sh) {
+inline void store_t(const Int8ConvArgs& a, const Epi& e, int64_t idx, int32_t p, int32_t n, float sc,
+                    float sh) {
   if constexpr (OUT == Int8Out::Int32) {
     a.p_sum[idx] = p;
     a.n_sum[idx] = n;
@@ -482,7 +469,8 @@ inline void store_t(const Int8ConvArgs& a, const Epi& e, int64_t idx, int32_t p,
 
 // Elements [i0, len) of row r's segment sg, one at a time (every variant's tail).
 template <Int8Out OUT, bool RELU>
-inline void epi_rest(const TileEpi& te, int r, const Seg& sg, int64_t i0, const int32_t* tp, const int32_t* tn) {
+inline void epi_rest(const TileEpi& te, int r, const Seg& sg, int64_t i0, const int32_t* tp,
+                     const int32_t* tn) {
   const int32_t* pr = tp + r * kMaxTile + sg.off;
   const int32_t* nr = tn + r * kMaxTile + sg.off;
   const int64_t at = te.at[r] + sg.p;
@@ -543,8 +531,9 @@ __attribute__((target("avx2,fma"))) void epi_avx2(const TileEpi& te, const int32
 }
 
 template <Int8Out OUT, bool RELU>
-__attribute__((target("avx512f,avx512bw,avx512vnni,fma"))) void epi_avx512(const TileEpi& te, const int32_t* tp,
-                                                                          const int32_t* tn) {
+__attribute__((target("avx512f,avx512bw,avx512vnni,fma"))) void epi_avx512(const TileEpi& te,
+                                                                           const int32_t* tp,
+                                                                           const int32_t* tn) {
   const Int8ConvArgs& a = *te.a;
   const Epi& e = *te.e;
   const __m512 va = _mm512_set1_ps(e.a), vb = _mm512_set1_ps(e.b), zero = _mm512_setzero_ps(),
@@ -594,10 +583,10 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,fma"))) void epi_avx512(const
 #endif  // __x86_64__
 
 // The six instantiations of an epilogue, indexed by output kind * 2 + relu.
-#define TTQ_INT8_EPI_TABLE(fn)                                                                          \
-  {                                                                                                     \
+#define TTQ_INT8_EPI_TABLE(fn)                                                                            \
+  {                                                                                                       \
     fn<Int8Out::Int32, false>, fn<Int8Out::Int32, true>, fn<Int8Out::F32, false>, fn<Int8Out::F32, true>, \
-        fn<Int8Out::Int8, false>, fn<Int8Out::Int8, true>                                               \
+        fn<Int8Out::Int8, false>, fn<Int8Out::Int8, true>                                                 \
   }
 
 struct Kernels {
@@ -641,9 +630,9 @@ struct Scratch {
   std::vector<int64_t> koff, seg_start;  // per call (the calling thread's)
   std::vector<Seg> segs;
   std::vector<float> esc, esh;
-  std::vector<int8_t> fill;              // a plane of zero points
-  std::vector<uint32_t> xprep, cols;     // per thread
-  std::vector<uint32_t> plane;           // per thread: one interleaved plane before padding
+  std::vector<int8_t> fill;           // a plane of zero points
+  std::vector<uint32_t> xprep, cols;  // per thread
+  std::vector<uint32_t> plane;        // per thread: one interleaved plane before padding
 };
 Scratch& scratch() {
   thread_local Scratch s;
@@ -656,9 +645,9 @@ struct Plan {
   Kernels k;
   Epi e;
   int64_t hp, wp, plane, ho, wo, cg, og;
-  bool wide;               // stride 1: read X4 in place; else an im2col of words
-  int64_t q_count;         // columns per unit
-  int64_t col_stride;      // im2col row length (words)
+  bool wide;           // stride 1: read X4 in place; else an im2col of words
+  int64_t q_count;     // columns per unit
+  int64_t col_stride;  // im2col row length (words)
   int64_t tile, tiles, items;
   int64_t xprep_words, cols_words;
   const int64_t* koff;
@@ -797,8 +786,8 @@ void ternary_int8_conv_cpu(const Int8ConvArgs& a, const Int8WeightLayout& l, Int
       << "] of " << s.groups;
   if (s.n == 0) return;
   if (isa == Int8Isa::Auto) isa = int8_isa_auto();
-  TTQ_CHECK(int8_isa_supported(isa)) << "ternary_int8_conv_cpu: this CPU cannot run the " << int8_isa_name(isa)
-                                     << " micro-kernel";
+  TTQ_CHECK(int8_isa_supported(isa)) << "ternary_int8_conv_cpu: this CPU cannot run the "
+                                     << int8_isa_name(isa) << " micro-kernel";
   Plan P;
   P.a = &a;
   P.l = &l;
@@ -933,7 +922,8 @@ Int8ConvWeight Int8ConvWeight::from_packed(const PackedConvWeight& pw, Device de
   TTQ_CHECK(pw.defined()) << "Int8ConvWeight::from_packed: undefined packed weight";
   const Tensor codes = pw.codes().to(Device::cpu()).contiguous();
   Int8ConvWeight w;
-  w.m_layout = relayout_int8(codes.data<uint8_t>(), pw.co(), pw.ci_per_group(), pw.kh(), pw.kw(), pw.groups());
+  w.m_layout =
+      relayout_int8(codes.data<uint8_t>(), pw.co(), pw.ci_per_group(), pw.kh(), pw.kw(), pw.groups());
   w.m_wp = pw.wp();
   w.m_wn = pw.wn();
   w.m_device = device;
@@ -954,8 +944,8 @@ int64_t Int8ConvWeight::bytes() const {
 Shape ternary_int8_conv_output_shape(const Tensor& xq, const Int8ConvWeight& w, const Int8ConvOptions& o) {
   TTQ_CHECK(w.defined()) << "ternary_int8_conv2d: undefined weight";
   TTQ_CHECK(xq.dim() == 4) << "ternary_int8_conv2d: x must be 4-d, got " << xq.str();
-  TTQ_CHECK(o.stride >= 1 && o.pad >= 0) << "ternary_int8_conv2d: bad stride " << o.stride << " / padding "
-                                         << o.pad;
+  TTQ_CHECK(o.stride >= 1 && o.pad >= 0)
+      << "ternary_int8_conv2d: bad stride " << o.stride << " / padding " << o.pad;
   const int64_t h = xq.size(2), wd = xq.size(3);
   TTQ_CHECK(h + 2 * o.pad >= w.kh() && wd + 2 * o.pad >= w.kw())
       << "ternary_int8_conv2d: kernel " << w.kh() << "x" << w.kw() << " larger than the padded input " << h
@@ -995,15 +985,12 @@ Tensor ternary_int8_conv2d(const Tensor& xq_in, Int8Quant x_quant, const Int8Con
       a.p_sum = y.data<int32_t>();
       a.n_sum = a.p_sum + a.shape.n * a.y_sn;
       break;
-    case Int8Out::F32:
-      a.y = y.data<float>();
-      break;
-    case Int8Out::Int8:
-      a.yq = reinterpret_cast<int8_t*>(y.data<uint8_t>());
-      break;
+    case Int8Out::F32: a.y = y.data<float>(); break;
+    case Int8Out::Int8: a.yq = reinterpret_cast<int8_t*>(y.data<uint8_t>()); break;
   }
   a.post = {detail::opt_ptr(o.post_scale, w.co(), w.device(), "ternary_int8_conv2d: post_scale"),
-            detail::opt_ptr(o.post_shift, w.co(), w.device(), "ternary_int8_conv2d: post_shift"), o.post_relu};
+            detail::opt_ptr(o.post_shift, w.co(), w.device(), "ternary_int8_conv2d: post_shift"),
+            o.post_relu};
   a.y_quant = o.y_quant;
   if (w.device().is_cpu()) {
     ternary_int8_conv_cpu(a, w.layout(), o.cpu_isa);
@@ -1011,7 +998,8 @@ Tensor ternary_int8_conv2d(const Tensor& xq_in, Int8Quant x_quant, const Int8Con
   }
 #ifdef TTQ_HAS_CUDA
   ternary_int8_conv_cuda(a, reinterpret_cast<const uint32_t*>(w.device_masks().data<uint8_t>()),
-                         w.device_counts().data<int32_t>(), static_cast<cudaStream_t>(cuda::current_stream()));
+                         w.device_counts().data<int32_t>(),
+                         static_cast<cudaStream_t>(cuda::current_stream()));
   return y;
 #else
   TTQ_THROW() << "ternary_int8_conv2d: this build has no CUDA backend";

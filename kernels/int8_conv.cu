@@ -70,7 +70,8 @@ __device__ __forceinline__ void store_output(const Geo& g, int o, int pix, int p
     return;
   }
   float v = __fmaf_rn(g.a, __int2float_rn(p), -__fmul_rn(g.b, __int2float_rn(m)));
-  v = __fmaf_rn(v, g.post_scale ? __ldg(g.post_scale + o) : 1.0f, g.post_shift ? __ldg(g.post_shift + o) : 0.0f);
+  v = __fmaf_rn(v, g.post_scale ? __ldg(g.post_scale + o) : 1.0f,
+                g.post_shift ? __ldg(g.post_shift + o) : 0.0f);
   if (g.relu) v = v > 0.0f ? v : 0.0f;
   if (g.out == Int8Out::F32) {
     g.y[idx] = v;
@@ -101,7 +102,8 @@ __global__ void __launch_bounds__(kThreads)
       const int kk = tid / kBM, m = tid % kBM, row = row0 + m, kq = kq0 + kk;
       uint32_t pm = 0, nm = 0;
       if (row < g.og && kq < g.kqs) {
-        const int64_t at = ((((static_cast<int64_t>(grp) * g.blocks + row / 4) * g.kqs + kq) * 4) + row % 4) * 2;
+        const int64_t at =
+            ((((static_cast<int64_t>(grp) * g.blocks + row / 4) * g.kqs + kq) * 4) + row % 4) * 2;
         pm = __ldg(masks + at);
         nm = __ldg(masks + at + 1);
       }

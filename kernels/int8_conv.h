@@ -194,7 +194,7 @@ class Int8ConvWeight {
   const Int8WeightLayout& layout() const { return m_layout; }
   const Tensor& device_masks() const { return m_masks; }    // CUDA: U8 view of the words
   const Tensor& device_counts() const { return m_counts; }  // CUDA: I32 [2 * co]
-  int64_t bytes() const;  // what the device holds for the layer
+  int64_t bytes() const;                                    // what the device holds for the layer
 
  private:
   Int8WeightLayout m_layout;

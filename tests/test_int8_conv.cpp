@@ -68,8 +68,8 @@ TEST(Int8Layout, RoundTripsToTheCanonicalCodesAndCountsEachSign) {
   struct L {
     int64_t co, cg, k, groups;
   };
-  for (const L& c : {L{1, 1, 1, 1}, L{5, 3, 3, 1}, L{12, 17, 1, 1}, L{8, 4, 3, 2}, L{9, 1, 3, 9}, L{6, 33, 5, 3},
-                     L{64, 129, 1, 4}}) {
+  for (const L& c : {L{1, 1, 1, 1}, L{5, 3, 3, 1}, L{12, 17, 1, 1}, L{8, 4, 3, 2}, L{9, 1, 3, 9},
+                     L{6, 33, 5, 3}, L{64, 129, 1, 4}}) {
     SCOPED_TRACE(testing::Message() << "INT8_LAYOUT(co=" << c.co << ", cg=" << c.cg << ", k=" << c.k
                                     << ", groups=" << c.groups << ")");
     const int64_t numel = c.co * c.cg * c.k * c.k;
@@ -107,10 +107,10 @@ struct Case {
   int64_t groups;
 };
 std::string case_str(const Case& c) {
-  return "INT8_CONV(n=" + std::to_string(c.n) + ", ci=" + std::to_string(c.ci) + ", hw=" + std::to_string(c.h) +
-         "x" + std::to_string(c.w) + ", co=" + std::to_string(c.co) + ", k=" + std::to_string(c.k) +
-         ", stride=" + std::to_string(c.stride) + ", pad=" + std::to_string(c.pad) +
-         ", groups=" + std::to_string(c.groups) + ")";
+  return "INT8_CONV(n=" + std::to_string(c.n) + ", ci=" + std::to_string(c.ci) +
+         ", hw=" + std::to_string(c.h) + "x" + std::to_string(c.w) + ", co=" + std::to_string(c.co) +
+         ", k=" + std::to_string(c.k) + ", stride=" + std::to_string(c.stride) +
+         ", pad=" + std::to_string(c.pad) + ", groups=" + std::to_string(c.groups) + ")";
 }
 
 const std::vector<Case> kCases = {
@@ -193,12 +193,8 @@ std::vector<uint8_t> run(const Problem& p, Int8Out out, bool reference, Int8Isa 
       a.p_sum = reinterpret_cast<int32_t*>(bytes.data());
       a.n_sum = a.p_sum + p.out_numel;
       break;
-    case Int8Out::F32:
-      a.y = reinterpret_cast<float*>(bytes.data());
-      break;
-    case Int8Out::Int8:
-      a.yq = reinterpret_cast<int8_t*>(bytes.data());
-      break;
+    case Int8Out::F32: a.y = reinterpret_cast<float*>(bytes.data()); break;
+    case Int8Out::Int8: a.yq = reinterpret_cast<int8_t*>(bytes.data()); break;
   }
   if (reference) {
     kernels::ternary_int8_conv_ref(a, p.canon.data());
@@ -234,12 +230,14 @@ std::string first_difference(const std::vector<uint8_t>& a, const std::vector<ui
 void expect_all_isas_match_the_reference(const Problem& p, const std::string& what) {
   for (Int8Out out : {Int8Out::Int32, Int8Out::F32, Int8Out::Int8}) {
     const std::vector<uint8_t> ref = run(p, out, true, Int8Isa::Auto, 0x7f);
-    ASSERT_EQ(ref, run(p, out, true, Int8Isa::Auto, 0x80)) << what << ": the reference leaves outputs unwritten";
+    ASSERT_EQ(ref, run(p, out, true, Int8Isa::Auto, 0x80))
+        << what << ": the reference leaves outputs unwritten";
     for (Int8Isa isa : cpu_isas())
       for (uint8_t poison : {uint8_t{0x7f}, uint8_t{0x80}}) {
         const std::vector<uint8_t> got = run(p, out, false, isa, poison);
-        EXPECT_TRUE(got == ref) << what << " " << kernels::int8_isa_name(isa) << " " << kernels::int8_out_name(out)
-                                << " poison " << int(poison) << ": " << first_difference(got, ref, out);
+        EXPECT_TRUE(got == ref) << what << " " << kernels::int8_isa_name(isa) << " "
+                                << kernels::int8_out_name(out) << " poison " << int(poison) << ": "
+                                << first_difference(got, ref, out);
       }
   }
 }
@@ -364,8 +362,9 @@ TEST(Int8ConvCpu, EveryThreadCountAndThreadingSchemeGivesTheSameBytes) {
         omp_set_num_threads(t);
         for (Int8Isa isa : cpu_isas()) {
           const std::vector<uint8_t> got = run(p, out, false, isa, 0x80);
-          EXPECT_TRUE(got == ref) << case_str(big[i]) << " threads " << t << " " << kernels::int8_isa_name(isa)
-                                  << " " << kernels::int8_out_name(out) << ": " << first_difference(got, ref, out);
+          EXPECT_TRUE(got == ref) << case_str(big[i]) << " threads " << t << " "
+                                  << kernels::int8_isa_name(isa) << " " << kernels::int8_out_name(out) << ": "
+                                  << first_difference(got, ref, out);
         }
       }
       omp_set_num_threads(threads);
@@ -465,13 +464,13 @@ TEST(Int8ConvCpu, F32OutputMatchesTheFloatPackedConvOnTheDequantizedInput) {
 }
 
 TEST(Int8Quantize, RoundsHalfToEvenAndClamps) {
-  const Tensor x = Tensor::from_vector<float>({0.0f, 0.25f, 0.75f, 1.25f, -0.25f, -0.75f, 100.0f, -100.0f, NAN,
-                                               63.5f},
-                                              {10});
+  const Tensor x = Tensor::from_vector<float>(
+      {0.0f, 0.25f, 0.75f, 1.25f, -0.25f, -0.75f, 100.0f, -100.0f, NAN, 63.5f}, {10});
   const Int8Quant q{0.5f, 0};
   const std::vector<uint8_t> b = kernels::quantize_int8(x, q).to_vector<uint8_t>();
   const std::vector<int8_t> expect = {0, 0, 2, 2, 0, -2, 127, -128, -128, 127};
-  for (size_t i = 0; i < expect.size(); ++i) EXPECT_EQ(static_cast<int8_t>(b[i]), expect[i]) << "element " << i;
+  for (size_t i = 0; i < expect.size(); ++i)
+    EXPECT_EQ(static_cast<int8_t>(b[i]), expect[i]) << "element " << i;
   // With a zero point, and back: dequantize(quantize(v)) = v on the grid.
   const Int8Quant z{0.25f, -128};
   const Tensor grid = Tensor::from_vector<float>({0.0f, 0.25f, 63.75f, 10.0f}, {4});
@@ -487,8 +486,8 @@ TEST(Int8ConvArgs, BadArgumentsAreRejectedWithClearErrors) {
   const Case c{1, 8, 6, 6, 4, 3, 1, 1, 2};
   const Problem p = make_problem(c, 7000, false, false);
   const Tensor codes = Tensor::from_vector(p.canon, {static_cast<int64_t>(p.canon.size())});
-  const kernels::PackedConvWeight pw = kernels::PackedConvWeight::from_codes(codes, {4, 4, 3, 3}, 1.0f, 1.0f,
-                                                                             Device::cpu(), "w", 2);
+  const kernels::PackedConvWeight pw =
+      kernels::PackedConvWeight::from_codes(codes, {4, 4, 3, 3}, 1.0f, 1.0f, Device::cpu(), "w", 2);
   const kernels::Int8ConvWeight w = kernels::Int8ConvWeight::from_packed(pw, Device::cpu());
   EXPECT_EQ(w.ci(), 8);
   EXPECT_EQ(w.groups(), 2);
@@ -497,8 +496,9 @@ TEST(Int8ConvArgs, BadArgumentsAreRejectedWithClearErrors) {
   o.pad = 1;
   EXPECT_EQ(kernels::ternary_int8_conv2d(xq, {0.1f, 0}, w, o).shape(), Shape({1, 4, 6, 6}));
 
-  EXPECT_NE(error_message([&] { kernels::ternary_int8_conv2d(Tensor::zeros({1, 8, 6, 6}), {0.1f, 0}, w, o); })
-                .find("U8 (int8 bytes)"),
+  EXPECT_NE(error_message([&] {
+              kernels::ternary_int8_conv2d(Tensor::zeros({1, 8, 6, 6}), {0.1f, 0}, w, o);
+            }).find("U8 (int8 bytes)"),
             std::string::npos);
   EXPECT_NE(error_message([&] {
               kernels::ternary_int8_conv2d(Tensor::zeros({1, 6, 6, 6}, DType::U8), {0.1f, 0}, w, o);
@@ -514,7 +514,9 @@ TEST(Int8ConvArgs, BadArgumentsAreRejectedWithClearErrors) {
   bad = o;
   bad.pad = 0;
   bad.stride = 0;
-  EXPECT_NE(error_message([&] { kernels::ternary_int8_conv2d(xq, {0.1f, 0}, w, bad); }).find("bad stride 0"),
+  EXPECT_NE(error_message([&] {
+              kernels::ternary_int8_conv2d(xq, {0.1f, 0}, w, bad);
+            }).find("bad stride 0"),
             std::string::npos);
   bad = o;
   bad.pad = 0;
@@ -524,7 +526,9 @@ TEST(Int8ConvArgs, BadArgumentsAreRejectedWithClearErrors) {
             std::string::npos);
   bad = o;
   bad.post_scale = Tensor::ones({5});
-  EXPECT_NE(error_message([&] { kernels::ternary_int8_conv2d(xq, {0.1f, 0}, w, bad); }).find("post_scale"),
+  EXPECT_NE(error_message([&] {
+              kernels::ternary_int8_conv2d(xq, {0.1f, 0}, w, bad);
+            }).find("post_scale"),
             std::string::npos);
   EXPECT_THROW(kernels::quantize_int8(Tensor::zeros({3}), {0.0f, 0}), InputError);
   EXPECT_THROW(kernels::quantize_int8(Tensor::zeros({3}, DType::U8), {1.0f, 0}), Error);
@@ -544,11 +548,13 @@ TEST(Int8ConvArgs, BadArgumentsAreRejectedWithClearErrors) {
   EXPECT_TRUE(std::all_of(y, y + 144, [](float v) { return v == 0.5f; }));
   Int8ConvArgs b = a;
   b.x = nullptr;
-  EXPECT_NE(error_message([&] { kernels::ternary_int8_conv_cpu(b, p.layout); }).find("null x"), std::string::npos);
+  EXPECT_NE(error_message([&] { kernels::ternary_int8_conv_cpu(b, p.layout); }).find("null x"),
+            std::string::npos);
   b = a;
   b.y = nullptr;
-  EXPECT_NE(error_message([&] { kernels::ternary_int8_conv_ref(b, p.canon.data()); }).find("f32 output needs y"),
-            std::string::npos);
+  EXPECT_NE(
+      error_message([&] { kernels::ternary_int8_conv_ref(b, p.canon.data()); }).find("f32 output needs y"),
+      std::string::npos);
   b = a;
   b.shape.groups = 3;
   EXPECT_NE(error_message([&] { kernels::ternary_int8_conv_cpu(b, p.layout); }).find("groups do not divide"),
@@ -603,7 +609,8 @@ TEST(Int8ConvCuda, GivesTheReferenceBytes) {
         const std::vector<uint8_t> ref = run(p, out, true, Int8Isa::Auto, 0x7f);
         // The raw entry into poisoned device outputs (NaN / 0xAB bytes, then 0x7f bytes).
         for (int fill = 0; fill < 2; ++fill) {
-          const DType dt = out == Int8Out::Int32 ? DType::I32 : (out == Int8Out::F32 ? DType::F32 : DType::U8);
+          const DType dt =
+              out == Int8Out::Int32 ? DType::I32 : (out == Int8Out::F32 ? DType::F32 : DType::U8);
           Tensor y = Tensor::empty({static_cast<int64_t>(ref.size() / dtype_size(dt))}, dt, gpu);
           if (fill == 0) {
             test::poison(y);
@@ -625,14 +632,14 @@ TEST(Int8ConvCuda, GivesTheReferenceBytes) {
           }
           a.post.scale = o.post_scale.defined() ? o.post_scale.data<float>() : nullptr;
           a.post.shift = o.post_shift.defined() ? o.post_shift.data<float>() : nullptr;
-          kernels::ternary_int8_conv_cuda(a, reinterpret_cast<const uint32_t*>(w.device_masks().data<uint8_t>()),
-                                          w.device_counts().data<int32_t>(),
-                                          static_cast<cudaStream_t>(cuda::current_stream()));
+          kernels::ternary_int8_conv_cuda(
+              a, reinterpret_cast<const uint32_t*>(w.device_masks().data<uint8_t>()),
+              w.device_counts().data<int32_t>(), static_cast<cudaStream_t>(cuda::current_stream()));
           const Tensor back = y.to(Device::cpu());
           std::vector<uint8_t> got(ref.size());
           std::memcpy(got.data(), back.raw_data(), ref.size());
-          EXPECT_TRUE(got == ref) << case_str(c) << " " << kernels::int8_out_name(out) << " fill " << fill << ": "
-                                  << first_difference(got, ref, out);
+          EXPECT_TRUE(got == ref) << case_str(c) << " " << kernels::int8_out_name(out) << " fill " << fill
+                                  << ": " << first_difference(got, ref, out);
         }
         // The tensor entry.
         o.out = out;
