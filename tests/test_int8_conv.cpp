@@ -30,20 +30,8 @@ using kernels::Int8Isa;
 using kernels::Int8Out;
 using kernels::Int8Quant;
 
-// Random codes: 0 with probability zero_frac, else +1 / -1 evenly.
-std::vector<uint8_t> random_codes(int64_t n, double zero_frac, uint64_t seed) {
-  Generator g(seed);
-  std::vector<uint8_t> c(static_cast<size_t>(n));
-  for (auto& v : c) v = g.uniform() < zero_frac ? 0 : static_cast<uint8_t>(1 + g.below(2));
-  return c;
-}
-
-std::vector<uint8_t> canonical_of(const std::vector<uint8_t>& codes) {
-  std::vector<uint8_t> p(
-      static_cast<size_t>(kernels::packed::packed_bytes(static_cast<int64_t>(codes.size()))));
-  kernels::pack_codes_ref(codes.data(), static_cast<int64_t>(codes.size()), p.data());
-  return p;
-}
+using test::canonical_of;
+using test::random_codes;
 
 // Every micro-kernel this machine can run.
 std::vector<Int8Isa> cpu_isas() {

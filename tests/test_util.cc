@@ -18,6 +18,9 @@
 
 #include "data/idx.h"
 #include "engine/process.h"
+#include "engine/rng.h"
+#include "kernels/pack.h"
+#include "kernels/packed_format.h"
 
 namespace ttq::test {
 
@@ -207,6 +210,20 @@ ToolRun run_argv(const std::vector<std::string>& args, const RunLimits& limits) 
   waitpid(pid, &status, 0);
   r.code = WIFEXITED(status) && !killed ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+std::vector<uint8_t> random_codes(int64_t n, double zero_frac, uint64_t seed) {
+  Generator g(seed);
+  std::vector<uint8_t> c(static_cast<size_t>(n));
+  for (auto& v : c) v = g.uniform() < zero_frac ? 0 : static_cast<uint8_t>(1 + g.below(2));
+  return c;
+}
+
+std::vector<uint8_t> canonical_of(const std::vector<uint8_t>& codes) {
+  std::vector<uint8_t> p(
+      static_cast<size_t>(kernels::packed::packed_bytes(static_cast<int64_t>(codes.size()))));
+  kernels::pack_codes_ref(codes.data(), static_cast<int64_t>(codes.size()), p.data());
+  return p;
 }
 
 }  // namespace ttq::test

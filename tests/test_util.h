@@ -85,4 +85,10 @@ struct RunLimits {
 // through pipes, so a file size limit does not touch them.
 ToolRun run_argv(const std::vector<std::string>& argv, const RunLimits& limits = {});
 
+// Ternary codes (kernels/packed_format.h: 0 zero, 1 +1, 2 -1): 0 with probability
+// zero_frac, else +1 / -1 evenly; drawn from Generator(seed).
+std::vector<uint8_t> random_codes(int64_t n, double zero_frac, uint64_t seed);
+// The canonical 2-bit packing of `codes` (kernels::pack_codes_ref).
+std::vector<uint8_t> canonical_of(const std::vector<uint8_t>& codes);
+
 }  // namespace ttq::test
