@@ -2,6 +2,7 @@
 #include "models/model_file.h"
 
 #include "engine/io/safetensors.h"
+#include "models/packed_internal.h"
 
 namespace ttq::models {
 
@@ -9,15 +10,7 @@ ModelPtr load_model_file(const std::string& path, const std::string& arch_flag, 
   io::SafeTensors st = io::read_safetensors(path);
   TTQ_INPUT_CHECK(st.meta("format") != "ttq-packed-2bit")
       << path << ": a packed model (format ttq-packed-2bit) has no float layers to build";
-  const std::string from_file = st.meta("model");
-  std::string arch = from_file.empty() ? arch_flag : from_file;
-  TTQ_INPUT_CHECK(!arch.empty()) << path
-                                 << ": no \"model\" in the metadata; name the architecture with --arch";
-  TTQ_INPUT_CHECK(arch_flag.empty() || from_file.empty() || arch_flag == from_file)
-      << path << ": the metadata says model '" << from_file << "' but --arch is '" << arch_flag << "'";
-  bool known = false;
-  for (const auto& n : names()) known = known || n == arch;
-  TTQ_INPUT_CHECK(known) << path << ": unknown model '" << arch << "'";
+  const std::string arch = detail::resolve_arch(st.meta("model"), arch_flag, path);
   ModelConfig config = config_from_weights(arch, st.tensors(), path);
   Generator gen(0);
   ModelPtr model = create(arch, config, gen);

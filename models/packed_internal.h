@@ -1,6 +1,6 @@
-// What packing (models/pack.cpp) and the packed runner (models/packed_model.cpp)
-// share: resolving a file's architecture and config, and which tensors belong to
-// quantized layers. Not part of the public API.
+// What packing (models/pack.cpp), the packed runner (models/packed_model.cpp) and
+// model files (models/model_file.cpp) share: resolving a file's architecture and
+// config, and which tensors belong to quantized layers. Not part of the public API.
 #pragma once
 
 #include <set>
