@@ -1,6 +1,7 @@
 // ttq_eval's library side (app/eval.h).
 #include "app/eval.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -103,7 +104,32 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
   train::check_some_loaded(static_cast<double>(r.count), loader, o.data, o.split.c_str());
   if (loader.skipped_in_epoch() > 0) log << loader.skipped_in_epoch() << " unreadable images skipped\n";
   report.result = r;
+  report.class_names = eval_set->class_names();
   return report;
+}
+
+std::vector<ClassAccuracy> per_class(const EvalReport& report) {
+  const train::EvalResult& r = report.result;
+  std::vector<ClassAccuracy> out;
+  for (int64_t k = 0; k < r.classes; ++k) {
+    ClassAccuracy a;
+    a.label = k;
+    a.name = k < static_cast<int64_t>(report.class_names.size()) ? report.class_names[static_cast<size_t>(k)]
+                                                                 : std::to_string(k);
+    for (int64_t p = 0; p <= r.classes; ++p) a.count += r.confusion_at(k, p);
+    a.top1 = a.count > 0 ? static_cast<double>(r.confusion_at(k, k)) / static_cast<double>(a.count) : 0.0;
+    out.push_back(a);
+  }
+  return out;
+}
+
+std::vector<ClassAccuracy> worst_classes(const EvalReport& report, size_t n) {
+  std::vector<ClassAccuracy> all = per_class(report);
+  std::erase_if(all, [](const ClassAccuracy& a) { return a.count == 0; });
+  std::stable_sort(all.begin(), all.end(),
+                   [](const ClassAccuracy& a, const ClassAccuracy& b) { return a.top1 < b.top1; });
+  if (all.size() > n) all.resize(n);
+  return all;
 }
 
 }  // namespace ttq::app

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "train/evaluate.h"
 
@@ -27,8 +28,21 @@ struct EvalOptions {
 };
 struct EvalReport {
   train::EvalResult result;
-  std::string split;  // the split evaluated and where it comes from
+  std::string split;                     // the split evaluated and where it comes from
+  std::vector<std::string> class_names;  // the data set's, in label order (result.confusion's rows)
 };
+// Top-1 of one class: of the `count` images whose true class it is, the
+// fraction whose strict top-1 prediction is that class (0 when count is 0).
+struct ClassAccuracy {
+  int64_t label = 0;
+  std::string name;
+  int64_t count = 0;
+  double top1 = 0;
+};
+// Every class in label order, from the report's confusion matrix.
+std::vector<ClassAccuracy> per_class(const EvalReport& report);
+// The `n` classes with images that have the lowest top-1 (ties: lower label first).
+std::vector<ClassAccuracy> worst_classes(const EvalReport& report, size_t n);
 // Loads the weights (a training checkpoint's optimiser state is ignored; a TTQ
 // checkpoint runs with its ternary weights) and evaluates them on one split of
 // the data: val (as training formed it: the held-out size comes from the

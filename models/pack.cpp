@@ -101,10 +101,22 @@ bool is_packed_file(const std::string& path) {
 
 // ---- packing -------------------------------------------------------------------------
 
-PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& meta,
-                           const std::string& arch_in, const std::string& source) {
-  const std::string arch = resolve_arch(arch_in, "", source);
-  const Graph naming = build_graph(arch, ModelConfig{});
+namespace {
+
+// A weights file's model tensors checked against the architecture: training
+// state dropped, names canonical, TTQ scales kept as hints for packing.
+struct ModelState {
+  std::string arch;
+  ModelPtr skeleton;
+  std::map<std::string, float> scale_hint;  // "<layer>.wp" / ".wn" of a TTQ checkpoint
+  std::map<std::string, Tensor> by_name;
+};
+
+ModelState model_state(const io::NamedTensors& input, const io::Metadata& meta, const std::string& arch_in,
+                       const std::string& source) {
+  ModelState m;
+  m.arch = resolve_arch(arch_in, "", source);
+  const Graph naming = build_graph(m.arch, ModelConfig{});
   // Training state that inference never needs.
   io::NamedTensors kept;
   for (const auto& [name, t] : input) {
@@ -114,9 +126,8 @@ PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& me
     kept.emplace_back(naming.canonical_name(name), t);
   }
   Generator gen(0);
-  ModelPtr skeleton = create(arch, config_of(arch, kept, meta, source), gen);
-  const std::set<std::string> qnames = quantizable_names(skeleton->graph());
-  std::map<std::string, float> scale_hint;  // "<layer>.wp" / ".wn" of a TTQ checkpoint
+  m.skeleton = create(m.arch, config_of(m.arch, kept, meta, source), gen);
+  const std::set<std::string> qnames = quantizable_names(m.skeleton->graph());
   io::NamedTensors model_tensors;
   for (const auto& [name, t] : kept) {
     if (!layer_of(name, ".latent_weight", qnames).empty()) continue;
@@ -124,17 +135,37 @@ PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& me
       TTQ_INPUT_CHECK(t.numel() == 1) << source << ": " << io::quoted_name(name) << " must hold one value";
       const std::string why = io::load_value_problem(t, DType::F32);
       TTQ_INPUT_CHECK(why.empty()) << source << ": " << io::quoted_name(name) << " " << why;
-      scale_hint[name] = static_cast<float>(t.item());
+      m.scale_hint[name] = static_cast<float>(t.item());
       continue;
     }
     model_tensors.emplace_back(name, t);
   }
   // Names and shapes exactly as the architecture expects (one line listing every problem).
-  load_weights(*skeleton, model_tensors, source);
-  std::map<std::string, Tensor> by_name(model_tensors.begin(), model_tensors.end());
+  load_weights(*m.skeleton, model_tensors, source);
+  m.by_name = std::map<std::string, Tensor>(model_tensors.begin(), model_tensors.end());
+  return m;
+}
+
+int64_t f32_bytes(Model& model) {
+  int64_t n = 0;
+  for (const auto& [name, t] : model.state_dict()) n += t.numel() * 4;
+  return n;
+}
+
+}  // namespace
+
+PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& meta,
+                           const std::string& arch_in, const std::string& source) {
+  ModelState m = model_state(input, meta, arch_in, source);
+  const std::string& arch = m.arch;
+  ModelPtr& skeleton = m.skeleton;
+  const std::set<std::string> qnames = quantizable_names(skeleton->graph());
+  const std::map<std::string, float>& scale_hint = m.scale_hint;
+  const std::map<std::string, Tensor>& by_name = m.by_name;
 
   PackedContent out;
   out.report.arch = arch;
+  out.report.model_float_bytes = f32_bytes(*skeleton);
   for (const auto& [name, expected] : skeleton->state_dict()) {
     const Tensor t = by_name.at(name).to(Device::cpu()).to(DType::F32).contiguous();
     const std::string layer = layer_of(name, ".weight", qnames);
@@ -231,6 +262,41 @@ PackReport pack_model_file(const std::string& in, const std::string& out, const 
   return content.report;
 }
 
+WeightsReport write_weights_file(const std::string& in, const std::string& out,
+                                 const std::string& arch_flag) {
+  TTQ_INPUT_CHECK(!io::same_file(in, out))
+      << "--out " << out << " is the --in file; write the weights to another file";
+  io::SafeTensors st = io::read_safetensors(in);
+  TTQ_INPUT_CHECK(st.meta("format") != kPackedFormat) << in << ": a packed model (format " << kPackedFormat
+                                                      << "); --weights-only takes a checkpoint or weights";
+  const std::string arch = resolve_arch(st.meta("model"), arch_flag, in);
+  ModelState m = model_state(st.tensors(), st.metadata(), arch, in);
+  WeightsReport r;
+  r.arch = arch;
+  io::NamedTensors tensors;
+  for (const auto& [name, expected] : m.skeleton->state_dict()) {
+    tensors.emplace_back(name, m.by_name.at(name).to(Device::cpu()).to(DType::F32).contiguous());
+    r.float_bytes += expected.numel() * 4;
+  }
+  r.tensors = static_cast<int64_t>(tensors.size());
+  io::Metadata meta;
+  meta["model"] = arch;
+  const ModelConfig& c = m.skeleton->config();
+  nlohmann::json j;
+  j["in_channels"] = c.in_channels;
+  j["input_size"] = c.input_size;
+  j["num_classes"] = c.num_classes;
+  meta["model_config"] = j.dump();
+  for (const auto& [k, v] : st.metadata())
+    if (k == "classes" || k == "preprocess" || k == "data" || k == "split") meta[k] = v;
+  meta["weights_from"] = std::filesystem::path(in).filename().string();
+  io::write_safetensors(out, tensors, meta);
+  std::error_code ec;
+  r.input_file_bytes = static_cast<int64_t>(std::filesystem::file_size(in, ec));
+  r.output_file_bytes = static_cast<int64_t>(std::filesystem::file_size(out, ec));
+  return r;
+}
+
 std::string format_pack_report(const PackReport& r) {
   std::ostringstream os;
   size_t w = 5;
@@ -255,9 +321,13 @@ std::string format_pack_report(const PackReport& r) {
   os << "quantized layers: " << r.float_bytes << " bytes as F32 -> " << r.packed_bytes << " bytes packed ("
      << std::fixed << std::setprecision(1)
      << (r.packed_bytes ? double(r.float_bytes) / double(r.packed_bytes) : 0.0) << "x smaller)\n";
-  if (r.input_file_bytes > 0 && r.output_file_bytes > 0) {
-    os << "file: " << r.input_file_bytes << " -> " << r.output_file_bytes << " bytes (" << std::fixed
-       << std::setprecision(1) << double(r.input_file_bytes) / double(r.output_file_bytes) << "x smaller)\n";
+  if (r.output_file_bytes > 0) {
+    // Against what the network weighs in float, not the input file (which may
+    // carry optimiser state and TTQ latent weights).
+    os << "network: " << r.model_float_bytes << " bytes as F32 -> packed file " << r.output_file_bytes
+       << " bytes (" << std::fixed << std::setprecision(1)
+       << double(r.model_float_bytes) / double(r.output_file_bytes) << "x smaller); input file "
+       << r.input_file_bytes << " bytes\n";
   }
   return os.str();
 }

@@ -52,6 +52,9 @@ struct PackReport {
   int64_t quantized_weights = 0, zeros = 0;
   int64_t float_bytes = 0, packed_bytes = 0;  // quantized layers only
   int64_t input_file_bytes = 0, output_file_bytes = 0;
+  // The network's float weights: every tensor of the model (parameters and
+  // buffers) as F32, without optimiser state or TTQ latent weights and scales.
+  int64_t model_float_bytes = 0;
   double zero_fraction() const { return quantized_weights ? double(zeros) / double(quantized_weights) : 0.0; }
 };
 
@@ -75,6 +78,19 @@ PackedContent pack_tensors(const io::NamedTensors& tensors, const io::Metadata& 
 // Reads `in` (architecture from its metadata or `arch_flag`), packs it and writes `out`
 // atomically. Refuses an already packed input.
 PackReport pack_model_file(const std::string& in, const std::string& out, const std::string& arch_flag);
+// ttq_pack --weights-only: `in`'s model tensors as a plain safetensors file
+// under their PyTorch names, every one F32 (a TTQ checkpoint's quantized layers
+// hold their ternary values), in the architecture's order, without optimiser or
+// scheduler state and without the TTQ latent weights and scales; the metadata
+// keeps "model", "model_config", "classes", "preprocess", "data" and "split".
+// ttq_eval and ttq_infer load it as a plain import. Refuses a packed input.
+struct WeightsReport {
+  std::string arch;
+  int64_t tensors = 0;
+  int64_t float_bytes = 0;  // the tensors' data, F32
+  int64_t input_file_bytes = 0, output_file_bytes = 0;
+};
+WeightsReport write_weights_file(const std::string& in, const std::string& out, const std::string& arch_flag);
 // The table ttq_pack prints: per layer sparsity, Wp, Wn, sizes; then totals.
 std::string format_pack_report(const PackReport& report);
 

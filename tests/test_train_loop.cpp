@@ -17,7 +17,10 @@
 
 #include "app/eval.h"
 #include "data/idx.h"
+#include "data/image.h"
 #include "engine/io/safetensors.h"
+#include "engine/ops/ops.h"
+#include "models/model.h"
 #include "models/packed.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
@@ -273,6 +276,86 @@ TEST_F(TrainLoop, TestSplitIsTouchedOnceOnTheBestCheckpoint) {
   EXPECT_EQ(config["train_images"], 76);
   EXPECT_EQ(config["test_images"], 48);
   EXPECT_NE(config["val_from"].get<std::string>().find("held out"), std::string::npos);
+}
+
+// --init from a 10-class checkpoint onto a 3-class folder: refused with the
+// hint without --reset-classifier; with it, the classifier is fresh (3 rows)
+// and everything else comes from the checkpoint (the TTQ phase freezes the
+// first conv, so it must still hold the checkpoint's values after training).
+TEST_F(TrainLoop, ResetClassifierFineTunesOnAnotherClassCount) {
+  const fs::path root = run_dir("reset_data");
+  Generator g(99);
+  for (const std::string& split : {std::string("train"), std::string("val")})
+    for (const char* c : {"a", "b", "c"})
+      for (int k = 0; k < (split == "train" ? 4 : 1); ++k) {
+        fs::create_directories(root / split / c);
+        data::Image img(32, 32, 3);
+        for (auto& px : img.pixels) px = static_cast<uint8_t>(g.below(256));
+        data::save_image((root / split / c / (std::to_string(k) + ".png")).string(), img);
+      }
+  const std::string data = "folder:" + root.string();
+  const data::Preprocess pre = data::preprocess_for(data::parse_data_spec(data));
+  models::ModelConfig mc;
+  mc.in_channels = pre.channels;
+  mc.input_size = pre.crop;
+  mc.num_classes = 10;
+  Generator init_gen(5);
+  models::ModelPtr ten = models::create("small_densenet", mc, init_gen);
+  const std::string init = (root / "ten.safetensors").string();
+  io::write_safetensors(init, ten->state_dict(), {{"model", "small_densenet"}});
+  const std::string first = ten->first_conv_name() + ".weight", cls = ten->classifier_name() + ".weight";
+
+  train::TrainOptions o = tiny_options(s_data, run_dir("reset_run"));
+  o.data = data;
+  o.phase = "ttq";
+  o.init = init;
+  o.epochs = 1;
+  o.batch = 4;
+  o.lr = train::kUnset;
+  std::ostringstream log;
+  EXPECT_INPUT_ERROR_MENTIONS(train::run_training(o, log),
+                              "(use --reset-classifier to fine-tune on a data set with another class count)");
+  EXPECT_INPUT_ERROR_MENTIONS(train::run_training(o, log), init + ": " + cls + " is [10, ");
+  EXPECT_FALSE(fs::exists(fs::path(o.out) / "last.safetensors"));
+
+  o.reset_classifier = true;
+  const train::RunResult r = train::run_training(o, log);
+  ASSERT_EQ(r.exit_code, 0) << log.str();
+  const io::SafeTensors last = io::read_safetensors((fs::path(o.out) / "last.safetensors").string());
+  const io::SafeTensors given = io::read_safetensors(init);
+  auto find = [](const io::SafeTensors& st, const std::string& name) {
+    for (const auto& [n, t] : st.tensors())
+      if (n == name) return t;
+    ADD_FAILURE() << "no " << name;
+    return Tensor();
+  };
+  EXPECT_EQ(find(last, cls).size(0), 3);
+  EXPECT_EQ(find(given, cls).size(0), 10);
+  EXPECT_EQ(test::max_abs_diff(find(last, first), find(given, first)), 0.0) << first;
+  const auto config = nlohmann::json::parse(std::ifstream(fs::path(o.out) / "config.json"));
+  EXPECT_EQ(config.at("reset_classifier"), true);
+  fs::remove_all(root);
+  fs::remove_all(o.out);
+}
+
+// The confusion matrix's predictions: the strict argmax, none (-1) for a tied
+// maximum or a non-finite row, the rule under which topk_correct counts a miss.
+TEST(TrainEvaluate, StrictTop1) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const Tensor logits = Tensor::from_vector<float>({1, 3, 2,      // 1
+                                                    5, 5, 0,      // tie: none
+                                                    -1, -2, -3,   // 0
+                                                    0, nan, 9,    // NaN: none
+                                                    0, inf, 1,    // infinity: none
+                                                    0, 0, 0.5f},  // 2
+                                                   Shape{6, 3});
+  EXPECT_EQ(train::strict_top1(logits), (std::vector<int64_t>{1, -1, 0, -1, -1, 2}));
+  // Consistent with topk_correct at k = 1 for every label.
+  for (int64_t label = 0; label < 3; ++label) {
+    const Tensor y = Tensor::from_vector<int64_t>(std::vector<int64_t>(6, label), Shape{6});
+    const std::vector<int64_t> p = train::strict_top1(logits);
+    EXPECT_EQ(ops::topk_correct(logits, y, 1), std::count(p.begin(), p.end(), label)) << label;
+  }
 }
 
 // Metrics lines are JSON whatever the numbers: a non-finite value is null.

@@ -1,7 +1,7 @@
 // ttq_eval: loss, top-1 and top-5 of a checkpoint on one split of a data set
-// (--split val|test|all). Flags only: the logic is in train/trainer.cpp
-// (app/eval.h run_eval), the ranges in train/options.h.
-// Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
+// (--split val|test|all), per-class top-1 and the confusion matrix. Flags only: the logic is in
+// train/trainer.cpp (app/eval.h run_eval), the ranges in train/options.h. Exit codes: 0 success, 2 bad input
+// (one line on stderr), 1 internal error.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -18,7 +18,9 @@
 int main(int argc, char** argv) {
   ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
   CLI::App app{
-      "Evaluate a ttq checkpoint (full precision or TTQ), a packed 2-bit model or a PyTorch import."};
+      "Evaluate a ttq checkpoint (full precision or TTQ), a packed 2-bit model or a PyTorch import: loss, "
+      "top-1, top-5 and the classes with the lowest top-1 (--json adds per-class top-1 and the confusion "
+      "matrix)."};
   namespace L = ttq::train::limits;
   ttq::app::EvalOptions o;
   std::string json_out;
@@ -39,7 +41,10 @@ int main(int argc, char** argv) {
             "what the weights' metadata records, else 10% of the training images, at most 5000");
   f.integer("--limit", o.limit, L::kLimit, "Evaluate a seeded subset of N images of the split", "all");
   f.integer("--workers", o.workers, L::kWorkers, "Data loader threads", std::to_string(o.workers));
-  f.text("--json", json_out, "Also write the result as JSON to this file (replaced atomically)");
+  f.text("--json", json_out,
+         "Also write the result as JSON to this file (replaced atomically): loss, top1, top5, per_class "
+         "(name, count, top1) and confusion (counts[true][predicted]; the last column, none, counts images "
+         "without a strict top-1: a tied maximum or a non-finite logit)");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_eval"); rc >= 0) return rc;
   return ttq::tools::run("ttq_eval", [&] {
     if (!json_out.empty()) {
@@ -55,6 +60,13 @@ int main(int argc, char** argv) {
     const ttq::train::EvalResult& r = report.result;
     std::printf("%s split, images %lld  loss %.4f  top1 %.2f%%  top5 %.2f%%\n", o.split.c_str(),
                 static_cast<long long>(r.count), r.loss, 100 * r.top1, 100 * r.top5);
+    const auto worst = ttq::app::worst_classes(report, 5);
+    if (!worst.empty()) {
+      std::printf("worst classes (top1):");
+      for (const auto& c : worst)
+        std::printf("  %s %.2f%% of %lld", c.name.c_str(), 100 * c.top1, static_cast<long long>(c.count));
+      std::printf("\n");
+    }
     if (!json_out.empty()) {
       nlohmann::json j;
       j["weights"] = o.weights;
@@ -66,6 +78,22 @@ int main(int argc, char** argv) {
       j["top1"] = r.top1;
       j["top5"] = r.top5;
       j["seconds"] = r.seconds;
+      nlohmann::json per_class = nlohmann::json::array();
+      for (const auto& c : ttq::app::per_class(report))
+        per_class.push_back({{"label", c.label}, {"name", c.name}, {"count", c.count}, {"top1", c.top1}});
+      j["per_class"] = per_class;
+      // counts[true][predicted]; the last column is "none": no strict top-1 (a tie or a non-finite logit).
+      nlohmann::json counts = nlohmann::json::array();
+      for (int64_t t = 0; t < r.classes; ++t) {
+        nlohmann::json row = nlohmann::json::array();
+        for (int64_t p = 0; p <= r.classes; ++p) row.push_back(r.confusion_at(t, p));
+        counts.push_back(row);
+      }
+      nlohmann::json predicted = nlohmann::json::array();
+      for (const auto& c : ttq::app::per_class(report)) predicted.push_back(c.name);
+      nlohmann::json classes = predicted;
+      predicted.push_back("none");
+      j["confusion"] = {{"classes", classes}, {"predicted", predicted}, {"counts", counts}};
       ttq::io::write_file_atomic(json_out, j.dump(2) + "\n");
     }
     return 0;

@@ -1,7 +1,9 @@
 // ttq_pack: turns a TTQ checkpoint (or any weights whose quantized layers hold at
 // most three distinct values, such as the seed's TTQ files) into a packed 2-bit
-// model (docs/formats.md) and prints per-layer sparsity, Wp, Wn and the sizes
-// before and after. Flags only: the logic is in models/pack.cpp.
+// model (docs/formats.md) and prints per-layer sparsity, Wp, Wn and the size of
+// the network's float weights against the packed file's; --weights-only writes
+// the model's tensors as a plain float safetensors instead. Flags only: the
+// logic is in models/pack.cpp.
 // Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
 #include <CLI/CLI.hpp>
 #include <iostream>
@@ -12,9 +14,13 @@
 
 int main(int argc, char** argv) {
   ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
-  CLI::App app{"Pack a TTQ model's ternary weights into 2-bit codes (format ttq-packed-2bit)."};
+  CLI::App app{
+      "Pack a TTQ model's ternary weights into 2-bit codes (format ttq-packed-2bit); the size report "
+      "compares "
+      "the network's float weights (every model tensor as F32) with the packed file. --weights-only writes "
+      "the plain float weights instead."};
   std::string in, out, arch;
-  bool quiet = false;
+  bool quiet = false, weights_only = false;
   std::string known;
   for (const auto& n : ttq::models::names()) known += (known.empty() ? "" : ", ") + n;
   ttq::tools::Flags f(app);
@@ -23,8 +29,21 @@ int main(int argc, char** argv) {
       ->required();
   f.text("--arch", arch, "Architecture when the input's metadata has no \"model\" (" + known + ")");
   app.add_flag("--quiet", quiet, "Print only the totals");
+  app.add_flag(
+      "--weights-only", weights_only,
+      "Instead of packing: write the model's tensors as a plain safetensors file under their PyTorch "
+      "names, F32 (a TTQ checkpoint's ternary values), with the model, model_config, classes and "
+      "preprocess metadata, without optimiser state or TTQ latent weights and scales; ttq_eval and "
+      "ttq_infer take it");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_pack"); rc >= 0) return rc;
   return ttq::tools::run("ttq_pack", [&] {
+    if (weights_only) {
+      const ttq::models::WeightsReport r = ttq::models::write_weights_file(in, out, arch);
+      std::cout << r.arch << ": " << r.tensors << " tensors, " << r.float_bytes
+                << " bytes as F32; input file " << r.input_file_bytes << " bytes, output file "
+                << r.output_file_bytes << " bytes\nwrote " << out << "\n";
+      return 0;
+    }
     const ttq::models::PackReport report = ttq::models::pack_model_file(in, out, arch);
     std::string text = ttq::models::format_pack_report(report);
     if (quiet) text = text.substr(text.find(report.arch + ": "));

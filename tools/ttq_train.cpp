@@ -9,6 +9,7 @@
 #include "engine/process.h"
 #include "tools/flags.h"
 #include "train/options.h"
+#include "train/run_folder.h"
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
@@ -33,6 +34,9 @@ int main(int argc, char** argv) {
   f.text("--data", o.data, "fashion-mnist[:DIR] | tiny-imagenet:DIR | folder:DIR | mnist:DIR", o.data);
   f.text("--phase", o.phase, "fp (full precision) or ttq", o.phase);
   f.text("--init", o.init, "Checkpoint to start from (required for --phase ttq)");
+  app.add_flag("--reset-classifier", o.reset_classifier,
+               "With --init: leave the classifier layers at fresh initialisation and load everything else "
+               "(fine-tuning on a data set with another class count)");
   f.text("--out", o.out, "Run folder (created)")->required();
   f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");
   f.integer("--epochs", o.epochs, L::kEpochs, "Epochs", "fp 30, ttq 20");
@@ -71,6 +75,10 @@ int main(int argc, char** argv) {
   f.text("--schedule", o.schedule,
          "Learning-rate schedule: plateau (the seed's ReduceLROnPlateau) or cosine (to 0 over --epochs)",
          "plateau");
+  std::string config_file;
+  f.text("--config", config_file,
+         "A run's config.json: start from the options it records (flags given here override them; --out "
+         "and --device are never taken from it)");
   app.add_flag("--resume", o.resume, "Continue the run in --out from last.safetensors");
   app.add_flag(
       "--overwrite", o.overwrite,
@@ -79,6 +87,11 @@ int main(int argc, char** argv) {
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_train"); rc >= 0) return rc;
   o.progress = !quiet;
   return ttq::tools::run("ttq_train", [&] {
+    if (!config_file.empty()) {
+      TTQ_INPUT_CHECK(!o.resume) << "--config and --resume: a resumed run takes its own config.json";
+      o = ttq::train::options_from_config(o, config_file,
+                                          [&](const std::string& flag) { return app.count(flag) > 0; });
+    }
     ttq::train::install_signal_handlers();
     ttq::train::RunResult r = ttq::train::run_training(o, std::cerr);
     if (r.exit_code == 0) {

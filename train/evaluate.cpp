@@ -3,12 +3,36 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "engine/autograd.h"
 #include "engine/error.h"
 #include "engine/ops/ops.h"
 
 namespace ttq::train {
+
+std::vector<int64_t> strict_top1(const Tensor& logits) {
+  TTQ_CHECK(logits.dim() == 2) << "strict_top1: logits of " << logits.dim() << " dimensions, not 2";
+  const std::vector<double> v = logits.to_vector<double>();
+  const int64_t n = logits.size(0), c = logits.size(1);
+  std::vector<int64_t> out(static_cast<size_t>(n), -1);
+  for (int64_t i = 0; i < n; ++i) {
+    const double* row = v.data() + i * c;
+    bool finite = true;
+    int64_t best = 0, at_best = 0;
+    for (int64_t j = 0; j < c; ++j) {
+      finite = finite && std::isfinite(row[j]);
+      if (j == 0 || row[j] > row[best]) {
+        best = j;
+        at_best = 1;
+      } else if (row[j] == row[best]) {
+        ++at_best;
+      }
+    }
+    if (finite && c > 0 && at_best == 1) out[static_cast<size_t>(i)] = best;
+  }
+  return out;
+}
 
 EvalResult evaluate(const Forward& forward, data::Loader& loader, Device device,
                     const std::function<bool()>& stop) {
@@ -30,6 +54,20 @@ EvalResult evaluate(const Forward& forward, data::Loader& loader, Device device,
     loss_sum += ops::cross_entropy(logits, y).item() * static_cast<double>(n);
     c1 += static_cast<double>(ops::topk_correct(logits, y, 1));
     c5 += static_cast<double>(ops::topk_correct(logits, y, std::min<int64_t>(5, logits.size(1))));
+    if (r.classes == 0) {
+      r.classes = logits.size(1);
+      r.confusion.assign(static_cast<size_t>(r.classes * (r.classes + 1)), 0);
+    }
+    TTQ_CHECK(logits.size(1) == r.classes)
+        << "evaluate: the logits' width changed from " << r.classes << " to " << logits.size(1);
+    const std::vector<int64_t> pred = strict_top1(logits);
+    const std::vector<int64_t> truth = y.to_vector<int64_t>();
+    for (size_t i = 0; i < pred.size(); ++i) {
+      TTQ_CHECK(truth[i] >= 0 && truth[i] < r.classes)
+          << "evaluate: label " << truth[i] << " out of range [0, " << r.classes << ")";
+      const int64_t p = pred[i] < 0 ? r.classes : pred[i];
+      ++r.confusion[static_cast<size_t>(truth[i] * (r.classes + 1) + p)];
+    }
     r.count += n;
   }
   if (r.count > 0) {

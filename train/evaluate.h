@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "data/loader.h"
 #include "engine/device.h"
@@ -20,7 +21,22 @@ struct EvalResult {
   int64_t count = 0;
   double seconds = 0;
   bool stopped = false;  // `stop` said so before the pass was complete (the numbers are partial)
+  // Top-1 counts per (true class, predicted class): `classes` rows (the logits'
+  // width) of classes + 1 columns, row-major. The prediction is the strict argmax
+  // of a row; a row whose maximum is tied or that holds a NaN or an infinity has
+  // no prediction and counts in the last column ("none"), as ops::topk_correct
+  // counts it wrong. The matrix sums to `count`; its trace is top1 * count.
+  int64_t classes = 0;
+  std::vector<int64_t> confusion;
+  int64_t confusion_at(int64_t truth, int64_t predicted) const {
+    return confusion[static_cast<size_t>(truth * (classes + 1) + predicted)];
+  }
 };
+
+// The strict argmax of each row of 2-D logits: the column that scores higher
+// than every other, or -1 when the maximum is tied or the row holds a NaN or an
+// infinity (the rule of ops::topk_correct with k = 1).
+std::vector<int64_t> strict_top1(const Tensor& logits);
 
 // Images of a batch in, logits out (on any device: the labels follow them).
 using Forward = std::function<Tensor(const Tensor&)>;

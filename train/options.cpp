@@ -55,6 +55,8 @@ TrainOptions resolve_defaults(TrainOptions o) {
   TTQ_INPUT_CHECK(o.scales_init == "ones" || o.scales_init == "mean")
       << "--scales-init: expected ones or mean, got '" << o.scales_init << "'";
   TTQ_INPUT_CHECK(!(o.resume && o.overwrite)) << "--resume and --overwrite: give one or the other";
+  TTQ_INPUT_CHECK(!o.reset_classifier || !o.init.empty() || o.resume)
+      << "--reset-classifier: applies to the weights of --init CKPT, which is not given";
   TTQ_INPUT_CHECK(fp || !o.init.empty() || o.resume)
       << "--init: the ttq phase starts from a full-precision checkpoint (--init CKPT)";
   return o;

@@ -9,9 +9,11 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <type_traits>
 
 #include "data/dataset.h"
 #include "engine/error.h"
@@ -243,6 +245,55 @@ TrainOptions adopt_run_options(const TrainOptions& raw, const nlohmann::json& co
   } else if (o.schedule == "cosine") {
     run.adopt("--epochs", "epochs", o.epochs, false);
   }
+  return o;
+}
+
+TrainOptions options_from_config(const TrainOptions& options, const std::string& path,
+                                 const std::function<bool(const std::string& flag)>& given) {
+  TTQ_INPUT_CHECK(std::filesystem::is_regular_file(path)) << "--config " << path << ": not a file";
+  std::ifstream f(path, std::ios::binary);
+  TTQ_INPUT_CHECK(f) << "--config " << path << ": cannot be read";
+  std::stringstream text;
+  text << f.rdbuf();
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(text.str());
+  } catch (const nlohmann::json::exception&) {
+    TTQ_INPUT_ERROR() << "--config " << path << ": not JSON (a run's config.json)";
+  }
+  TTQ_INPUT_CHECK(config.is_object()) << "--config " << path << ": not a JSON object (a run's config.json)";
+  const RunOptions run(config, path);
+  TrainOptions o = options;
+  auto take = [&](const char* flag, const char* key, auto& value) {
+    using T = std::decay_t<decltype(value)>;
+    if (given(flag)) return;
+    if (auto v = run.get<T>(key)) value = *v;
+  };
+  take("--model", "model", o.model);
+  take("--data", "data", o.data);
+  take("--phase", "phase", o.phase);
+  take("--init", "init", o.init);
+  take("--reset-classifier", "reset_classifier", o.reset_classifier);
+  take("--epochs", "epochs", o.epochs);
+  take("--batch", "batch", o.batch);
+  take("--lr", "lr", o.lr);
+  take("--weight-decay", "weight_decay", o.weight_decay);
+  take("--momentum", "momentum", o.momentum);
+  take("--dropout", "dropout", o.dropout);
+  take("--t", "t", o.t);
+  take("--scales-init", "scales_init", o.scales_init);
+  take("--wn-grad", "wn_grad", o.wn_grad);
+  take("--seed", "seed", o.seed);
+  take("--workers", "workers", o.workers);
+  take("--limit-train", "limit_train", o.limit_train);
+  take("--limit-val", "limit_val", o.limit_val);
+  take("--limit-test", "limit_test", o.limit_test);
+  // 0: the data set has a validation split of its own (nothing held out).
+  if (!given("--val-size"))
+    if (auto v = run.get<int64_t>("val_size"); v && *v > 0) o.val_size = *v;
+  take("--early-stop-patience", "early_stop_patience", o.early_stop_patience);
+  take("--plateau-patience", "plateau_patience", o.plateau_patience);
+  take("--schedule", "schedule", o.schedule);
   return o;
 }
 

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -73,6 +74,17 @@ class RunFolder {
 TrainOptions adopt_run_options(const TrainOptions& raw, const nlohmann::json& config,
                                const std::string& config_path);
 
+// --config FILE: a run's config.json as the options of a new run. Every option
+// it records (--model, --data, --phase, --init, --reset-classifier, --epochs,
+// --batch, --lr, --weight-decay, --momentum, --dropout, --t, --scales-init,
+// --wn-grad, --seed, --workers, --limit-train, --limit-val, --limit-test,
+// --val-size, --early-stop-patience, --plateau-patience, --schedule) is taken
+// from it unless `given(flag)` says the command line gave that flag; --out,
+// --device and what the run found (image counts, parameters) are not taken.
+// Throws ttq::InputError naming the file when it is not a JSON object or a
+// value has the wrong type.
+TrainOptions options_from_config(const TrainOptions& options, const std::string& path,
+                                 const std::function<bool(const std::string& flag)>& given);
 // --resume: the data must still hold as many images as the run trained and
 // validated on (else the data order changed).
 void check_run_data(const nlohmann::json& config, int64_t train_images, int64_t val_images,

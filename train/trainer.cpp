@@ -49,6 +49,38 @@ io::NamedTensors read_init_weights(const std::string& path, const std::string& a
   return io::read_safetensors(path).tensors();
 }
 
+// --init's tensors as `model` loads them: with `reset`, the classifier layers'
+// (models::Graph::classifiers) are the model's fresh ones; without it, a
+// classifier tensor whose shape is not the model's is refused with a hint.
+io::NamedTensors fit_classifier(models::Model& model, io::NamedTensors init, const std::string& path,
+                                bool reset) {
+  std::vector<std::string> prefixes;
+  for (int i : model.graph().classifiers()) prefixes.push_back(model.graph().node(i).name + ".");
+  auto in_classifier = [&](const std::string& name) {
+    for (const std::string& p : prefixes)
+      if (name.rfind(p, 0) == 0) return true;
+    return false;
+  };
+  std::map<std::string, Tensor> fresh;
+  for (auto& [name, t] : model.state_dict())
+    if (in_classifier(name)) fresh.emplace(name, t);
+  if (!reset) {
+    for (const auto& [name, t] : init) {
+      auto f = fresh.find(name);
+      TTQ_INPUT_CHECK(f == fresh.end() || f->second.shape() == t.shape())
+          << path << ": " << name << " is " << shape_str(t.shape()) << ", the model's for "
+          << model.config().num_classes << " classes is " << shape_str(f->second.shape())
+          << " (use --reset-classifier to fine-tune on a data set with another class count)";
+    }
+    return init;
+  }
+  io::NamedTensors out;
+  for (auto& [name, t] : init)
+    if (!in_classifier(name)) out.emplace_back(name, std::move(t));
+  for (auto& [name, t] : fresh) out.emplace_back(name, t.clone());
+  return out;
+}
+
 // Everything a run works with, set up once by run_training.
 struct Run {
   TrainOptions o;
@@ -118,7 +150,10 @@ void build_model(Run& r, const CheckpointContent* resume) {
     }
     return;
   }
-  if (!o.init.empty()) models::load_weights(*r.model, read_init_weights(o.init, o.model), o.init);
+  if (!o.init.empty())
+    models::load_weights(
+        *r.model, fit_classifier(*r.model, read_init_weights(o.init, o.model), o.init, o.reset_classifier),
+        o.init);
   if (r.ttq_phase) {
     models::TtqOptions topt;
     topt.t = o.t;
@@ -158,6 +193,7 @@ std::string run_config_text(const Run& r) {
   cj["data"] = r.spec.str();
   cj["phase"] = o.phase;
   cj["init"] = o.init;
+  cj["reset_classifier"] = o.reset_classifier;
   cj["device"] = r.device.str();
   cj["epochs"] = o.epochs;
   cj["batch"] = o.batch;

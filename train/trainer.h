@@ -24,8 +24,12 @@ struct TrainOptions {
   std::string data = "fashion-mnist";
   std::string phase = "fp";  // fp | ttq
   std::string init;          // checkpoint the run starts from (required for ttq)
-  std::string out;           // run folder
-  std::string device;        // "", cpu, cuda, cuda:N ("" = cuda when available)
+  // Load every tensor of `init` but the classifier layers' (models::Graph::classifiers),
+  // which keep their fresh initialisation: fine-tuning on a data set with another
+  // class count. Without it, an `init` whose classifier does not fit is refused.
+  bool reset_classifier = false;
+  std::string out;     // run folder
+  std::string device;  // "", cpu, cuda, cuda:N ("" = cuda when available)
   int64_t epochs = kUnset;
   int64_t batch = kUnset;
   double lr = kUnset;
