@@ -19,7 +19,7 @@ runs=runs/fashion-mnist-$mode
 data=fashion-mnist
 if [[ $mode == full ]]; then
   fp_args=(--epochs 12 --batch 128 --lr 0.1 --dropout 0.1 --schedule cosine)
-  ttq_args=(--epochs 3 --batch 128 --lr 1e-3 --t 0.2 --schedule cosine)
+  ttq_args=(--epochs 6 --batch 128 --lr 1e-3 --t 0.1 --schedule cosine)
 else
   fp_args=(--epochs 3 --batch 64 --lr 0.1 --schedule cosine --limit-train 6000 --limit-val 2000)
   ttq_args=(--epochs 2 --batch 64 --lr 1e-3 --t 0.2 --schedule cosine --limit-train 6000 --limit-val 2000)
