@@ -112,6 +112,19 @@ std::vector<NotAFile> not_files(const TempDir& dir) {
           {"/dev/urandom", "not a regular file (a character device)"}};
 }
 
+// A small_densenet run on the CPU over the IDX data in `idx`, batch 6, into dir/run.
+train::TrainOptions small_run(const TempDir& dir, const std::string& idx, int64_t epochs) {
+  train::TrainOptions o;
+  o.model = "small_densenet";
+  o.data = "mnist:" + idx;
+  o.out = dir.file("run");
+  o.device = "cpu";
+  o.epochs = epochs;
+  o.batch = 6;
+  o.progress = false;
+  return o;
+}
+
 class BadInputs : public testing::Test {
  protected:
   void SetUp() override {
@@ -235,14 +248,7 @@ TEST_F(BadInputs, PreprocessMetadataThatMakesNoSenseIsAnInputError) {
 // absurd one: refused before any model is built (no bad_alloc).
 TEST_F(BadInputs, ForgedModelConfigInACheckpointIsRefused) {
   const std::string idx = make_idx(dir, "idx");
-  train::TrainOptions o;
-  o.model = "small_densenet";
-  o.data = "mnist:" + idx;
-  o.out = dir.file("run");
-  o.device = "cpu";
-  o.epochs = 1;
-  o.batch = 6;
-  o.progress = false;
+  train::TrainOptions o = small_run(dir, idx, 1);
   std::ostringstream log;
   train::run_training(o, log);
   const std::string last = dir.file("run/last.safetensors");
@@ -269,14 +275,7 @@ TEST_F(BadInputs, ForgedModelConfigInACheckpointIsRefused) {
 // is touched (it was an internal error in the loader).
 TEST_F(BadInputs, ResumeFromABatchPastTheEpochIsRefusedBeforeTouchingTheRun) {
   const std::string idx = make_idx(dir, "idx");
-  train::TrainOptions o;
-  o.model = "small_densenet";
-  o.data = "mnist:" + idx;
-  o.out = dir.file("run");
-  o.device = "cpu";
-  o.epochs = 2;
-  o.batch = 6;
-  o.progress = false;
+  train::TrainOptions o = small_run(dir, idx, 2);
   o.stop_after_steps = 1;  // stops mid-epoch: last.safetensors holds batch 1
   std::ostringstream log;
   ASSERT_EQ(train::run_training(o, log).exit_code, 130) << log.str();
