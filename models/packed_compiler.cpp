@@ -1,6 +1,6 @@
 // The packed runner's compiler: a graph of supported nodes and an input shape
 // in, a plan (models/packed_plan.h) out. Runner: models/packed_model.cpp. Tests:
-// tests/test_packed_model.cpp, tests/test_graph.cpp.
+// tests/test_packed_model.cpp, tests/test_graph.cpp, tests/test_torchvision.cpp.
 //
 // A PackedModel keeps the quantized layers in their kernels' layouts and every
 // other tensor as F32 on its device, each BatchNorm folded into a per-channel
@@ -9,7 +9,8 @@
 // kernels/packed_ops.h writing into a preallocated output, so that on CUDA the
 // whole list can be captured into one graph. The compiler's passes, in order:
 //  1. epilogue: a packed conv whose value only a BatchNorm (and then a ReLU) reads
-//     takes them as its epilogue (DenseNet's conv.1 -> norm.2 -> relu.2);
+//     takes them as its epilogue (DenseNet's conv.1 -> norm.2 -> relu.2); a conv's
+//     bias is its epilogue's shift (folded into the BatchNorm's when there is one);
 //  2. pool first: a 1x1 packed conv whose value only a 2x2 stride-2 average pool
 //     reads pools its input first (exact: the conv is linear per pixel), 4x fewer
 //     multiply-adds (DenseNet's transitions);
@@ -126,13 +127,16 @@ class Compiler {
     }
   }
 
-  // 1. conv -> BN [-> ReLU] or conv -> ReLU as the conv's epilogue.
+  // 1. conv -> BN [-> ReLU] or conv -> ReLU as the conv's epilogue; the bias of
+  // a conv that has one always is.
   void epilogues() {
     for (int c = 0; c < g.size(); ++c) {
       if (!packed(c)) continue;
+      auto bias = m.packed_bias.find(c);
+      if (bias != m.packed_bias.end()) np(c).post = &bias->second;
       int r = only_reader(c);
       if (r >= 0 && node(r).kind == NodeKind::BatchNorm2d) {
-        np(c).post = &m.bn.at(r);
+        np(c).post = bias == m.packed_bias.end() ? &m.bn.at(r) : &bias_then_bn(c, bias->second, m.bn.at(r));
         np(r).fused = true;
         np(c).out = r;
         r = only_reader(r);
@@ -143,6 +147,17 @@ class Compiler {
         np(c).out = r;
       }
     }
+  }
+
+  // bn(conv + bias) as one affine: scale, shift + scale * bias (computed on the host).
+  std::map<int, Affine> combined;  // by conv node
+  const Affine& bias_then_bn(int c, const Affine& bias, const Affine& bn) {
+    const Tensor scale = bn.scale.to(Device::cpu()), shift = bn.shift.to(Device::cpu());
+    const Tensor b = bias.shift.to(Device::cpu());
+    Tensor out = Tensor::empty(shift.shape());
+    for (int64_t k = 0; k < out.numel(); ++k)
+      out.data<float>()[k] = shift.data<float>()[k] + scale.data<float>()[k] * b.data<float>()[k];
+    return combined[c] = Affine{bn.scale, out.to(m.device)};
   }
 
   // 2. 1x1 conv -> avg pool 2/2 as pool-then-conv.

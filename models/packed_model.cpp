@@ -123,9 +123,11 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
           codes, shape, wp, wn, device, source + ": layer " + n.name, n.conv.groups);
       if (n.conv.dilation == 1) {
         impl->packed.emplace(i, std::move(w));
+        if (n.conv.bias) impl->packed_bias[i] = {Tensor(), host.at(n.name + ".bias").contiguous().to(device)};
       } else {
         // The packed kernels have no dilation: the layer runs as a float conv of its ternary values.
         impl->weight[i] = w.decode().contiguous();
+        if (n.conv.bias) impl->bias[i] = host.at(n.name + ".bias").contiguous().to(device);
       }
     } else if (n.kind == NodeKind::Conv2d || n.kind == NodeKind::Linear) {
       impl->weight[i] = host.at(n.name + ".weight").contiguous().to(device);
@@ -164,6 +166,7 @@ int64_t PackedModel::weight_bytes() const {
   for (const auto& [name, w] : m_impl->packed) b += w.bytes();
   for (const auto& [i, t] : m_impl->weight) b += static_cast<int64_t>(t.nbytes());
   for (const auto& [i, t] : m_impl->bias) b += static_cast<int64_t>(t.nbytes());
+  for (const auto& [i, a] : m_impl->packed_bias) b += static_cast<int64_t>(a.shift.nbytes());
   for (const auto& [i, a] : m_impl->bn) b += static_cast<int64_t>(a.scale.nbytes() + a.shift.nbytes());
   return b;
 }

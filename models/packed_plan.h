@@ -19,7 +19,8 @@ namespace ttq::models {
 
 namespace detail {
 
-// A BatchNorm folded for eval: y = x * scale + shift.
+// A BatchNorm folded for eval: y = x * scale + shift (a null scale is 1: a
+// packed conv's bias is an affine with its shift only).
 struct Affine {
   Tensor scale, shift;
 };
@@ -48,6 +49,7 @@ struct PackedModel::Impl {
   std::map<int, kernels::PackedConvWeight> packed;  // quantized convs, by node
   std::map<int, Tensor> weight, bias;               // float convs and linears, by node
   std::map<int, detail::Affine> bn;                 // by node
+  std::map<int, detail::Affine> packed_bias;        // quantized convs with a bias: {null, bias}
   std::map<std::array<int64_t, 3>, std::unique_ptr<detail::Plan>> plans;
   int64_t graph_replays = 0;
 

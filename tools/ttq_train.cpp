@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "engine/process.h"
+#include "models/model.h"
 #include "tools/flags.h"
 #include "train/options.h"
 #include "train/run_folder.h"
@@ -30,7 +31,9 @@ int main(int argc, char** argv) {
   ttq::train::TrainOptions o;
   bool quiet = false;
   ttq::tools::Flags f(app);
-  f.text("--model", o.model, "small_densenet | squeezenet | densenet121", o.model);
+  std::string models;
+  for (const auto& n : ttq::models::names()) models += (models.empty() ? "" : " | ") + n;
+  f.text("--model", o.model, models, o.model);
   f.text("--data", o.data, "fashion-mnist[:DIR] | tiny-imagenet:DIR | folder:DIR | mnist:DIR", o.data);
   f.text("--phase", o.phase, "fp (full precision) or ttq", o.phase);
   f.text("--init", o.init, "Checkpoint to start from (required for --phase ttq)");

@@ -14,9 +14,12 @@ TrainOptions resolve_defaults(TrainOptions o) {
   TTQ_INPUT_CHECK(o.phase == "fp" || o.phase == "ttq")
       << "--phase: expected fp or ttq, got '" << o.phase << "'";
   bool known = false;
-  for (const auto& n : models::names()) known = known || n == o.model;
-  TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model
-                         << "' (expected small_densenet, squeezenet or densenet121)";
+  std::string names;
+  for (const auto& n : models::names()) {
+    known = known || n == o.model;
+    names += (names.empty() ? "" : ", ") + n;
+  }
+  TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model << "' (expected one of " << names << ")";
   TTQ_INPUT_CHECK(!o.out.empty()) << "--out: a run folder is required";
   const bool sq = o.model == "squeezenet";
   const bool fp = o.phase == "fp";
