@@ -20,6 +20,7 @@
 #include "models/summary.h"
 #include "models/ttq.h"
 #include "tests/test_util.h"
+#include "train/trainer.h"
 
 namespace ttq {
 namespace {
@@ -200,6 +201,22 @@ TEST(Torchvision, TrainingOnImagesTooSmallForTheArchitectureIsABadInput) {
       << r.err;
   EXPECT_FALSE(std::filesystem::exists(tmpl + "/run/config.json"));
   std::filesystem::remove_all(tmpl);
+}
+
+TEST(Torchvision, TtqScalesStartAtTheMeansInANetworkWithoutBatchNorm) {
+  for (const auto& [preset, init] : std::map<std::string, std::string>{{"resnet18", "ones"},
+                                                                       {"tv_densenet121", "ones"},
+                                                                       {"squeezenet1_1", "mean"},
+                                                                       {"squeezenet", "ones"}}) {
+    train::TrainOptions o;
+    o.model = preset;
+    o.phase = "ttq";
+    o.init = "fp.safetensors";
+    o.out = "run";
+    EXPECT_EQ(train::resolve_defaults(o).scales_init, init) << preset;
+    o.scales_init = "ones";
+    EXPECT_EQ(train::resolve_defaults(o).scales_init, "ones") << preset << ": the flag wins";
+  }
 }
 
 TEST(Torchvision, TtqRuleKeepsTheStemAndClassifierAndQuantizesDownsamples) {

@@ -52,7 +52,8 @@ int main(int argc, char** argv) {
   f.real("--t", o.t, L::kT, "ttq: threshold factor, delta = t * max|W|", "0.05, SqueezeNet 0.15");
   f.real("--dropout", o.dropout, L::kDropout, "Drop probability of every dropout",
          "the architecture's, 0.25 / SqueezeNet 0.6");
-  f.text("--scales-init", o.scales_init, "ttq: initial Wp, Wn: ones (the seed) or mean", "ones");
+  f.text("--scales-init", o.scales_init, "ttq: initial Wp, Wn: ones (the seed) or mean",
+         "ones; mean for networks without BatchNorm (squeezenet1_1)");
   f.text("--wn-grad", o.wn_grad, "ttq: dL/dWn sign: exact (-sum_N G) or seed (+sum_N G)", "exact");
   f.seed("--seed", o.seed, "Random seed (init, data order, augmentation, dropout)", "0");
   f.integer("--workers", o.workers, L::kWorkers, "Data loader threads", std::to_string(o.workers));

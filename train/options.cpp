@@ -30,7 +30,14 @@ TrainOptions resolve_defaults(TrainOptions o) {
   if (o.weight_decay == kUnset) o.weight_decay = fp ? (sq ? 3e-4 : 1e-4) : 1e-4;
   if (o.momentum == kUnset) o.momentum = 0.95;
   if (o.t == kUnset) o.t = sq ? 0.15 : 0.05;
-  if (o.scales_init.empty()) o.scales_init = "ones";
+  if (o.scales_init.empty()) {
+    // Wp = Wn = 1 scales every ternary layer's output by about 1 / mean|W|; BatchNorm
+    // renormalises that, so a network without any (squeezenet1_1) starts from the means.
+    bool has_bn = false;
+    const models::Graph graph = models::build_graph(o.model, models::ModelConfig{});
+    for (const auto& n : graph.nodes()) has_bn = has_bn || n.kind == models::NodeKind::BatchNorm2d;
+    o.scales_init = has_bn ? "ones" : "mean";
+  }
   if (o.wn_grad.empty()) o.wn_grad = "exact";
   if (o.schedule.empty()) o.schedule = "plateau";
   check_flag_range("--epochs", o.epochs, limits::kEpochs);
