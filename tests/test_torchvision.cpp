@@ -273,8 +273,9 @@ void step(models::Model& m, optim::Optimizer& opt, const Batch& b) {
 }
 
 // Full precision steps, TTQ, TTQ steps, packing, and the packed model's logits
-// against the float TTQ model's on inputs of two sizes.
-void train_quantize_pack(const std::string& preset, int64_t size, size_t quantized) {
+// on `dev` against the float TTQ model's (CPU) on inputs of two sizes. On CUDA:
+// the fp32 CUDA-core path at 1e-4 and the fp16 tensor-core path at 2e-3.
+void train_quantize_pack(const std::string& preset, int64_t size, size_t quantized, Device dev) {
   models::ModelConfig cfg;
   cfg.num_classes = 4;
   cfg.input_size = size;
@@ -314,30 +315,44 @@ void train_quantize_pack(const std::string& preset, int64_t size, size_t quantiz
   const io::NamedTensors view = models::ttq_checkpoint_view(*m, ttq);
   models::PackedContent packed = models::pack_tensors(view, {}, preset, preset);
   EXPECT_EQ(packed.report.layers.size(), quantized) << preset;
-  auto pm = models::PackedModel::from_tensors(packed.tensors, packed.metadata, "", Device::cpu(), preset);
-  EXPECT_EQ(pm->quantized_layers(), static_cast<int>(quantized)) << preset;
+  std::vector<std::pair<models::PackedRunOptions, double>> runs = {{models::PackedRunOptions{}, 1e-4}};
+  if (dev.is_cuda()) {
+    runs[0].first.cuda_path = kernels::CudaPath::Simt;
+    runs.push_back({models::PackedRunOptions{}, 2e-3});
+  }
   m->eval();
   autograd::NoGradGuard ng;
   ops::set_poison_outputs(true);  // every op output NaN until its kernel writes it
-  for (int64_t s : {size, size + 7}) {
-    const Tensor x = test::rand({2, 3, s, s}, 40 + s);
-    const Tensor want = m->forward(x), got = pm->forward(x);
-    ASSERT_TRUE(test::all_finite(got)) << preset;
-    EXPECT_LT(test::max_rel_error(got, want), 1e-4) << preset << " at " << s << "x" << s;
+  for (const auto& [options, tol] : runs) {
+    auto pm = models::PackedModel::from_tensors(packed.tensors, packed.metadata, "", dev, preset, options);
+    EXPECT_EQ(pm->quantized_layers(), static_cast<int>(quantized)) << preset;
+    for (int64_t s : {size, size + 7}) {
+      const Tensor x = test::rand({2, 3, s, s}, 40 + s);
+      const Tensor want = m->forward(x), got = pm->forward(x.to(dev));
+      ASSERT_TRUE(test::all_finite(got)) << preset;
+      EXPECT_LT(test::max_rel_error(got, want), tol) << preset << " at " << s << "x" << s;
+    }
   }
   ops::set_poison_outputs(false);
 }
 
-TEST(Torchvision, ResNet18TrainsQuantizesPacksAndMatchesItsFloatModel) {
-  train_quantize_pack("resnet18", 32, 19);
+class TorchvisionPacked : public testing::TestWithParam<Device> {};
+
+TEST_P(TorchvisionPacked, ResNet18TrainsQuantizesPacksAndMatchesItsFloatModel) {
+  TTQ_SKIP_IF_NO_DEVICE(GetParam());
+  train_quantize_pack("resnet18", 32, 19, GetParam());
 }
-TEST(Torchvision, DenseNet121TrainsQuantizesPacksAndMatchesItsFloatModel) {
-  train_quantize_pack("tv_densenet121", 32, 119);
+TEST_P(TorchvisionPacked, DenseNet121TrainsQuantizesPacksAndMatchesItsFloatModel) {
+  TTQ_SKIP_IF_NO_DEVICE(GetParam());
+  train_quantize_pack("tv_densenet121", 32, 119, GetParam());
 }
-TEST(Torchvision, SqueezeNet11TrainsQuantizesPacksAndMatchesItsFloatModel) {
+TEST_P(TorchvisionPacked, SqueezeNet11TrainsQuantizesPacksAndMatchesItsFloatModel) {
   // Its quantized convs have biases: the packed convs take them as epilogue shifts.
-  train_quantize_pack("squeezenet1_1", 32, 24);
+  TTQ_SKIP_IF_NO_DEVICE(GetParam());
+  train_quantize_pack("squeezenet1_1", 32, 24, GetParam());
 }
+INSTANTIATE_TEST_SUITE_P(Devices, TorchvisionPacked, testing::ValuesIn(test::all_devices()),
+                         test::device_name);
 
 }  // namespace
 }  // namespace ttq
