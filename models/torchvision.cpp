@@ -1,8 +1,9 @@
 // torchvision's ResNet-18, DenseNet-121 and SqueezeNet 1.1 as graph builders
 // (see models/architectures.h), with torchvision's module names, order and
-// shapes, so that a torchvision state dict loads with no mapping. Parity with
+// shapes, so that a torchvision state dict loads with no mapping. Tests: names,
+// counts, the TTQ rule and packing in tests/test_torchvision.cpp; logits against
 // torchvision's own modules (weights and logits exported by
-// tests/torchvision/export_torchvision.py): tests/test_torchvision.cpp.
+// tests/torchvision/export_torchvision.py) in tests/test_torchvision_parity.cpp.
 #include "models/architectures.h"
 #include "models/model.h"
 
