@@ -1,10 +1,10 @@
 // The built-in architectures, each a builder of a models::Graph (models/graph.h):
 // the seed's small DenseNet and DenseNet-121 variant (models/densenet.cpp) and its
-// SqueezeNet variant (models/squeezenet.cpp); torchvision's ResNet-18, DenseNet-121
-// and SqueezeNet 1.1 under torchvision's names (models/torchvision.cpp). Parameter
-// counts at 3x56x56 with 200 classes: 440264, 7151176 and 827784
+// SqueezeNet variant (models/squeezenet.cpp); torchvision's ResNet-18, ResNet-34,
+// DenseNet-121 and SqueezeNet 1.1 under torchvision's names (models/torchvision.cpp).
+// Parameter counts at 3x56x56 with 200 classes: 440264, 7151176 and 827784
 // (tests/test_models.cpp); at 1000 classes the torchvision presets have
-// torchvision's 11689512, 7978856 and 1235496 (tests/test_torchvision.cpp). The
+// torchvision's 11689512, 21797672, 7978856 and 1235496 (tests/test_torchvision.cpp). The
 // registry (models/graph.cpp) starts with these; tests may register more.
 #pragma once
 
@@ -56,7 +56,8 @@ Graph densenet_graph(const DenseNetSpec& spec, const ModelConfig& config);
 // (1x1 conv with bias) -> ReLU -> global average pool.
 Graph squeezenet_graph(const ModelConfig& config);
 
-// torchvision.models.resnet with BasicBlocks (resnet18: blocks 2,2,2,2): conv1
+// torchvision.models.resnet with BasicBlocks (resnet18: blocks 2,2,2,2; resnet34:
+// 3,4,6,3): conv1
 // 7x7/2 - bn1 - relu - maxpool 3/2 pad 1 - layer1..4 (64, 128, 256, 512 planes;
 // the first block of layers 2-4 strides 2 with a downsample.0 1x1 conv +
 // downsample.1 BN shortcut) - global average pool - fc.
@@ -69,7 +70,7 @@ DenseNetSpec tv_densenet121_spec();
 // at features.3, 4, 6, 7, 9-12, max pools (ceil) at features.5 and 8; then
 // classifier.0 dropout 0.5 - classifier.1 conv 1x1 (bias) - ReLU - global average pool.
 Graph squeezenet1_1_graph(const ModelConfig& config);
-// resnet18, tv_densenet121, squeezenet1_1.
+// resnet18, resnet34, tv_densenet121, squeezenet1_1.
 std::vector<std::pair<std::string, GraphBuilder>> torchvision_architectures();
 
 // The seed's three, then torchvision's.

@@ -1,4 +1,4 @@
-// torchvision's ResNet-18, DenseNet-121 and SqueezeNet 1.1 as graph builders
+// torchvision's ResNet-18, ResNet-34, DenseNet-121 and SqueezeNet 1.1 as graph builders
 // (see models/architectures.h), with torchvision's module names, order and
 // shapes, so that a torchvision state dict loads with no mapping. Tests: names,
 // counts, the TTQ rule and packing in tests/test_torchvision.cpp; logits against
@@ -90,6 +90,10 @@ std::vector<std::pair<std::string, GraphBuilder>> torchvision_architectures() {
   return {{"resnet18",
            [](const ModelConfig& c) {
              return resnet_graph("resnet18", {2, 2, 2, 2}, c);
+           }},
+          {"resnet34",
+           [](const ModelConfig& c) {
+             return resnet_graph("resnet34", {3, 4, 6, 3}, c);
            }},
           {"tv_densenet121", [](const ModelConfig& c) { return densenet_graph(tv_densenet121_spec(), c); }},
           {"squeezenet1_1", squeezenet1_1_graph}};

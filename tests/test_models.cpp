@@ -34,14 +34,15 @@ std::map<std::string, Shape> state_shapes(models::Model& model) {
 }
 
 TEST(Models, RegistryNames) {
-  EXPECT_EQ(models::names(), (std::vector<std::string>{"small_densenet", "squeezenet", "densenet121",
-                                                       "resnet18", "tv_densenet121", "squeezenet1_1"}));
+  EXPECT_EQ(models::names(),
+            (std::vector<std::string>{"small_densenet", "squeezenet", "densenet121", "resnet18", "resnet34",
+                                      "tv_densenet121", "squeezenet1_1"}));
   try {
     models::create("resnet50");
     ADD_FAILURE();
   } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find(
-                  "known: small_densenet, squeezenet, densenet121, resnet18, tv_densenet121, squeezenet1_1"),
+    EXPECT_NE(std::string(e.what()).find("known: small_densenet, squeezenet, densenet121, resnet18, "
+                                         "resnet34, tv_densenet121, squeezenet1_1"),
               std::string::npos)
         << e.what();
   }

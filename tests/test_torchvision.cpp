@@ -25,7 +25,7 @@
 namespace ttq {
 namespace {
 
-const std::vector<std::string> kPresets = {"resnet18", "tv_densenet121", "squeezenet1_1"};
+const std::vector<std::string> kPresets = {"resnet18", "resnet34", "tv_densenet121", "squeezenet1_1"};
 
 struct Entry {
   std::string name, dtype;
@@ -142,8 +142,10 @@ TEST(Torchvision, StateDictNamesShapesAndOrderAreTorchvisions) {
 
 TEST(Torchvision, ParameterCountsAreTorchvisions) {
   // torchvision's own counts at 1000 classes (sum of p.numel() over parameters()).
-  const std::map<std::string, int64_t> want = {
-      {"resnet18", 11689512}, {"tv_densenet121", 7978856}, {"squeezenet1_1", 1235496}};
+  const std::map<std::string, int64_t> want = {{"resnet18", 11689512},
+                                               {"resnet34", 21797672},
+                                               {"tv_densenet121", 7978856},
+                                               {"squeezenet1_1", 1235496}};
   for (const auto& [preset, count] : want) {
     Generator gen(2);
     models::ModelPtr m = models::create(preset, imagenet(), gen);
@@ -169,8 +171,8 @@ TEST(Torchvision, MinimumInputSizes) {
   // resnet18: every window fits a 1x1 input (padded stem, pool and convs).
   // tv_densenet121: 29 -> conv0 15 -> pool0 8 -> transitions 4, 2, 1.
   // squeezenet1_1: 25 -> features.0 12 -> ceil pools 6, 3, 1.
-  for (const auto& [preset, min] :
-       std::map<std::string, int64_t>{{"resnet18", 1}, {"tv_densenet121", 29}, {"squeezenet1_1", 25}}) {
+  for (const auto& [preset, min] : std::map<std::string, int64_t>{
+           {"resnet18", 1}, {"resnet34", 1}, {"tv_densenet121", 29}, {"squeezenet1_1", 25}}) {
     models::ModelConfig c;
     c.num_classes = 3;
     Generator gen(3);
@@ -224,11 +226,11 @@ TEST(Torchvision, TtqRuleKeepsTheStemAndClassifierAndQuantizesDownsamples) {
     std::string preset, first, classifier;
     size_t quantized;
   };
-  // resnet18: 16 block convs and the 3 downsample convs; the DenseNet: 58 dense
+  // resnet18: 16 block convs and the 3 downsample convs (resnet34: 32 and 3); the DenseNet: 58 dense
   // layers x 2 and 3 transitions; SqueezeNet 1.1: 8 Fires x 3.
-  for (const Case& c :
-       {Case{"resnet18", "conv1", "fc", 19}, Case{"tv_densenet121", "features.conv0", "classifier", 119},
-        Case{"squeezenet1_1", "features.0", "classifier.1", 24}}) {
+  for (const Case& c : {Case{"resnet18", "conv1", "fc", 19}, Case{"resnet34", "conv1", "fc", 35},
+                        Case{"tv_densenet121", "features.conv0", "classifier", 119},
+                        Case{"squeezenet1_1", "features.0", "classifier.1", 24}}) {
     const models::Graph g = models::build_graph(c.preset, imagenet());
     ASSERT_EQ(g.first_layers().size(), 1u) << c.preset;
     EXPECT_EQ(g.node(g.first_layers()[0]).name, c.first);
@@ -341,6 +343,10 @@ class TorchvisionPacked : public testing::TestWithParam<Device> {};
 TEST_P(TorchvisionPacked, ResNet18TrainsQuantizesPacksAndMatchesItsFloatModel) {
   TTQ_SKIP_IF_NO_DEVICE(GetParam());
   train_quantize_pack("resnet18", 32, 19, GetParam());
+}
+TEST_P(TorchvisionPacked, ResNet34TrainsQuantizesPacksAndMatchesItsFloatModel) {
+  TTQ_SKIP_IF_NO_DEVICE(GetParam());
+  train_quantize_pack("resnet34", 32, 35, GetParam());
 }
 TEST_P(TorchvisionPacked, DenseNet121TrainsQuantizesPacksAndMatchesItsFloatModel) {
   TTQ_SKIP_IF_NO_DEVICE(GetParam());

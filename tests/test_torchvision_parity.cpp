@@ -1,4 +1,4 @@
-// The presets resnet18, tv_densenet121 and squeezenet1_1 against torchvision's
+// The presets resnet18, resnet34, tv_densenet121 and squeezenet1_1 against torchvision's
 // own modules: torchvision's state dicts (random init, seeded), random inputs and
 // torchvision's logits, written into the build folder by the ctest fixture
 // torchvision_export (tests/torchvision/export_torchvision.py; skipped, and these
@@ -58,6 +58,7 @@ void expect_parity(const std::string& preset) {
 }
 
 TEST(TorchvisionParity, ResNet18) { expect_parity("resnet18"); }
+TEST(TorchvisionParity, ResNet34) { expect_parity("resnet34"); }
 TEST(TorchvisionParity, DenseNet121) { expect_parity("tv_densenet121"); }
 TEST(TorchvisionParity, SqueezeNet11) { expect_parity("squeezenet1_1"); }
 

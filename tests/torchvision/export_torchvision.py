@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Exports torchvision's own ResNet-18, DenseNet-121 and SqueezeNet 1.1 for the
-parity tests of the engine's presets resnet18, tv_densenet121 and squeezenet1_1
-(tests/test_torchvision_parity.cpp).
+"""Exports torchvision's own ResNet-18, ResNet-34, DenseNet-121 and SqueezeNet 1.1
+for the parity tests of the engine's presets resnet18, resnet34, tv_densenet121
+and squeezenet1_1 (tests/test_torchvision_parity.cpp).
 
 For each model, built by torchvision with random initialisation (seeded, 1000
 classes) and its BatchNorm weights, biases and running statistics redrawn so
@@ -41,6 +41,7 @@ except ImportError as e:  # the parity tests then skip
 SEED = 20261203
 PRESETS = {
     "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
     "tv_densenet121": torchvision.models.densenet121,
     "squeezenet1_1": torchvision.models.squeezenet1_1,
 }
@@ -99,7 +100,8 @@ def main():
     if not args.out and not args.names:
         ap.error("give --out DIR or --names DIR")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    for k, preset in enumerate(args.presets):
+    for preset in args.presets:
+        k = list(PRESETS).index(preset)  # seeds by preset, whatever --presets selects
         model = build(preset, SEED + 10 * k)
         sd = list(model.state_dict().items())
         if args.names:
