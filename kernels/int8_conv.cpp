@@ -955,6 +955,111 @@ Shape ternary_int8_conv_output_shape(const Tensor& xq, const Int8ConvWeight& w, 
   return {xq.size(0), w.co(), ho, wo};
 }
 
+void affine_pool_quantize_int8_out(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu,
+                                   bool pool2, const Int8Quant* quant, Tensor& y) {
+  TTQ_CHECK(x.dim() == 4 && x.dtype() == DType::F32 && x.device().is_cpu() && detail::dense_planes(x))
+      << "affine_pool_quantize_int8_out: x must be F32 [n, c, h, w] on the CPU with dense planes, got "
+      << x.str();
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t ho = pool2 ? h / 2 : h, wo = pool2 ? w / 2 : w;
+  const DType dt = quant ? DType::U8 : DType::F32;
+  TTQ_CHECK(y.shape() == Shape({n, c, ho, wo}) && y.dtype() == dt && y.device().is_cpu() && y.is_contiguous())
+      << "affine_pool_quantize_int8_out: y must be " << dtype_name(dt) << " " << shape_str({n, c, ho, wo})
+      << " contiguous on the CPU, got " << y.str();
+  TTQ_CHECK(!pool2 || (ho >= 1 && wo >= 1)) << "affine_pool_quantize_int8_out: input smaller than the pool";
+  if (quant) check_quant(*quant, "quantization");
+  const float* sc = detail::opt_ptr(scale, c, Device::cpu(), "affine_pool_quantize_int8_out: scale");
+  const float* sh = detail::opt_ptr(shift, c, Device::cpu(), "affine_pool_quantize_int8_out: shift");
+  TTQ_CHECK((sc == nullptr) == (sh == nullptr))
+      << "affine_pool_quantize_int8_out: scale and shift go together";
+  const float inv = quant ? 1.0f / quant->scale : 1.0f;
+  const int32_t zp = quant ? quant->zero_point : 0;
+  const float* xs = x.data<float>();
+  const int64_t sn = x.stride(0), scs = x.stride(1);
+  uint8_t* yq = quant ? y.data<uint8_t>() : nullptr;
+  float* yf = quant ? nullptr : y.data<float>();
+  const int64_t planes = n * c;
+#pragma omp parallel for schedule(static) if (planes * h * w >= (1 << 18) && !omp_in_parallel())
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const int64_t s = pl / c, ch = pl % c;
+    const float* src = xs + s * sn + ch * scs;
+    const float a = sc ? sc[ch] : 1.0f, b = sh ? sh[ch] : 0.0f;
+    auto value = [&](int64_t i) {
+      float v = sc ? std::fma(src[i], a, b) : src[i];
+      if (relu) v = v > 0.0f ? v : 0.0f;
+      return v;
+    };
+    const int64_t out0 = pl * ho * wo;
+    for (int64_t oh = 0; oh < ho; ++oh) {
+      for (int64_t ow = 0; ow < wo; ++ow) {
+        float v;
+        if (pool2) {
+          const int64_t i = 2 * oh * w + 2 * ow;
+          v = ((value(i) + value(i + 1)) + (value(i + w) + value(i + w + 1))) * 0.25f;
+        } else {
+          v = value(oh * w + ow);
+        }
+        const int64_t o = out0 + oh * wo + ow;
+        if (yq) {
+          yq[o] = static_cast<uint8_t>(int8_requant(v, inv, zp));
+        } else {
+          yf[o] = v;
+        }
+      }
+    }
+  }
+}
+
+void ternary_int8_conv2d_out(const Tensor& x, Int8Quant x_quant, const Int8ConvWeight& w,
+                             const Int8ConvOptions& o, Tensor& y) {
+  TTQ_CHECK(w.defined()) << "ternary_int8_conv2d_out: undefined weight";
+  TTQ_CHECK(x.dim() == 4 && x.dtype() == DType::U8 && detail::dense_planes(x))
+      << "ternary_int8_conv2d_out: x must be U8 (int8 bytes) [n, c, h, w] with dense planes, got " << x.str();
+  TTQ_CHECK(x.size(1) == w.ci()) << "ternary_int8_conv2d_out: x has " << x.size(1) << " channels, the weight "
+                                 << w.ci();
+  TTQ_CHECK(x.device() == w.device() && y.device() == w.device())
+      << "ternary_int8_conv2d_out: x on " << x.device().str() << ", y on " << y.device().str()
+      << ", the weight on " << w.device().str();
+  TTQ_CHECK(o.out != Int8Out::Int32)
+      << "ternary_int8_conv2d_out: Int32 output goes through ternary_int8_conv2d";
+  const DType dt = o.out == Int8Out::F32 ? DType::F32 : DType::U8;
+  const Shape out = ternary_int8_conv_output_shape(x, w, o);
+  TTQ_CHECK(y.shape() == out && y.dtype() == dt && detail::dense_planes(y))
+      << "ternary_int8_conv2d_out: y must be " << dtype_name(dt) << " " << shape_str(out)
+      << " with dense planes, got " << y.str();
+  Int8ConvArgs a;
+  a.shape = {x.size(0), x.size(1), x.size(2), x.size(3), w.co(), w.kh(), w.kw(), o.stride, o.pad, w.groups()};
+  a.x = reinterpret_cast<const int8_t*>(x.data<uint8_t>());
+  a.x_sn = x.stride(0);
+  a.x_sc = x.stride(1);
+  a.x_quant = x_quant;
+  a.wp = w.wp();
+  a.wn = w.wn();
+  a.out = o.out;
+  a.y_sn = y.stride(0);
+  a.y_sc = y.stride(1);
+  if (o.out == Int8Out::F32) {
+    a.y = y.data<float>();
+  } else {
+    a.yq = reinterpret_cast<int8_t*>(y.data<uint8_t>());
+  }
+  a.post = {detail::opt_ptr(o.post_scale, w.co(), w.device(), "ternary_int8_conv2d_out: post_scale"),
+            detail::opt_ptr(o.post_shift, w.co(), w.device(), "ternary_int8_conv2d_out: post_shift"),
+            o.post_relu};
+  a.y_quant = o.y_quant;
+  if (w.device().is_cpu()) {
+    ternary_int8_conv_cpu(a, w.layout(), o.cpu_isa);
+    return;
+  }
+#ifdef TTQ_HAS_CUDA
+  ternary_int8_conv_cuda(a, reinterpret_cast<const uint32_t*>(w.device_masks().data<uint8_t>()),
+                         w.device_counts().data<int32_t>(),
+                         static_cast<cudaStream_t>(cuda::current_stream()));
+#else
+  TTQ_THROW() << "ternary_int8_conv2d_out: this build has no CUDA backend";
+#endif
+}
+
 Tensor ternary_int8_conv2d(const Tensor& xq_in, Int8Quant x_quant, const Int8ConvWeight& w,
                            const Int8ConvOptions& o) {
   TTQ_CHECK(w.defined()) << "ternary_int8_conv2d: undefined weight";
