@@ -31,11 +31,13 @@ Tensor calibration_images(const CalibrationOptions& o, const io::Metadata& meta,
     }
   }
   data::Splits splits = data::open_data(spec, pre.image_size, split_options);
-  TTQ_INPUT_CHECK(splits.train && splits.train->size() > 0) << "--calibrate " << o.data << ": no training images";
+  TTQ_INPUT_CHECK(splits.train && splits.train->size() > 0)
+      << "--calibrate " << o.data << ": no training images";
   TTQ_INPUT_CHECK(config.in_channels == pre.channels)
       << source << ": the model takes " << config.in_channels << " input channels, --calibrate " << o.data
       << " has " << pre.channels;
-  auto subset = data::random_subset(splits.train, std::min<int64_t>(o.images, splits.train->size()), o.seed + 7);
+  auto subset =
+      data::random_subset(splits.train, std::min<int64_t>(o.images, splits.train->size()), o.seed + 7);
   data::Loader loader(subset, pre, train::loader_options(64, o.workers, o.seed, false));
   loader.start_epoch(0, 0);
   std::vector<Tensor> parts;
@@ -61,8 +63,8 @@ Int8PackResult pack_int8_file(const std::string& in, const std::string& out, con
   r.report = models::pack_model_file(in, out, arch_flag, [&](models::PackedContent& content) {
     auto model = models::PackedModel::from_tensors(content.tensors, content.metadata, "", Device::cpu(), in,
                                                    {.precision = models::Precision::Float});
-    model->check_input({1, model->config().in_channels, model->config().input_size, model->config().input_size},
-                       in);
+    model->check_input(
+        {1, model->config().in_channels, model->config().input_size, model->config().input_size}, in);
     const Tensor x = calibration_images(o, content.metadata, model->config(), in);
     model->check_input(x.shape(), "--calibrate " + o.data);
     log << "calibrating int8 activations on " << x.size(0) << " training images of " << o.data << " ("
