@@ -14,9 +14,9 @@
 namespace ttq::app {
 
 struct CalibrationOptions {
-  std::string data;      // data spec (data/dataset.h), e.g. "fashion-mnist"
-  int64_t images = 512;  // --calib-images
-  models::CalibMethod method = models::CalibMethod::Percentile;
+  std::string data;                                       // data spec (data/dataset.h), e.g. "fashion-mnist"
+  int64_t images = 512;                                   // --calib-images
+  models::CalibMethod method = models::CalibMethod::Mse;  // chosen on validation (docs/int8.md)
   int64_t val_size = -1;  // held-out validation size (-1: the weights' metadata "split", else the default)
   uint64_t seed = 0;
   int workers = 2;
