@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
   f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");
   f.integer("--batch", o.batch, L::kEvalBatch, "Batch size", std::to_string(o.batch));
   f.text("--precision", o.precision,
-         "Packed files: float (float activations) or int8 (ternary x int8 kernels, CPU only; the file "
+         "Packed files: auto, float (float activations) or int8 (ternary x int8 kernels, CPU only; the file "
          "needs ttq_pack --act-bits 8)",
          "int8 when the file holds activation scales and the device is the CPU, else float");
   f.text(

@@ -12,7 +12,8 @@ quantized logits are compared with the float model's (max_rel_vs_float).
 
 One JSON line per (model, batch) on stdout:
   {"peer": "pytorch-int8 ...", "model": ..., "engine": "onednn", "threads": ...,
-   "batch": ..., "ms_per_batch": median, "images_per_second": ..., "max_rel_vs_float": ...}
+   "batch": ..., "ms_per_batch": median wall, "cpu_ms_per_batch": median process CPU time,
+   "images_per_second": ..., "max_rel_vs_float": ...}
 
   /usr/bin/python3 bench/peers/packed_int8_torch.py --threads 1
 Exits 77 (skip) when torch or its oneDNN quantized engine is missing.
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 try:
     import torch
@@ -31,7 +33,23 @@ except ImportError as e:  # the peer is optional
     sys.exit(77)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from packed_infer_torch import SEED_DIR, SmallDenseNet, SqueezeNet, load, median_ms  # noqa: E402
+from packed_infer_torch import SEED_DIR, SmallDenseNet, SqueezeNet, load  # noqa: E402
+
+
+def median_times(fn, warmup, iters):
+    """Median wall and process-CPU milliseconds per call. On a loaded machine the CPU
+    time (one thread) is the comparable number: Google Benchmark's CPU column."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(iters):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - w0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    wall.sort()
+    cpu.sort()
+    return wall[len(wall) // 2], cpu[len(cpu) // 2]
 
 
 def main():
@@ -64,10 +82,10 @@ def main():
                 ref = model(x)
                 got = qmodel(x)
                 rel = float((got - ref).abs().max() / ref.abs().max())
-                ms = median_ms(lambda: qmodel(x), 5, args.iters if batch == 1 else max(5, args.iters // 5),
-                               lambda: None)
+                ms, cpu_ms = median_times(lambda: qmodel(x), 5, args.iters if batch == 1 else max(5, args.iters // 5))
             print(json.dumps({"peer": "pytorch-int8 " + torch.__version__, "model": name, "engine": "onednn",
                               "threads": torch.get_num_threads(), "batch": batch, "ms_per_batch": round(ms, 4),
+                              "cpu_ms_per_batch": round(cpu_ms, 4),
                               "images_per_second": round(batch * 1e3 / ms, 1), "max_rel_vs_float": rel}),
                   flush=True)
 
