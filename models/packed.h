@@ -220,7 +220,10 @@ class PackedModel {
   // requires check_input(x.shape()) passes; x F32 (F64 converted) on any device.
   // ensures logits [N, num_classes] F32 on the CPU, eval-mode semantics (BN running
   // statistics, no dropout): the float model's logits up to summation order on the CPU
-  // (and on CUDA with CudaPath::Simt), within ~1e-3 on the tensor-core path.
+  // (and on CUDA with CudaPath::Simt), within ~1e-3 on the tensor-core path. With
+  // precision Int8: the network with each packed conv's input quantized by the file's
+  // scales (docs/int8.md, "The whole model"); the same bits for every int8 micro-kernel
+  // and for batch N as for N batches of 1.
   Tensor forward(const Tensor& x);
 
   struct Impl;

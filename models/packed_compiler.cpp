@@ -24,6 +24,12 @@
 //     view of it (a dense block is one shared buffer, never copied);
 //  6. everything else is one step per node; buffers of values nobody reads any
 //     more are reused by later steps.
+// With int8 activations (PackedModel precision Int8, docs/int8.md) pass 3 is skipped
+// (the int8 conv has no residual epilogue) and, after pass 4, every packed conv gets a
+// quantize step in front (shared by convs quantizing the same value the same way),
+// except where its input's producer can write int8 directly (int8_edges). A plan built
+// for calibration (observe) is the float plan with an observer step before each packed
+// conv.
 // No pass looks at an architecture's name.
 #include <array>
 #include <cmath>
@@ -272,8 +278,9 @@ class Compiler {
   // Each packed conv quantizes its input (after its prologue and pool) with its own
   // calibrated scale, in a quantize step shared by the convs that quantize the same value
   // the same way. A value that only packed convs read, with no prologue or pool and one
-  // scale among them (DenseNet's conv.1 -> conv.2, SqueezeNet's squeeze -> expands), is
-  // written as int8 by its producer's epilogue: no float tensor, no quantize step.
+  // scale among them (DenseNet's conv.1 -> norm.2 -> relu.2 -> conv.2, the BN-ReLU being
+  // conv.1's epilogue), is written as int8 by its producer's epilogue: no float tensor,
+  // no quantize step.
   struct QuantKey {
     int value;
     const Affine* pre;
