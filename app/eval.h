@@ -25,11 +25,15 @@ struct EvalOptions {
   int64_t limit = 0;  // evaluate a seeded subset of this many images (0: the whole split)
   int workers = 2;
   uint64_t seed = 0;  // for --limit's subset
+  // Packed files: "auto" (or ""), "float" or "int8" (models::Precision; int8 needs
+  // activation scales, ttq_pack --act-bits 8).
+  std::string precision;
 };
 struct EvalReport {
   train::EvalResult result;
   std::string split;                     // the split evaluated and where it comes from
   std::vector<std::string> class_names;  // the data set's, in label order (result.confusion's rows)
+  std::string precision;                 // a packed file's: "float" or "int8" ("" otherwise)
 };
 // Top-1 of one class: of the `count` images whose true class it is, the
 // fraction whose strict top-1 prediction is that class (0 when count is 0).

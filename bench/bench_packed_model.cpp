@@ -7,7 +7,11 @@
 //    memory with models::pack_tensors;
 //  - densenet121, resnet18, tv_densenet121, squeezenet1_1: random weights made ternary
 //    (threshold 0.05 * max|W| per layer).
-// CPU: PackedModel (auto micro-kernel) vs models::Model::forward (BLAS convs).
+// CPU: PackedModel (auto micro-kernel) vs models::Model::forward (BLAS convs), and
+// PackedModel with int8 activations (packed_int8_cpu: ternary x int8 kernels,
+// docs/int8.md; scales calibrated with percentile on 32 images drawn like the input,
+// the logits checked within 10% of the float model's range, the error posted as
+// rel_err).
 // GPU (registered only when a device is present): PackedModel on the tensor cores
 // with and without CUDA graphs, on the CUDA cores, and the float model (cuDNN fp32).
 // Each packed run is checked against the float model's logits before it posts a
@@ -67,6 +71,7 @@ io::NamedTensors model_weights(const std::string& arch) {
 
 struct Prepared {
   models::PackedContent packed;
+  models::PackedContent packed_int8;  // with calibrated activation scales
   io::NamedTensors weights;
 };
 const Prepared& prepared(const std::string& arch) {
@@ -76,6 +81,16 @@ const Prepared& prepared(const std::string& arch) {
     p = std::make_unique<Prepared>();
     p->weights = model_weights(arch);
     p->packed = models::pack_tensors(p->weights, {}, arch, arch);
+    p->packed_int8 = p->packed;
+    models::PackedRunOptions fo;
+    fo.precision = models::Precision::Float;
+    auto fm =
+        models::PackedModel::from_tensors(p->packed.tensors, p->packed.metadata, "", Device::cpu(), arch, fo);
+    Generator g(11);
+    const Tensor calib = Tensor::uniform({32, 3, 56, 56}, g, -2, 2);
+    models::add_activation_quant(
+        p->packed_int8, models::calibrate_activations(*fm, calib, models::CalibMethod::Percentile, 16),
+        "uniform", "bench");
   }
   return *p;
 }
@@ -146,6 +161,26 @@ void bm_packed(benchmark::State& state, std::string arch, int64_t n, Device dev,
   state.counters["weight_MB"] = double(m->weight_bytes()) / 1e6;
 }
 
+void bm_packed_int8(benchmark::State& state, std::string arch, int64_t n) {
+  const Prepared& p = prepared(arch);
+  models::PackedRunOptions o;
+  o.precision = models::Precision::Int8;
+  auto m = models::PackedModel::from_tensors(p.packed_int8.tensors, p.packed_int8.metadata, "", Device::cpu(),
+                                             arch, o);
+  const Tensor x = input(n, Device::cpu());
+  const Tensor got = m->forward(x);
+  auto fm = float_model(arch, Device::cpu());
+  const double err = rel_error(got, float_forward(*fm, x));
+  if (!(err < 0.1)) {
+    state.SkipWithError(("int8 logits too far from the float model: " + std::to_string(err)).c_str());
+    return;
+  }
+  fm.reset();
+  for (auto _ : state) benchmark::DoNotOptimize(m->forward(x).raw_data());
+  set_rate(state, n);
+  state.counters["rel_err"] = err;
+}
+
 void register_all() {
   for (const char* arch :
        {"small_densenet", "squeezenet", "densenet121", "resnet18", "tv_densenet121", "squeezenet1_1"}) {
@@ -153,6 +188,10 @@ void register_all() {
       const std::string base = std::string("/") + arch + "/n" + std::to_string(n);
       benchmark::RegisterBenchmark(("packed_cpu" + base).c_str(), bm_packed, arch, n, Device::cpu(),
                                    models::PackedRunOptions{}, 1e-4)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.5);
+      benchmark::RegisterBenchmark(("packed_int8_cpu" + base).c_str(), bm_packed_int8, arch, n)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime()
           ->MinTime(0.5);
