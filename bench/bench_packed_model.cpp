@@ -69,6 +69,11 @@ io::NamedTensors model_weights(const std::string& arch) {
   return out;
 }
 
+// The seed's models take 56x56 crops; torchvision's presets the 64x64 images whole.
+int64_t input_size(const std::string& arch) {
+  return arch == "resnet18" || arch == "tv_densenet121" || arch == "squeezenet1_1" ? 64 : 56;
+}
+
 struct Prepared {
   models::PackedContent packed;
   models::PackedContent packed_int8;  // with calibrated activation scales
@@ -87,7 +92,8 @@ const Prepared& prepared(const std::string& arch) {
     auto fm =
         models::PackedModel::from_tensors(p->packed.tensors, p->packed.metadata, "", Device::cpu(), arch, fo);
     Generator g(11);
-    const Tensor calib = Tensor::uniform({32, 3, 56, 56}, g, -2, 2);
+    const int64_t s = input_size(arch);
+    const Tensor calib = Tensor::uniform({32, 3, s, s}, g, -2, 2);
     models::add_activation_quant(
         p->packed_int8, models::calibrate_activations(*fm, calib, models::CalibMethod::Percentile, 16),
         "uniform", "bench");
@@ -102,11 +108,6 @@ models::ModelPtr float_model(const std::string& arch, Device dev) {
   m->eval();
   m->to(dev);
   return m;
-}
-
-// The seed's models take 56x56 crops; torchvision's presets the 64x64 images whole.
-int64_t input_size(const std::string& arch) {
-  return arch == "resnet18" || arch == "tv_densenet121" || arch == "squeezenet1_1" ? 64 : 56;
 }
 
 Tensor input(const std::string& arch, int64_t n, Device dev) {
@@ -167,7 +168,7 @@ void bm_packed_int8(benchmark::State& state, std::string arch, int64_t n) {
   o.precision = models::Precision::Int8;
   auto m = models::PackedModel::from_tensors(p.packed_int8.tensors, p.packed_int8.metadata, "", Device::cpu(),
                                              arch, o);
-  const Tensor x = input(n, Device::cpu());
+  const Tensor x = input(arch, n, Device::cpu());
   const Tensor got = m->forward(x);
   auto fm = float_model(arch, Device::cpu());
   const double err = rel_error(got, float_forward(*fm, x));
