@@ -122,8 +122,7 @@ void expect_same(const std::vector<app::ImagePrediction>& a, const std::vector<a
 TEST(InferStream, BatchesGiveTheResultsOfOneBatchAndOfEachImageAlone) {
   TempDir dir;
   const std::vector<std::string> images = write_images(dir, 7, 11);
-  for (const std::string& model :
-       {packed_model(dir), test::seed_dir() + "/small_densenet_ttq.safetensors"}) {
+  for (const std::string& model : {packed_model(dir), test::seed_dir() + "/small_densenet_ttq.safetensors"}) {
     std::vector<size_t> batches;
     app::StreamStats stats;
     const auto streamed = stream(options(model, images, 3), &batches, &stats);
@@ -139,7 +138,8 @@ TEST(InferStream, BatchesGiveTheResultsOfOneBatchAndOfEachImageAlone) {
     expect_same(streamed, whole, 1e-5);
     // Each image alone through the model, independently of the app layer.
     std::vector<app::ImagePrediction> alone;
-    auto packed = models::is_packed_file(model) ? models::PackedModel::load(model, "", Device::cpu()) : nullptr;
+    auto packed =
+        models::is_packed_file(model) ? models::PackedModel::load(model, "", Device::cpu()) : nullptr;
     auto fp = packed ? nullptr : models::load_model_file(model, "", Device::cpu());
     const data::Preprocess pre = data::Preprocess::for_input(3, 56);
     for (const std::string& p : images) {
@@ -308,8 +308,9 @@ TEST(InferStream, ToolMemoryDoesNotGrowWithTheNumberOfFiles) {
   const std::string few = write_list("few.txt", 16), many = write_list("many.txt", 320);
   const std::string infer = test::tool_path("ttq_infer");
   auto run = [&](const std::string& list) {
-    return run_measured({infer, "--model", model, "--device", "cpu", "--batch", "8", "--json", "--files-from", "-"},
-                        list, dir);
+    return run_measured(
+        {infer, "--model", model, "--device", "cpu", "--batch", "8", "--json", "--files-from", "-"}, list,
+        dir);
   };
   const Measured a = run(few), b = run(many);
   ASSERT_EQ(a.code, 0) << a.err;

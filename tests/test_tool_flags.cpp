@@ -184,6 +184,14 @@ TEST_F(ToolFlags, InferNumbersAndTexts) {
                            "--data", "--input", "--files-from"})
     expect_refused("ttq_infer", {{"--model", weights}, {"--device", "cpu"}}, flag, "", "empty value",
                    {s_dir + "/x.png"});
+  // Image-mode flags elsewhere are refused, not ignored.
+  for (const char* flag : {"--json", "--skip-bad"}) {
+    const test::ToolRun r =
+        test::run_argv({test::tool_path("ttq_infer"), "--summary", "--arch", "small_densenet", flag});
+    EXPECT_EQ(r.code, 2) << flag << "\n" << r.err;
+    EXPECT_EQ(r.err,
+              std::string("ttq_infer: ") + flag + " is for image mode (image files or --files-from)\n");
+  }
   // --input's sides: a huge input used to end in std::bad_alloc (exit 1).
   for (const char* v : {"3x100000x100000", "1048576x56x56", "3x56x2000"}) {
     const test::ToolRun r =

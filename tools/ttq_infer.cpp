@@ -68,16 +68,24 @@ int main(int argc, char** argv) {
   f.text("--files-from", files_from,
          "Image mode: a file listing image paths, one per line, after those given as arguments (- reads "
          "standard input; empty lines are skipped)");
-  f.integer("--batch", batch, kBatch, "Image mode: images read, decoded and run together", "32");
-  app.add_flag("--json", json,
-               "Image mode: one JSON object per image and line: {\"path\", \"top\": [{\"class\", \"name\", "
-               "\"description\", \"probability\"}]}");
-  app.add_flag("--skip-bad", skip_bad,
-               "Image mode: report a file that cannot be read or decoded on stderr and go on (exit 0) "
-               "instead of stopping with exit 2");
+  CLI::Option* batch_flag =
+      f.integer("--batch", batch, kBatch, "Image mode: images read, decoded and run together", "32");
+  CLI::Option* json_flag = app.add_flag(
+      "--json", json,
+      "Image mode: one JSON object per image and line: {\"path\", \"top\": [{\"class\", \"name\", "
+      "\"description\", \"probability\"}]}");
+  CLI::Option* skip_flag =
+      app.add_flag("--skip-bad", skip_bad,
+                   "Image mode: report a file that cannot be read or decoded on stderr and go on (exit 0) "
+                   "instead of stopping with exit 2");
   f.integer("--classes", classes, kClasses, "Summary: number of classes", "200");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_infer"); rc >= 0) return rc;
   return ttq::tools::run("ttq_infer", [&] {
+    if (images.empty() && files_from.empty()) {
+      for (const CLI::Option* image_only : {batch_flag, json_flag, skip_flag})
+        TTQ_INPUT_CHECK(image_only->count() == 0)
+            << image_only->get_name() << " is for image mode (image files or --files-from)";
+    }
     if (summary) {
       ttq::Shape chw = ttq::models::parse_chw(input_chw, "--input");
       ttq::check_flag_range("--input channels", chw[0], kInputChannels);
