@@ -361,7 +361,8 @@ StreamStats run_image_stream(const ImageInferOptions& o,
   auto seconds = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  double next_progress = 10;
+  double next_progress = o.progress_seconds;
+  bool progress_shown = false;
   std::vector<Tensor> inputs;
   std::vector<std::string> names;
   inputs.reserve(static_cast<size_t>(std::min<int64_t>(o.batch, 4096)));
@@ -376,10 +377,11 @@ StreamStats run_image_stream(const ImageInferOptions& o,
     stats.images += static_cast<int64_t>(names.size());
     ++stats.batches;
     names.clear();
-    if (seconds() >= next_progress) {
+    if (o.progress_seconds >= 0 && seconds() >= next_progress) {
       log << "classified " << stats.images << " images (" << std::fixed << std::setprecision(1)
           << stats.images / seconds() << " images/s)\n";
-      next_progress += 10;
+      next_progress = seconds() + o.progress_seconds;
+      progress_shown = true;
     }
   };
   std::string path;
@@ -401,7 +403,7 @@ StreamStats run_image_stream(const ImageInferOptions& o,
   run_batch();
   TTQ_INPUT_CHECK(stats.images + stats.skipped > 0)
       << "--files-from " << (o.files_from == "-" ? "standard input" : o.files_from) << ": no image paths";
-  if (stats.skipped > 0 || next_progress > 10) {
+  if (stats.skipped > 0 || progress_shown) {
     log << "classified " << stats.images << " images in " << std::fixed << std::setprecision(1) << seconds()
         << " s";
     if (stats.skipped > 0) log << ", skipped " << stats.skipped << " that could not be read";

@@ -46,8 +46,9 @@ struct ImageInferOptions {
   // Streaming (run_image_stream): after `images`, one path per line of this file
   // ("-": standard input; empty lines skipped, a trailing CR dropped).
   std::string files_from;
-  int64_t batch = 32;     // images decoded and run together; memory is bounded by it
-  bool skip_bad = false;  // a file that cannot be decoded: reported and skipped, else the run stops
+  int64_t batch = 32;            // images decoded and run together; memory is bounded by it
+  bool skip_bad = false;         // a file that cannot be decoded: reported and skipped, else the run stops
+  double progress_seconds = 10;  // a progress line on the log at most this often (< 0: none)
 };
 
 struct ImagePrediction {
@@ -126,9 +127,10 @@ struct StreamStats {
 // checked before the device is picked and before any image is read. A file
 // that cannot be decoded is a ttq::InputError naming it, thrown after the
 // images before it have been run and emitted; with skip_bad it is reported on
-// `log` ("skipping PATH: REASON") and the run goes on. A run of more than ten
-// seconds writes a progress line to `log` every ten seconds and a summary at
-// the end; skipped files are always summarised. No paths at all is an error.
+// `log` ("skipping PATH: REASON") and the run goes on. A run longer than
+// progress_seconds writes a progress line to `log` after a batch when that
+// long has passed since the last, and a summary at the end; skipped files are
+// always summarised. No paths at all is an error.
 StreamStats run_image_stream(const ImageInferOptions& options,
                              const std::function<void(const std::vector<ImagePrediction>&)>& emit,
                              std::ostream& log);

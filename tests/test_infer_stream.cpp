@@ -1,8 +1,9 @@
 // ttq_infer's streaming image mode (app/infer.cpp run_image_stream): batches of
 // N give the results of one batch and of each image run alone; --files-from and
 // standard input; a bad file stops the run after the images before it, or is
-// skipped; JSON lines parse; and the built tool's peak memory does not grow with
-// the number of files (wait4's ru_maxrss of 16 files against 320).
+// skipped; progress lines on long runs; JSON lines parse; and the built tool's
+// peak memory does not grow with the number of files (wait4's ru_maxrss of 16
+// files against 320).
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -225,6 +226,26 @@ TEST(InferStream, ABadFileStopsAfterTheImagesBeforeItOrIsSkipped) {
   std::vector<std::string> good = images;
   good.erase(good.begin() + 3);
   expect_same(skipped, stream(options(packed_model(dir), good, 6), nullptr), 1e-5);
+}
+
+TEST(InferStream, ProgressLinesWhenTheRunIsLongAndNoneWhenShort) {
+  TempDir dir;
+  const std::vector<std::string> images = write_images(dir, 5, 16);
+  app::ImageInferOptions o = options(packed_model(dir), images, 2);
+  std::ostringstream quiet;
+  stream(o, nullptr, nullptr, &quiet);
+  EXPECT_EQ(quiet.str(), "");  // a short run says nothing
+  o.progress_seconds = 0;      // every batch counts as long
+  std::ostringstream log;
+  stream(o, nullptr, nullptr, &log);
+  std::istringstream lines(log.str());
+  std::vector<std::string> got;
+  for (std::string l; std::getline(lines, l);) got.push_back(l.substr(0, l.find(" (")));
+  ASSERT_EQ(got.size(), 4u) << log.str();
+  EXPECT_EQ(got[0], "classified 2 images");
+  EXPECT_EQ(got[1], "classified 4 images");
+  EXPECT_EQ(got[2], "classified 5 images");
+  EXPECT_EQ(got[3].rfind("classified 5 images in ", 0), 0u) << got[3];
 }
 
 TEST(InferStream, JsonLinesParseAndCarryEveryPrediction) {
