@@ -630,9 +630,17 @@ Tensor load_image_tensor(const std::string& path, const Preprocess& p) {
   Image img;
   DecodeResult r = decode_image_file(path, p.channels, &img);
   TTQ_INPUT_CHECK(r.ok) << path << ": " << r.error;
-  if (img.width != p.image_size || img.height != p.image_size) img = resize_cover(img, p.image_size);
+  return image_tensor(img, p);
+}
+
+Tensor image_tensor(const Image& decoded, const Preprocess& p) {
+  const Image* img = &decoded;
+  Image converted, resized;
+  if (img->channels != p.channels) img = &(converted = convert_channels(*img, p.channels));
+  if (img->width != p.image_size || img->height != p.image_size)
+    img = &(resized = resize_cover(*img, p.image_size));
   Tensor t = Tensor::empty({1, p.channels, p.crop, p.crop}, DType::F32);
-  preprocess(img, p, /*train=*/false, 0, t.data<float>());
+  preprocess(*img, p, /*train=*/false, 0, t.data<float>());
   return t;
 }
 

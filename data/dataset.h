@@ -257,6 +257,9 @@ ClassNames class_names_for(const DataSpec& spec);
 // ensures: F32 tensor [1, p.channels, p.crop, p.crop] on the CPU.
 // Throws InputError naming the path when the file cannot be decoded.
 Tensor load_image_tensor(const std::string& path, const Preprocess& p);
+// The same transform of an image already decoded (1 or 3 channels; converted to
+// p.channels): the one function every inference input goes through.
+Tensor image_tensor(const Image& img, const Preprocess& p);
 
 // Writes "ttq: skipping PATH: REASON" on stderr (one line: control characters
 // in either are escaped with printable()).

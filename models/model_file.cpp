@@ -7,7 +7,11 @@
 namespace ttq::models {
 
 ModelPtr load_model_file(const std::string& path, const std::string& arch_flag, Device device) {
-  io::SafeTensors st = io::read_safetensors(path);
+  return load_model_tensors(io::read_safetensors(path), arch_flag, device, path);
+}
+
+ModelPtr load_model_tensors(const io::SafeTensors& st, const std::string& arch_flag, Device device,
+                            const std::string& path) {
   TTQ_INPUT_CHECK(st.meta("format") != "ttq-packed-2bit")
       << path << ": a packed model (format ttq-packed-2bit) has no float layers to build";
   const std::string arch = detail::resolve_arch(st.meta("model"), arch_flag, path);

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/device.h"
+#include "engine/io/safetensors.h"
 #include "models/model.h"
 
 namespace ttq::models {
@@ -17,5 +18,9 @@ namespace ttq::models {
 // (latent weights, scales) are skipped; packed models are refused (they run
 // through models/packed.h). Every defect is one ttq::InputError line naming the file.
 ModelPtr load_model_file(const std::string& path, const std::string& arch, Device device);
+// The same from a file's content already read or parsed (a file held in memory:
+// io::parse_safetensors); messages name `source`.
+ModelPtr load_model_tensors(const io::SafeTensors& st, const std::string& arch, Device device,
+                            const std::string& source);
 
 }  // namespace ttq::models

@@ -176,14 +176,22 @@ TEST_F(ToolFlags, InferNumbersAndTexts) {
   const test::ToolRun ok =
       test::run_argv({test::tool_path("ttq_infer"), "--model", weights, "--device", "cpu", s_dir + "/x.png"});
   ASSERT_EQ(ok.code, 0) << ok.err;
-  check_all("ttq_infer", {{"--model", weights}, {"--device", "cpu"}}, {{"--top-k", with({"0", "1001"})}},
-            {s_dir + "/x.png"});
+  check_all("ttq_infer", {{"--model", weights}, {"--device", "cpu"}},
+            {{"--top-k", with({"0", "1001"})}, {"--batch", with({"0", "4097"})}}, {s_dir + "/x.png"});
   check_all("ttq_infer", {{"--summary", ""}, {"--arch", "small_densenet"}},
             {{"--classes", with({"0", "100001", "9223372036854775807"})}});
   for (const char* flag : {"--model", "--arch", "--device", "--input-tensors", "--input-name", "--logits-out",
-                           "--data", "--input"})
+                           "--data", "--input", "--files-from"})
     expect_refused("ttq_infer", {{"--model", weights}, {"--device", "cpu"}}, flag, "", "empty value",
                    {s_dir + "/x.png"});
+  // Image-mode flags elsewhere are refused, not ignored.
+  for (const char* flag : {"--json", "--skip-bad"}) {
+    const test::ToolRun r =
+        test::run_argv({test::tool_path("ttq_infer"), "--summary", "--arch", "small_densenet", flag});
+    EXPECT_EQ(r.code, 2) << flag << "\n" << r.err;
+    EXPECT_EQ(r.err,
+              std::string("ttq_infer: ") + flag + " is for image mode (image files or --files-from)\n");
+  }
   // --input's sides: a huge input used to end in std::bad_alloc (exit 1).
   for (const char* v : {"3x100000x100000", "1048576x56x56", "3x56x2000"}) {
     const test::ToolRun r =
@@ -218,6 +226,8 @@ TEST_F(ToolFlags, HelpStatesRangesAndDefaults) {
   EXPECT_NE(e.out.find("(1..4096; default 256)"), std::string::npos) << e.out;
   const test::ToolRun i = test::run_argv({test::tool_path("ttq_infer"), "--help"});
   EXPECT_NE(i.out.find("(1..1000; default 5)"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("--batch INT"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("(1..4096; default 32)"), std::string::npos) << i.out;
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // ttq_infer: runs a model file. Tensor mode (--input-tensors) feeds a tensor
 // from a safetensors file and writes the logits as safetensors (parity checks);
+// image mode streams image files (arguments, --files-from) a batch at a time;
 // --summary prints the layers, output shapes, parameters and FLOPs of an
 // architecture. Flags only: the logic is in app/infer.cpp and models/summary.cpp.
 // Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
@@ -15,7 +16,8 @@
 namespace {
 
 // The ranges of ttq_infer's numeric flags (one place; --help states them).
-constexpr ttq::IntRange kTopK{1, 1000};  // then at most the model's classes
+constexpr ttq::IntRange kTopK{1, 1000};   // then at most the model's classes
+constexpr ttq::IntRange kBatch{1, 4096};  // images held at once
 constexpr ttq::IntRange kClasses{1, 100000};
 constexpr ttq::IntRange kInputChannels{1, 64};  // --input C
 constexpr ttq::IntRange kInputSide{1, 1024};    // --input H and W (one forward pass on the CPU)
@@ -26,7 +28,11 @@ int main(int argc, char** argv) {
   ttq::configure_openmp_wait(argv, ttq::OpenMpWait::ShortSpin);
   CLI::App app{
       "Run a ttq model: a checkpoint, a PyTorch import or a packed 2-bit model (safetensors).\n"
-      "  image mode:  ttq_infer --model FILE IMAGE...   (top-5 classes of each image)\n"
+      "  image mode:  ttq_infer --model FILE [--files-from LIST|-] [--json] IMAGE...   (top-5 classes of "
+      "each\n"
+      "               image; read, decoded and run --batch images at a time, so memory does not grow with\n"
+      "               the number of files; a file that cannot be read stops the run with exit 2 after the\n"
+      "               results of the images before it, or is skipped with --skip-bad)\n"
       "  tensor mode: ttq_infer --model FILE --input-tensors F --input-name N --logits-out OUT\n"
       "  summary:     ttq_infer --summary --arch NAME [--input CxHxW] [--classes N]"};
   ttq::app::TensorInferOptions o;
@@ -38,6 +44,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> images;
   std::string data_spec;
   int top_k = 5;
+  std::string files_from;
+  int64_t batch = 32;
+  bool json = false, skip_bad = false;
   ttq::tools::Flags f(app);
   f.text("--model", o.model_path,
          "Weights file (.safetensors): a checkpoint, a PyTorch import or a packed 2-bit model");
@@ -60,9 +69,27 @@ int main(int argc, char** argv) {
   f.text("--data", data_spec,
          "Image mode: data spec naming the classes when the file does not (e.g. tiny-imagenet:DIR)");
   f.integer("--top-k", top_k, kTopK, "Image mode: classes printed per image, at most the model's", "5");
+  f.text("--files-from", files_from,
+         "Image mode: a file listing image paths, one per line, after those given as arguments (- reads "
+         "standard input; empty lines are skipped)");
+  CLI::Option* batch_flag =
+      f.integer("--batch", batch, kBatch, "Image mode: images read, decoded and run together", "32");
+  CLI::Option* json_flag = app.add_flag(
+      "--json", json,
+      "Image mode: one JSON object per image and line: {\"path\", \"top\": [{\"class\", \"name\", "
+      "\"description\", \"probability\"}]}");
+  CLI::Option* skip_flag =
+      app.add_flag("--skip-bad", skip_bad,
+                   "Image mode: report a file that cannot be read or decoded on stderr and go on (exit 0) "
+                   "instead of stopping with exit 2");
   f.integer("--classes", classes, kClasses, "Summary: number of classes", "200");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_infer"); rc >= 0) return rc;
   return ttq::tools::run("ttq_infer", [&] {
+    if (images.empty() && files_from.empty()) {
+      for (const CLI::Option* image_only : {batch_flag, json_flag, skip_flag})
+        TTQ_INPUT_CHECK(image_only->count() == 0)
+            << image_only->get_name() << " is for image mode (image files or --files-from)";
+    }
     if (summary) {
       ttq::Shape chw = ttq::models::parse_chw(input_chw, "--input");
       ttq::check_flag_range("--input channels", chw[0], kInputChannels);
@@ -85,11 +112,27 @@ int main(int argc, char** argv) {
       std::cout << ttq::models::summarize(*model, {1, chw[0], chw[1], chw[2]}).text();
       return 0;
     }
-    if (!images.empty()) {
+    if (!images.empty() || !files_from.empty()) {
       TTQ_INPUT_CHECK(o.input_path.empty()) << "give image files or --input-tensors, not both";
       TTQ_INPUT_CHECK(!o.model_path.empty()) << "--model FILE is required";
-      ttq::app::ImageInferOptions io{o.model_path, o.arch, o.device, data_spec, images, top_k, o.precision};
-      std::cout << ttq::app::format_predictions(ttq::app::run_image_inference(io, std::cerr));
+      ttq::app::ImageInferOptions io;
+      io.model_path = o.model_path;
+      io.arch = o.arch;
+      io.device = o.device;
+      io.data = data_spec;
+      io.images = images;
+      io.top_k = top_k;
+      io.files_from = files_from;
+      io.batch = batch;
+      io.skip_bad = skip_bad;
+      io.precision = o.precision;
+      ttq::app::run_image_stream(
+          io,
+          [&](const std::vector<ttq::app::ImagePrediction>& p) {
+            std::cout << (json ? ttq::app::format_predictions_json(p) : ttq::app::format_predictions(p))
+                      << std::flush;
+          },
+          std::cerr);
       return 0;
     }
     TTQ_INPUT_CHECK(!o.input_path.empty()) << "nothing to do: give image files, --input-tensors FILE (with "
