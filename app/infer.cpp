@@ -174,7 +174,7 @@ std::vector<ImagePrediction> run_image_inference(const ImageInferOptions& o, std
     config = packed->config();
   } else {
     model = load_model_file(o.model_path, o.arch, Device::cpu());
-    meta = io::read_safetensors_header(o.model_path).metadata;
+    if (!models::is_onnx_path(o.model_path)) meta = io::read_safetensors_header(o.model_path).metadata;
     config = model->config();
   }
   const data::Preprocess pre = preprocess_from(meta, config, o.model_path);

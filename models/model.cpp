@@ -36,9 +36,17 @@ std::shared_ptr<nn::Module> make_module(const Node& n, Generator& gen) {
     case NodeKind::Dropout: return std::make_shared<nn::Dropout>(n.p, nn::global_generator());
     case NodeKind::Input:
     case NodeKind::Concat:
-    case NodeKind::Add: return nullptr;
+    case NodeKind::Add:
+    case NodeKind::Clip: return nullptr;
   }
   return nullptr;
+}
+
+// min(max(x, 0), hi) from differentiable ops: relu(x) - relu(x - hi), exact below
+// hi; above it x - (x - hi) rounds to within an ulp of hi.
+Tensor clip(const Tensor& x, double hi) {
+  const Tensor shift = Tensor::full(x.shape(), -hi, x.dtype(), x.device());
+  return ops::sub(ops::relu(x), ops::relu(ops::add(x, shift)));
 }
 
 bool has_parameters(NodeKind k) {
@@ -122,6 +130,7 @@ Tensor Model::forward(const Tensor& x) {
       switch (node.kind) {
         case NodeKind::Concat: v[static_cast<size_t>(i)] = in.size() == 1 ? in[0] : ops::concat(in, 1); break;
         case NodeKind::Add: v[static_cast<size_t>(i)] = ops::add(in[0], in[1]); break;
+        case NodeKind::Clip: v[static_cast<size_t>(i)] = clip(in[0], node.clip_max); break;
         default: v[static_cast<size_t>(i)] = m_modules[static_cast<size_t>(i)]->forward(in[0]); break;
       }
     }

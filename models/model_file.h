@@ -6,11 +6,23 @@
 #include <string>
 
 #include "engine/device.h"
+#include "engine/io/safetensors.h"
 #include "models/model.h"
 
 namespace ttq::models {
 
-// Reads `path` and builds the model it holds, in eval mode, on `device`.
+// A weights file's tensors and metadata: a safetensors file as it is, or an ONNX
+// model (path ending in .onnx) imported (models/onnx.h) with its graph
+// registered and metadata "model", "model_graph" and "model_config" made up.
+struct WeightsSource {
+  io::NamedTensors tensors;
+  io::Metadata metadata;
+};
+WeightsSource read_weights_source(const std::string& path);
+bool is_onnx_path(const std::string& path);
+std::string meta_value(const io::Metadata& meta, const std::string& key);  // "" when absent
+
+// Reads `path` (safetensors or .onnx) and builds the model it holds, in eval mode, on `device`.
 // The architecture is the metadata's "model" value, else `arch` (a mismatch of
 // the two is an error); in_channels and num_classes come from the weights. A
 // training checkpoint's optimizer / scheduler state and TTQ training state

@@ -8,6 +8,7 @@
 
 #include "app/infer.h"
 #include "engine/process.h"
+#include "models/graph_io.h"
 #include "models/model_file.h"
 #include "models/summary.h"
 #include "tools/flags.h"
@@ -40,8 +41,10 @@ int main(int argc, char** argv) {
   int top_k = 5;
   ttq::tools::Flags f(app);
   f.text("--model", o.model_path,
-         "Weights file (.safetensors): a checkpoint, a PyTorch import or a packed 2-bit model");
-  f.text("--arch", o.arch, "Architecture when the file's metadata has no \"model\" (" + known + ")");
+         "Weights file: a checkpoint, a PyTorch import or a packed 2-bit model (.safetensors), or an ONNX "
+         "model (.onnx)");
+  f.text("--arch", o.arch,
+         "Architecture when the file's metadata has no \"model\" (" + known + ", or an .onnx file)");
   f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");
   f.text("--input-tensors", o.input_path, "Tensor mode: safetensors file holding the input batch");
   f.text("--input-name", o.input_name, "Tensor mode: name of the input tensor [N, C, H, W]");
@@ -60,6 +63,12 @@ int main(int argc, char** argv) {
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_infer"); rc >= 0) return rc;
   return ttq::tools::run("ttq_infer", [&] {
     if (summary) {
+      if (!o.model_path.empty() && app.count("--input") == 0) {
+        // The file's own input: channels and size from its config.
+        const auto c = ttq::models::load_model_file(o.model_path, o.arch, ttq::Device::cpu())->config();
+        input_chw = std::to_string(c.in_channels) + "x" + std::to_string(c.input_size) + "x" +
+                    std::to_string(c.input_size);
+      }
       ttq::Shape chw = ttq::models::parse_chw(input_chw, "--input");
       ttq::check_flag_range("--input channels", chw[0], kInputChannels);
       ttq::check_flag_range("--input height", chw[1], kInputSide);
@@ -76,7 +85,7 @@ int main(int argc, char** argv) {
         config.in_channels = chw[0];
         config.input_size = chw[1];
         config.num_classes = classes;
-        model = ttq::models::create(o.arch, config);
+        model = ttq::models::create(ttq::models::resolve_model(o.arch, "--arch"), config);
       }
       std::cout << ttq::models::summarize(*model, {1, chw[0], chw[1], chw[2]}).text();
       return 0;

@@ -9,6 +9,8 @@
 #include <iostream>
 
 #include "engine/process.h"
+#include "models/export.h"
+#include "models/model_file.h"
 #include "models/packed.h"
 #include "tools/flags.h"
 
@@ -18,16 +20,24 @@ int main(int argc, char** argv) {
       "Pack a TTQ model's ternary weights into 2-bit codes (format ttq-packed-2bit); the size report "
       "compares "
       "the network's float weights (every model tensor as F32) with the packed file. --weights-only writes "
-      "the plain float weights instead."};
+      "the plain float weights instead; --out FILE.onnx exports the model as ONNX."};
   std::string in, out, arch;
   bool quiet = false, weights_only = false;
   std::string known;
   for (const auto& n : ttq::models::names()) known += (known.empty() ? "" : ", ") + n;
   ttq::tools::Flags f(app);
-  f.text("--in", in, "TTQ checkpoint or ternary weights (.safetensors)")->required();
-  f.text("--out", out, "Packed model to write (.safetensors; replaced atomically; not the --in file)")
+  f.text(
+       "--in", in,
+       "TTQ checkpoint or ternary weights (.safetensors or .onnx); for an ONNX export also a full-precision "
+       "checkpoint or a packed model")
       ->required();
-  f.text("--arch", arch, "Architecture when the input's metadata has no \"model\" (" + known + ")");
+  f.text(
+       "--out", out,
+       "Packed model to write (.safetensors; replaced atomically; not the --in file); a name ending in .onnx "
+       "exports the model as ONNX instead (opset 13, eval mode; a packed input's codes expanded to floats)")
+      ->required();
+  f.text("--arch", arch,
+         "Architecture when the input's metadata has no \"model\" (" + known + ", or an .onnx file)");
   app.add_flag("--quiet", quiet, "Print only the totals");
   app.add_flag(
       "--weights-only", weights_only,
@@ -37,6 +47,12 @@ int main(int argc, char** argv) {
       "ttq_infer take it");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_pack"); rc >= 0) return rc;
   return ttq::tools::run("ttq_pack", [&] {
+    if (ttq::models::is_onnx_path(out) && !weights_only) {
+      const ttq::models::ExportReport r = ttq::models::export_onnx_file(in, out, arch);
+      std::cout << r.arch << ": " << r.tensors << " tensors, input [N, C, " << r.input_size << ", "
+                << r.input_size << "], " << r.output_file_bytes << " bytes\nwrote " << out << "\n";
+      return 0;
+    }
     if (weights_only) {
       const ttq::models::WeightsReport r = ttq::models::write_weights_file(in, out, arch);
       std::cout << r.arch << ": " << r.tensors << " tensors, " << r.float_bytes

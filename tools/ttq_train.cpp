@@ -30,7 +30,11 @@ int main(int argc, char** argv) {
   ttq::train::TrainOptions o;
   bool quiet = false;
   ttq::tools::Flags f(app);
-  f.text("--model", o.model, "small_densenet | squeezenet | densenet121", o.model);
+  f.text(
+      "--model", o.model,
+      "small_densenet | squeezenet | densenet121 | FILE.onnx (the network of an ONNX file; --init FILE.onnx "
+      "also starts from its weights)",
+      o.model);
   f.text("--data", o.data, "fashion-mnist[:DIR] | tiny-imagenet:DIR | folder:DIR | mnist:DIR", o.data);
   f.text("--phase", o.phase, "fp (full precision) or ttq", o.phase);
   f.text("--init", o.init, "Checkpoint to start from (required for --phase ttq)");

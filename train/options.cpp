@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "models/graph_io.h"
 #include "models/model.h"
 #include "train/trainer.h"
 
@@ -15,8 +16,9 @@ TrainOptions resolve_defaults(TrainOptions o) {
       << "--phase: expected fp or ttq, got '" << o.phase << "'";
   bool known = false;
   for (const auto& n : models::names()) known = known || n == o.model;
+  known = known || models::is_model_path(o.model);  // an .onnx file, read when the run starts
   TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model
-                         << "' (expected small_densenet, squeezenet or densenet121)";
+                         << "' (expected small_densenet, squeezenet, densenet121 or a path to an .onnx file)";
   TTQ_INPUT_CHECK(!o.out.empty()) << "--out: a run folder is required";
   const bool sq = o.model == "squeezenet";
   const bool fp = o.phase == "fp";
