@@ -34,8 +34,8 @@ ExportReport export_onnx_file(const std::string& in, const std::string& out, con
       if (layer.empty()) {
         tensors.emplace_back(name, file.at(name));
       } else {
-        tensors.emplace_back(name, kernels::decode_packed(file.at(layer + ".codes"), shape, file.at(layer + ".wp"),
-                                                          file.at(layer + ".wn")));
+        tensors.emplace_back(name, kernels::decode_packed(file.at(layer + ".codes"), shape,
+                                                          file.at(layer + ".wp"), file.at(layer + ".wn")));
       }
     }
   } else {

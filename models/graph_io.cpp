@@ -34,23 +34,26 @@ int64_t get_int(const json& j, const char* key, int64_t lo, int64_t hi, const st
   TTQ_INPUT_CHECK(j.contains(key) && j[key].is_number_integer())
       << where << ": \"" << key << "\" missing or not an integer";
   const int64_t v = j[key].get<int64_t>();
-  TTQ_INPUT_CHECK(v >= lo && v <= hi) << where << ": \"" << key << "\" = " << v << " outside [" << lo << ", "
-                                      << hi << "]";
+  TTQ_INPUT_CHECK(v >= lo && v <= hi)
+      << where << ": \"" << key << "\" = " << v << " outside [" << lo << ", " << hi << "]";
   return v;
 }
 double get_num(const json& j, const char* key, double lo, double hi, const std::string& where) {
-  TTQ_INPUT_CHECK(j.contains(key) && j[key].is_number()) << where << ": \"" << key << "\" missing or not a number";
+  TTQ_INPUT_CHECK(j.contains(key) && j[key].is_number())
+      << where << ": \"" << key << "\" missing or not a number";
   const double v = j[key].get<double>();
   TTQ_INPUT_CHECK(std::isfinite(v) && v >= lo && v <= hi)
       << where << ": \"" << key << "\" = " << v << " outside [" << lo << ", " << hi << "]";
   return v;
 }
 bool get_bool(const json& j, const char* key, const std::string& where) {
-  TTQ_INPUT_CHECK(j.contains(key) && j[key].is_boolean()) << where << ": \"" << key << "\" missing or not a boolean";
+  TTQ_INPUT_CHECK(j.contains(key) && j[key].is_boolean())
+      << where << ": \"" << key << "\" missing or not a boolean";
   return j[key].get<bool>();
 }
 std::string get_str(const json& j, const char* key, const std::string& where) {
-  TTQ_INPUT_CHECK(j.contains(key) && j[key].is_string()) << where << ": \"" << key << "\" missing or not a string";
+  TTQ_INPUT_CHECK(j.contains(key) && j[key].is_string())
+      << where << ": \"" << key << "\" missing or not a string";
   return j[key].get<std::string>();
 }
 
@@ -81,13 +84,16 @@ Graph build(const json& doc, const std::string& source, int64_t in_channels, int
       in.push_back(static_cast<int>(x.get<int64_t>()));
     }
     const size_t arity = kind == NodeKind::Concat ? in.size() : kind == NodeKind::Add ? 2 : 1;
-    TTQ_INPUT_CHECK(in.size() == arity) << where << ": " << in.size() << " inputs for a " << node_kind_name(kind);
+    TTQ_INPUT_CHECK(in.size() == arity)
+        << where << ": " << in.size() << " inputs for a " << node_kind_name(kind);
     const Node& src = g.node(in[0]);
     auto need_rank = [&](int rank) {
       TTQ_INPUT_CHECK(src.rank == rank) << where << ": a " << node_kind_name(kind) << " reads a rank-"
                                         << src.rank << " value, expected rank " << rank;
     };
-    auto need_name = [&] { TTQ_INPUT_CHECK(!name.empty()) << where << ": a " << node_kind_name(kind) << " needs a name"; };
+    auto need_name = [&] {
+      TTQ_INPUT_CHECK(!name.empty()) << where << ": a " << node_kind_name(kind) << " needs a name";
+    };
     switch (kind) {
       case NodeKind::Input: break;
       case NodeKind::Conv2d: {
@@ -151,7 +157,8 @@ Graph build(const json& doc, const std::string& source, int64_t in_channels, int
         TTQ_INPUT_CHECK(src.channels >= 1) << where << ": a Linear after a flatten of unknown size";
         int64_t out = get_int(n, "out_features", 1, kMaxChannels * 16, where);
         if (index == classifier && classes > 0) out = classes;
-        TTQ_INPUT_CHECK(src.channels <= kMaxChannels * 1024) << where << ": " << src.channels << " input features";
+        TTQ_INPUT_CHECK(src.channels <= kMaxChannels * 1024)
+            << where << ": " << src.channels << " input features";
         g.linear(in[0], name, out, get_bool(n, "bias", where));
         break;
       }
@@ -169,7 +176,8 @@ Graph build(const json& doc, const std::string& source, int64_t in_channels, int
       << source << ": the output node " << out << " is not logits [N, classes]";
   g.set_output(out);
   if (doc.contains("aliases")) {
-    TTQ_INPUT_CHECK(doc["aliases"].is_array() && doc["aliases"].size() <= 100) << source << ": bad \"aliases\"";
+    TTQ_INPUT_CHECK(doc["aliases"].is_array() && doc["aliases"].size() <= 100)
+        << source << ": bad \"aliases\"";
     for (const json& a : doc["aliases"])
       g.add_alias({get_str(a, "after_prefix", source), get_str(a, "from", source), get_str(a, "to", source)});
   }
@@ -253,8 +261,8 @@ Graph graph_from_json(const std::string& text, const std::string& source, const 
   }
   TTQ_INPUT_CHECK(doc.is_object() && doc.value("format", "") == "ttq-graph")
       << source << ": not a graph description (format ttq-graph)";
-  TTQ_INPUT_CHECK(doc.value("version", 0) == 1) << source << ": graph description version "
-                                                 << doc.value("version", 0) << ", this build reads 1";
+  TTQ_INPUT_CHECK(doc.value("version", 0) == 1)
+      << source << ": graph description version " << doc.value("version", 0) << ", this build reads 1";
   const int64_t stored_in = get_int(doc, "in_channels", 1, kMaxInChannels, source);
   try {
     Graph g = build(doc, source, stored_in, 0, -1, -1);
@@ -263,9 +271,9 @@ Graph graph_from_json(const std::string& text, const std::string& source, const 
     int classifier = -1;
     if (want_cls != g.num_classes()) {
       const auto cls = g.classifiers();
-      TTQ_INPUT_CHECK(cls.size() == 1) << source << ": the graph has " << g.num_classes()
-                                       << " classes and " << cls.size()
-                                       << " classifier layers; it cannot be rebuilt for " << want_cls;
+      TTQ_INPUT_CHECK(cls.size() == 1)
+          << source << ": the graph has " << g.num_classes() << " classes and " << cls.size()
+          << " classifier layers; it cannot be rebuilt for " << want_cls;
       classifier = cls[0];
     }
     if (want_in == stored_in && classifier < 0 && config->dropout < 0) return g;
@@ -332,7 +340,8 @@ bool is_model_path(const std::string& spec) {
 std::string resolve_model(const std::string& spec, const std::string& flag) {
   if (!is_model_path(spec)) return spec;
   TTQ_INPUT_CHECK(spec.size() > 5 && spec.compare(spec.size() - 5, 5, ".onnx") == 0)
-      << flag << " " << spec << ": a model file must be an ONNX file (.onnx); checkpoints go to --init / --weights";
+      << flag << " " << spec
+      << ": a model file must be an ONNX file (.onnx); checkpoints go to --init / --weights";
   return register_graph(import_onnx_file(spec).graph, spec);
 }
 

@@ -24,7 +24,8 @@ std::string graph_to_json(const Graph& g);
 // every Dropout's probability. Every defect (bad JSON, an unknown op, an index
 // out of range, an attribute out of bounds, channels that do not fit, a graph too
 // large) is one ttq::InputError prefixed by `source`.
-Graph graph_from_json(const std::string& json, const std::string& source, const ModelConfig* config = nullptr);
+Graph graph_from_json(const std::string& json, const std::string& source,
+                      const ModelConfig* config = nullptr);
 
 // Registers `g` as an architecture under g.arch() (a builder that rebuilds it for
 // each config, as graph_from_json does) and returns the name. Registering the same

@@ -35,7 +35,8 @@
 namespace ttq::models {
 
 std::string onnx_supported_ops() {
-  return "Conv, BatchNormalization, Relu, Clip (min 0), MaxPool, AveragePool, GlobalAveragePool, Concat, Add, "
+  return "Conv, BatchNormalization, Relu, Clip (min 0), MaxPool, AveragePool, GlobalAveragePool, Concat, "
+         "Add, "
          "Gemm, MatMul (+ Add), Flatten, Reshape, Dropout, Identity, Pad (zero), Constant, Shape, Gather, "
          "Unsqueeze, Cast";
 }
@@ -44,15 +45,18 @@ std::string onnx_supported_ops() {
 
 bool onnx_available() { return false; }
 OnnxImport import_onnx(const void*, size_t, const std::string& source, const std::string&) {
-  TTQ_INPUT_ERROR() << source << ": this build reads no ONNX (libonnx-dev and libprotobuf-dev were not found "
-                                 "when it was configured)";
+  TTQ_INPUT_ERROR() << source
+                    << ": this build reads no ONNX (libonnx-dev and libprotobuf-dev were not found "
+                       "when it was configured)";
 }
 OnnxImport import_onnx_file(const std::string& path) { return import_onnx(nullptr, 0, path, ""); }
 std::string export_onnx(const Graph&, const io::NamedTensors&, int64_t, int64_t) {
-  TTQ_INPUT_ERROR() << "this build writes no ONNX (libonnx-dev and libprotobuf-dev were not found when it was "
-                       "configured)";
+  TTQ_INPUT_ERROR()
+      << "this build writes no ONNX (libonnx-dev and libprotobuf-dev were not found when it was "
+         "configured)";
 }
-void write_onnx_file(const std::string& path, const Graph& g, const io::NamedTensors& t, int64_t h, int64_t w) {
+void write_onnx_file(const std::string& path, const Graph& g, const io::NamedTensors& t, int64_t h,
+                     int64_t w) {
   (void)path;
   (void)export_onnx(g, t, h, w);
 }
@@ -82,8 +86,8 @@ struct Const {
 // What an ONNX value is during the walk.
 struct Value {
   enum Kind { None, Node, Constant, ShapeVec, Unsupported } kind = None;
-  int node = -1;   // Node: the graph node
-  Shape shape;     // Node: the ONNX shape for N = 1 ([1, C, H, W] or [1, F]; [1, C, 1, 1] after a global pool)
+  int node = -1;  // Node: the graph node
+  Shape shape;    // Node: the ONNX shape for N = 1 ([1, C, H, W] or [1, F]; [1, C, 1, 1] after a global pool)
   std::shared_ptr<const Const> c;
   std::vector<int64_t> dims;  // ShapeVec: the values, -1 for the batch size
   std::string why;            // Unsupported
@@ -127,8 +131,8 @@ class Importer {
   Graph m_graph;
   std::map<std::string, Value> m_values;
   std::map<std::string, const onnx::TensorProto*> m_inits;
-  std::map<std::string, std::vector<int>> m_readers;  // value -> nodes reading it
-  std::set<int> m_done;                               // nodes folded into an earlier one
+  std::map<std::string, std::vector<int> > m_readers;  // value -> nodes reading it
+  std::set<int> m_done;                                // nodes folded into an earlier one
   std::set<std::string> m_module_names;
   std::map<std::string, int> m_op_count;
   io::NamedTensors m_tensors;
@@ -142,7 +146,8 @@ class Importer {
       if (o.domain().empty() || o.domain() == "ai.onnx") m_opset = o.version();
     if (m_opset == 0) fail("no ONNX opset (opset_import names no default domain)");
     if (m_opset < 7 || m_opset > 21)
-      fail("opset " + std::to_string(m_opset) + " is outside the supported 7 to 21 (torch.onnx emits 9 to 17)");
+      fail("opset " + std::to_string(m_opset) +
+           " is outside the supported 7 to 21 (torch.onnx emits 9 to 17)");
     if (g.node_size() > kMaxNodes) fail(std::to_string(g.node_size()) + " nodes (at most 100000)");
     if (g.node_size() == 0) fail("the graph has no nodes");
   }
@@ -167,7 +172,8 @@ class Importer {
     c->dims = checked_dims(t, what);
     const int64_t n = shape_numel(c->dims);
     if (t.data_location() == onnx::TensorProto::EXTERNAL || t.external_data_size() > 0)
-      fail(what + " keeps its data in an external file, which is not read (save the model with its data inside)");
+      fail(what +
+           " keeps its data in an external file, which is not read (save the model with its data inside)");
     const bool raw = t.has_raw_data();
     auto size_ok = [&](int64_t have, int64_t elem) {
       if (have != n * elem)
@@ -258,7 +264,7 @@ class Importer {
       }
     }
     std::vector<int> pending(static_cast<size_t>(g.node_size()), 0);
-    std::vector<std::vector<int>> next(static_cast<size_t>(g.node_size()));
+    std::vector<std::vector<int> > next(static_cast<size_t>(g.node_size()));
     for (int i = 0; i < g.node_size(); ++i) {
       const auto& n = g.node(i);
       for (const auto& in : n.input()) {
@@ -288,7 +294,8 @@ class Importer {
     }
     if (order.size() != static_cast<size_t>(g.node_size())) {
       for (int i = 0; i < g.node_size(); ++i)
-        if (pending[static_cast<size_t>(i)] > 0) fail(op_str(g.node(i), i) + " is on a cycle: the graph is not acyclic");
+        if (pending[static_cast<size_t>(i)] > 0)
+          fail(op_str(g.node(i), i) + " is on a cycle: the graph is not acyclic");
     }
     for (const auto& o : g.output())
       if (!producer.count(o.name()) && !defined.count(o.name()))
@@ -300,8 +307,9 @@ class Importer {
     const onnx::ValueInfoProto* input = nullptr;
     for (const auto& in : g.input()) {
       if (m_inits.count(in.name())) continue;  // an initializer listed as an input
-      if (input) fail("the graph has more than one input (" + io::quoted_name(input->name()) + ", " +
-                      io::quoted_name(in.name()) + "); one image batch is supported");
+      if (input)
+        fail("the graph has more than one input (" + io::quoted_name(input->name()) + ", " +
+             io::quoted_name(in.name()) + "); one image batch is supported");
       input = &in;
     }
     if (!input) fail("the graph has no input");
@@ -391,7 +399,8 @@ class Importer {
       if (!n.output(k).empty()) {
         Value u;
         u.kind = Value::Unsupported;
-        u.why = "it reads output " + std::to_string(k) + " of a " + n.op_type() + " node, which is not supported";
+        u.why =
+            "it reads output " + std::to_string(k) + " of a " + n.op_type() + " node, which is not supported";
         m_values[n.output(k)] = u;
       }
   }
@@ -410,15 +419,16 @@ class Importer {
       if (!ok) {
         std::string list;
         for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
-        fail(op_str(n, i) + ": attribute '" + a.name() + "' is not supported (supported: " +
-             (list.empty() ? "none" : list) + ")");
+        fail(op_str(n, i) + ": attribute '" + a.name() +
+             "' is not supported (supported: " + (list.empty() ? "none" : list) + ")");
       }
     }
   }
   int64_t int_attr(const onnx::NodeProto& n, int i, const char* name, int64_t dflt, int64_t lo, int64_t hi) {
     const auto* a = attr(n, name);
     if (!a) return dflt;
-    if (a->type() != onnx::AttributeProto::INT) fail(op_str(n, i) + ": attribute '" + name + "' is not an int");
+    if (a->type() != onnx::AttributeProto::INT)
+      fail(op_str(n, i) + ": attribute '" + name + "' is not an int");
     if (a->i() < lo || a->i() > hi)
       fail(op_str(n, i) + ": attribute '" + name + "' = " + std::to_string(a->i()) + " outside [" +
            std::to_string(lo) + ", " + std::to_string(hi) + "]");
@@ -444,8 +454,8 @@ class Importer {
     const std::vector<int64_t> v = ints_attr(n, i, name);
     if (v.empty()) return dflt;
     if (static_cast<int>(v.size()) != count)
-      fail(op_str(n, i) + ": attribute '" + name + "' has " + std::to_string(v.size()) + " values, expected " +
-           std::to_string(count) + " (2-D only)");
+      fail(op_str(n, i) + ": attribute '" + name + "' has " + std::to_string(v.size()) +
+           " values, expected " + std::to_string(count) + " (2-D only)");
     for (int64_t x : v) {
       if (x != v[0])
         fail(op_str(n, i) + ": attribute '" + name +
@@ -509,7 +519,8 @@ class Importer {
     TTQ_CHECK(shape_numel(shape) == static_cast<int64_t>(data.size())) << name;
     m_tensors.emplace_back(name, Tensor::from_vector(data, shape));
   }
-  void check_shape(const onnx::NodeProto& n, int i, const Const& c, const Shape& want, const std::string& role) {
+  void check_shape(const onnx::NodeProto& n, int i, const Const& c, const Shape& want,
+                   const std::string& role) {
     if (c.is_int || c.dims != want)
       fail(op_str(n, i) + ": its " + role + " " + io::quoted_name(c.name) + " is " + shape_str(c.dims) +
            (c.is_int ? " (integer)" : "") + ", expected float " + shape_str(want));
@@ -523,8 +534,8 @@ class Importer {
   void node(int i) {
     const onnx::NodeProto& n = g.node(i);
     if (!n.domain().empty() && n.domain() != "ai.onnx")
-      fail(op_str(n, i) + ": operator domain '" + n.domain() + "' is not supported (supported operators: " +
-           onnx_supported_ops() + ")");
+      fail(op_str(n, i) + ": operator domain '" + n.domain() +
+           "' is not supported (supported operators: " + onnx_supported_ops() + ")");
     if (n.output_size() < 1 || n.output(0).empty()) fail(op_str(n, i) + " has no output");
     const std::string& op = n.op_type();
     if (op == "Conv") return conv(n, i);
@@ -583,7 +594,8 @@ class Importer {
     Value& x = tensor_in(n, i, 0);
     const Const& w = const_in(n, i, 1, "weight");
     if (x.shape.size() != 4) fail(op_str(n, i) + " reads a value that is not [N, C, H, W]");
-    if (w.is_int || w.dims.size() != 4) fail(op_str(n, i) + ": only 2-D convolutions with a float weight [O, I, k, k] are supported");
+    if (w.is_int || w.dims.size() != 4)
+      fail(op_str(n, i) + ": only 2-D convolutions with a float weight [O, I, k, k] are supported");
     const int kernel = square(n, i, "kernel_shape", 2, static_cast<int>(w.dims[2]), 1);
     const int stride = square(n, i, "strides", 2, 1, 1);
     const int padding = square(n, i, "pads", 4, 0, 0);
@@ -591,19 +603,22 @@ class Importer {
     const int64_t groups = int_attr(n, i, "group", 1, 1, 1 << 16);
     const int64_t cin = x.shape[1], cout = w.dims[0];
     if (w.dims[2] != w.dims[3] || w.dims[2] != kernel)
-      fail(op_str(n, i) + ": weight " + shape_str(w.dims) + " is not a square kernel of " + std::to_string(kernel));
+      fail(op_str(n, i) + ": weight " + shape_str(w.dims) + " is not a square kernel of " +
+           std::to_string(kernel));
     if (cin % groups != 0 || cout % groups != 0 || cout < 1 || w.dims[1] * groups != cin)
       fail(op_str(n, i) + ": weight " + shape_str(w.dims) + " does not fit " + std::to_string(cin) +
            " input channels in " + std::to_string(groups) + " groups");
     const int64_t ho = window_out(x.shape[2], kernel, stride, padding, dilation, false);
     const int64_t wo = window_out(x.shape[3], kernel, stride, padding, dilation, false);
-    if (ho < 1 || wo < 1) fail(op_str(n, i) + ": its window does not fit its " + shape_str(x.shape) + " input");
+    if (ho < 1 || wo < 1)
+      fail(op_str(n, i) + ": its window does not fit its " + shape_str(x.shape) + " input");
     const bool bias = has_input(n, 2);
     const Const* b = bias ? &const_in(n, i, 2, "bias") : nullptr;
     if (b) check_shape(n, i, *b, {cout}, "bias");
     if (!all_finite(w) || (b && !all_finite(*b))) fail(op_str(n, i) + ": its weights are not all finite");
     const std::string name = module_name(n, i, n.input(1));
-    const int id = m_graph.conv(x.node, name, cout, kernel, stride, padding, bias, static_cast<int>(groups), dilation);
+    const int id =
+        m_graph.conv(x.node, name, cout, kernel, stride, padding, bias, static_cast<int>(groups), dilation);
     param(name + ".weight", w.dims, w.f);
     if (b) param(name + ".bias", b->dims, b->f);
     set(n, id, {1, cout, ho, wo});
@@ -665,7 +680,8 @@ class Importer {
   void pool(const onnx::NodeProto& n, int i) {
     const bool max = n.op_type() == "MaxPool";
     if (max)
-      only_attrs(n, i, {"kernel_shape", "strides", "pads", "ceil_mode", "dilations", "storage_order", "auto_pad"});
+      only_attrs(n, i,
+                 {"kernel_shape", "strides", "pads", "ceil_mode", "dilations", "storage_order", "auto_pad"});
     else
       only_attrs(n, i, {"kernel_shape", "strides", "pads", "ceil_mode", "count_include_pad", "auto_pad"});
     no_auto_pad(n, i);
@@ -676,15 +692,19 @@ class Importer {
     const int kernel = square(n, i, "kernel_shape", 2, 1, 1);
     const int stride = square(n, i, "strides", 2, 1, 1);
     const int padding = square(n, i, "pads", 4, 0, 0);
-    if (max && square(n, i, "dilations", 2, 1, 1) != 1) fail(op_str(n, i) + ": dilated pooling is not supported");
-    if (max && int_attr(n, i, "storage_order", 0, 0, 1) != 0) fail(op_str(n, i) + ": storage_order 1 is not supported");
+    if (max && square(n, i, "dilations", 2, 1, 1) != 1)
+      fail(op_str(n, i) + ": dilated pooling is not supported");
+    if (max && int_attr(n, i, "storage_order", 0, 0, 1) != 0)
+      fail(op_str(n, i) + ": storage_order 1 is not supported");
     const bool ceil = int_attr(n, i, "ceil_mode", 0, 0, 1) != 0;
     const bool include_pad = !max && int_attr(n, i, "count_include_pad", 0, 0, 1) != 0;
     if (2 * padding > kernel)
-      fail(op_str(n, i) + ": padding " + std::to_string(padding) + " is over half the kernel " + std::to_string(kernel));
+      fail(op_str(n, i) + ": padding " + std::to_string(padding) + " is over half the kernel " +
+           std::to_string(kernel));
     const int64_t ho = window_out(x.shape[2], kernel, stride, padding, 1, ceil);
     const int64_t wo = window_out(x.shape[3], kernel, stride, padding, 1, ceil);
-    if (ho < 1 || wo < 1) fail(op_str(n, i) + ": its window does not fit its " + shape_str(x.shape) + " input");
+    if (ho < 1 || wo < 1)
+      fail(op_str(n, i) + ": its window does not fit its " + shape_str(x.shape) + " input");
     // ONNX pools over padding that PyTorch's ceil_mode window would not see the
     // same way only when the last window starts in the right padding; torch's
     // rule (window_out) is what the graph runs.
@@ -699,7 +719,8 @@ class Importer {
     if (n.input_size() < 1) fail(op_str(n, i) + " has no inputs");
     const Value& first = value(n, i, 0);
     if (first.kind == Value::ShapeVec || first.kind == Value::Constant) return shape_op(n, i);
-    if (axis != 1 && axis != -3) fail(op_str(n, i) + ": only concatenation along channels (axis 1) is supported");
+    if (axis != 1 && axis != -3)
+      fail(op_str(n, i) + ": only concatenation along channels (axis 1) is supported");
     std::vector<int> xs;
     Shape s = first.shape;
     if (s.size() != 4) fail(op_str(n, i) + " reads a value that is not [N, C, H, W]");
@@ -707,8 +728,8 @@ class Importer {
     for (int k = 0; k < n.input_size(); ++k) {
       Value& x = tensor_in(n, i, k);
       if (x.shape.size() != 4 || x.shape[2] != s[2] || x.shape[3] != s[3] || m_graph.node(x.node).rank != 4)
-        fail(op_str(n, i) + ": input " + std::to_string(k) + " is " + shape_str(x.shape) +
-             ", not [N, C, " + std::to_string(s[2]) + ", " + std::to_string(s[3]) + "]");
+        fail(op_str(n, i) + ": input " + std::to_string(k) + " is " + shape_str(x.shape) + ", not [N, C, " +
+             std::to_string(s[2]) + ", " + std::to_string(s[3]) + "]");
       xs.push_back(x.node);
       s[1] += x.shape[1];
     }
@@ -720,8 +741,9 @@ class Importer {
     Value& a = value(n, i, 0);
     Value& b = value(n, i, 1);
     if (a.kind != Value::Node || b.kind != Value::Node)
-      fail(op_str(n, i) + ": only the sum of two computed values of one shape is supported (a bias add "
-                          "follows a MatMul)");
+      fail(op_str(n, i) +
+           ": only the sum of two computed values of one shape is supported (a bias add "
+           "follows a MatMul)");
     if (a.shape != b.shape || m_graph.node(a.node).rank != m_graph.node(b.node).rank)
       fail(op_str(n, i) + ": adds " + shape_str(a.shape) + " and " + shape_str(b.shape) +
            "; broadcasting is not supported");
@@ -752,9 +774,9 @@ class Importer {
     const int64_t f = shape_numel(x.shape);
     // [batch, -1] or [batch, F], batch spelled -1 (from Shape), 0 or 1 (a batch of 1 exported).
     const bool ok = dims.size() == 2 && (dims[0] == -1 || dims[0] == 0 || dims[0] == 1) &&
-                    (dims[1] == -1 || dims[1] == f) && !(dims[0] == -1 && dims[1] == -1 && s.kind == Value::Constant);
-    if (!ok)
-      fail(op_str(n, i) + ": only a reshape of the classifier input to [N, features] is supported");
+                    (dims[1] == -1 || dims[1] == f) &&
+                    !(dims[0] == -1 && dims[1] == -1 && s.kind == Value::Constant);
+    if (!ok) fail(op_str(n, i) + ": only a reshape of the classifier input to [N, features] is supported");
     flatten(n, i, x);
   }
 
@@ -831,7 +853,8 @@ class Importer {
 
   // Linear from A [N, in] and a weight in PyTorch's [out, in] layout.
   void linear(const onnx::NodeProto& n, int i, const Value& a, std::vector<float> w, int64_t out, int64_t in,
-              const std::vector<float>* bias, const std::string& weight_name, const onnx::NodeProto* bias_node) {
+              const std::vector<float>* bias, const std::string& weight_name,
+              const onnx::NodeProto* bias_node) {
     if (m_graph.node(a.node).rank != 2 || a.shape.size() != 2)
       fail(op_str(n, i) + " reads a value that is not [N, features] (flatten it first)");
     if (a.shape[1] != in)
@@ -881,14 +904,16 @@ class Importer {
     if (out < 1 || in < 1) fail(op_str(n, i) + ": empty weight");
     std::vector<float> w(static_cast<size_t>(out * in));
     for (int64_t o = 0; o < out; ++o)
-      for (int64_t k = 0; k < in; ++k) w[static_cast<size_t>(o * in + k)] = b.f[static_cast<size_t>(k * out + o)];
+      for (int64_t k = 0; k < in; ++k)
+        w[static_cast<size_t>(o * in + k)] = b.f[static_cast<size_t>(k * out + o)];
     // A bias Add that is the product's only reader joins the Linear.
     const auto& rd = m_readers[n.output(0)];
     if (rd.size() == 1 && g.node(rd[0]).op_type() == "Add") {
       const int j = rd[0];
       const auto& add_node = g.node(j);
       const int other = add_node.input_size() == 2 && add_node.input(0) == n.output(0) ? 1 : 0;
-      if (add_node.input_size() == 2 && m_inits.count(add_node.input(other)) && add_node.input(1 - other) == n.output(0)) {
+      if (add_node.input_size() == 2 && m_inits.count(add_node.input(other)) &&
+          add_node.input(1 - other) == n.output(0)) {
         const Const& c = const_in(add_node, j, other, "bias");
         if (!c.is_int && c.numel() == out && (c.dims == Shape{out} || c.dims == Shape{1, out})) {
           m_done.insert(j);
@@ -900,7 +925,8 @@ class Importer {
   }
 
   OnnxImport finish() {
-    if (g.output_size() != 1) fail("the graph has " + std::to_string(g.output_size()) + " outputs; one (the logits) is supported");
+    if (g.output_size() != 1)
+      fail("the graph has " + std::to_string(g.output_size()) + " outputs; one (the logits) is supported");
     auto it = m_values.find(g.output(0).name());
     if (it == m_values.end() || it->second.kind != Value::Node)
       fail("the graph output " + io::quoted_name(g.output(0).name()) + " is not computed from the input");
@@ -908,7 +934,8 @@ class Importer {
     if (m_graph.node(v.node).rank != 2 || v.shape.size() != 2)
       fail("the graph output " + io::quoted_name(g.output(0).name()) + " is " + shape_str(v.shape) +
            ", not logits [N, classes]");
-    if (v.shape[1] < 1 || v.shape[1] > kMaxClasses) fail("the graph has " + std::to_string(v.shape[1]) + " classes");
+    if (v.shape[1] < 1 || v.shape[1] > kMaxClasses)
+      fail("the graph has " + std::to_string(v.shape[1]) + " classes");
     m_graph.set_output(v.node);
     if (m_graph.first_layers().empty()) fail("the graph has no convolution reading the input");
     const int64_t h = m_out.input_h ? m_out.input_h : 224, w = m_out.input_w ? m_out.input_w : 224;
@@ -943,7 +970,8 @@ OnnxImport import_onnx(const void* data, size_t size, const std::string& source,
   if (size > kMaxFileBytes) TTQ_INPUT_ERROR() << source << ": larger than 2 GiB (protobuf's limit)";
   onnx::ModelProto model;
   if (!model.ParseFromArray(data, static_cast<int>(size)))
-    TTQ_INPUT_ERROR() << source << ": not an ONNX model (the protobuf does not parse: truncated or another format)";
+    TTQ_INPUT_ERROR() << source
+                      << ": not an ONNX model (the protobuf does not parse: truncated or another format)";
   if (!model.has_graph()) TTQ_INPUT_ERROR() << source << ": the ONNX model has no graph";
   try {
     return Importer(model, source, arch.empty() ? "onnx" : arch).run();
@@ -1020,7 +1048,8 @@ std::string export_onnx(const Graph& gr, const io::NamedTensors& tensors, int64_
   g->set_name(gr.arch());
   for (const auto& [name, shape] : gr.state_shapes()) {
     auto it = by_name.find(name);
-    TTQ_INPUT_CHECK(it != by_name.end()) << gr.arch() << ": no tensor " << io::quoted_name(name) << " to export";
+    TTQ_INPUT_CHECK(it != by_name.end())
+        << gr.arch() << ": no tensor " << io::quoted_name(name) << " to export";
     TTQ_INPUT_CHECK(it->second.shape() == shape)
         << gr.arch() << ": tensor " << io::quoted_name(name) << " is " << shape_str(it->second.shape())
         << ", expected " << shape_str(shape);
@@ -1057,7 +1086,8 @@ std::string export_onnx(const Graph& gr, const io::NamedTensors& tensors, int64_
       case NodeKind::ReLU: n->set_op_type("Relu"); break;
       case NodeKind::Clip: {
         n->set_op_type("Clip");
-        const std::string lo = "clip_" + std::to_string(i) + "_min", hi = "clip_" + std::to_string(i) + "_max";
+        const std::string lo = "clip_" + std::to_string(i) + "_min",
+                          hi = "clip_" + std::to_string(i) + "_max";
         add_initializer(g, lo, Tensor::scalar(0.0));
         add_initializer(g, hi, Tensor::scalar(nd.clip_max));
         n->add_input(lo);
