@@ -6,6 +6,7 @@
 #include <set>
 
 #include "engine/ops/ops.h"
+#include "models/graph_io.h"
 
 namespace ttq::models {
 
@@ -248,7 +249,10 @@ void load_weights(Model& model, const std::string& path, const LoadOptions& opti
 
 ModelConfig config_from_weights(const std::string& arch, const io::NamedTensors& tensors,
                                 const std::string& source, ModelConfig base) {
-  const Graph g = build_graph(arch, base);
+  // A graph registered from a file (models/graph_io.h) as it was stored: a default
+  // config may not fit it (a grouped first conv, a fixed input).
+  const std::string stored = registered_graph_json(arch);
+  const Graph g = stored.empty() ? build_graph(arch, base) : graph_from_json(stored, source);
   const std::string conv_name = g.node(g.first_layers().front()).name + ".weight";
   const std::string cls_name = g.node(g.classifiers().back()).name + ".weight";
   const Tensor* conv = nullptr;

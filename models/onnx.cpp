@@ -564,15 +564,8 @@ class Importer {
       return flatten(n, i, tensor_in(n, i, 0));
     }
     if (op == "Reshape") return reshape(n, i);
-    if (op == "Dropout" || op == "Identity") {
-      Value& x = value(n, i, 0);
-      if (op == "Dropout" && has_input(n, 2)) {
-        const Const& t = const_in(n, i, 2, "training_mode");
-        if (t.numel() != 1 || (t.is_int ? t.i[0] != 0 : t.f[0] != 0))
-          fail(op_str(n, i) + ": training_mode must be false (export the model in eval mode)");
-      }
-      return alias(n, x);
-    }
+    if (op == "Identity") return alias(n, value(n, i, 0));
+    if (op == "Dropout") return dropout(n, i);
     if (op == "Pad") return pad(n, i);
     if (op == "Constant") return constant(n, i);
     if (op == "Shape") {
@@ -624,10 +617,12 @@ class Importer {
     set(n, id, {1, cout, ho, wo});
   }
 
+  // A training-mode export (torch.onnx TrainingMode.TRAINING: extra outputs, or
+  // training_mode = 1) reads the same: the graph's BatchNorm2d trains with batch
+  // statistics and infers with the running ones.
   void batch_norm(const onnx::NodeProto& n, int i) {
     only_attrs(n, i, {"epsilon", "momentum", "training_mode", "spatial"});
-    if (int_attr(n, i, "training_mode", 0, 0, 1) != 0)
-      fail(op_str(n, i) + ": training_mode = 1 (export the model in eval mode)");
+    (void)int_attr(n, i, "training_mode", 0, 0, 1);
     if (int_attr(n, i, "spatial", 1, 0, 1) != 1) fail(op_str(n, i) + ": spatial = 0 is not supported");
     Value& x = tensor_in(n, i, 0);
     if (x.shape.size() != 4) fail(op_str(n, i) + " reads a value that is not [N, C, H, W]");
@@ -778,6 +773,30 @@ class Importer {
                     !(dims[0] == -1 && dims[1] == -1 && s.kind == Value::Constant);
     if (!ok) fail(op_str(n, i) + ": only a reshape of the classifier input to [N, features] is supported");
     flatten(n, i, x);
+  }
+
+  // Eval mode (no training_mode, or false): the identity. A training-mode export
+  // keeps its ratio as the graph's Dropout probability.
+  void dropout(const onnx::NodeProto& n, int i) {
+    only_attrs(n, i, {"ratio", "seed", "is_test"});
+    Value& x = value(n, i, 0);
+    bool training = false;
+    if (has_input(n, 2)) {
+      const Const& t = const_in(n, i, 2, "training_mode");
+      if (t.numel() != 1) fail(op_str(n, i) + ": training_mode is not a scalar");
+      training = t.is_int ? t.i[0] != 0 : t.f[0] != 0;
+    }
+    if (!training) return alias(n, x);
+    if (x.kind != Value::Node) fail(op_str(n, i) + " reads a constant");
+    float ratio = float_attr(n, i, "ratio", 0.5f);
+    if (has_input(n, 1)) {
+      const Const& r = const_in(n, i, 1, "ratio");
+      if (r.numel() != 1 || r.is_int) fail(op_str(n, i) + ": ratio is not a float scalar");
+      ratio = r.f[0];
+    }
+    if (!(ratio >= 0 && ratio < 1))
+      fail(op_str(n, i) + ": ratio " + std::to_string(ratio) + " outside [0, 1)");
+    set(n, m_graph.dropout(x.node, ratio), x.shape);
   }
 
   void pad(const onnx::NodeProto& n, int i) {

@@ -11,6 +11,7 @@
 
 #include "engine/autograd.h"
 #include "engine/io/safetensors.h"
+#include "engine/ops/ops.h"
 #include "models/graph_io.h"
 #include "models/model_file.h"
 #include "models/onnx.h"
@@ -61,6 +62,30 @@ TEST_P(OnnxTorchvision, LogitsMatchPyTorch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, OnnxTorchvision, testing::ValuesIn(test::all_devices()), test::device_name);
+
+// A network exported in training mode (BN kept) trains as in PyTorch: one
+// training-mode forward (batch statistics) and backward of sum(logits * r) give
+// PyTorch's logits and the gradient of every parameter.
+TEST_P(OnnxTorchvision, TrainingStepMatchesPyTorch) {
+  const Device dev = GetParam();
+  TTQ_SKIP_IF_NO_DEVICE(dev);
+  SKIP_WITHOUT_FIXTURES("fmnist_cnn_train");
+  const io::SafeTensors io = io::read_safetensors(kDir + "/fmnist_cnn_train_io.safetensors");
+  auto model = models::load_model_file(kDir + "/fmnist_cnn_train.onnx", "", Device::cpu());
+  model->to(dev);
+  model->train();
+  const Tensor logits = model->forward(io.at("input").to(dev));
+  EXPECT_LT(test::max_rel_error(logits.to(Device::cpu()), io.at("logits")), 1e-5);
+  ops::sum(ops::mul(logits, io.at("r").to(dev))).backward();
+  int checked = 0;
+  for (auto& [name, p] : model->named_parameters()) {
+    const Tensor g = p->grad().to(Device::cpu());
+    const double rel = test::max_rel_error(g, io.at("grad." + name));
+    EXPECT_LT(rel, 1e-4) << name << " on " << dev.str();
+    ++checked;
+  }
+  EXPECT_EQ(checked, 17);  // 5 convs, 5 BNs (weight, bias), the classifier (weight, bias)
+}
 
 // Import -> export -> import: the same graph description and the same logits, bit for bit.
 TEST(OnnxTorchvisionRoundTrip, ExportThenImportGivesTheSameLogits) {

@@ -7,9 +7,13 @@ Writes, for ResNet-18, SqueezeNet 1.1, DenseNet-121 and MobileNetV2 (random
 initialisation, seed 0, 10 classes; BatchNorm statistics set to random values so
 that they matter), OUT_DIR/<name>.onnx exported by torch.onnx (opset 13, eval
 mode, PyTorch's default constant folding: BN folded into the convs where it
-follows one), plus resnet18_bn.onnx exported without constant folding (BN kept,
-initializers under the state-dict names), and OUT_DIR/<name>_io.safetensors with
-a random input [2, 3, 64, 64] ("input") and PyTorch's logits ("logits").
+follows one), plus resnet18_bn.onnx exported in training mode (BN kept,
+initializers under the state-dict names: how a network is brought to train), and OUT_DIR/<name>_io.safetensors with
+a random input [2, 3, 64, 64] ("input") and PyTorch's logits ("logits"); and
+the whole-path CNN (examples/fmnist_cnn.py) exported in training mode as
+fmnist_cnn_train.onnx with one training-mode forward and backward in
+fmnist_cnn_train_io.safetensors: "input" [8, 1, 28, 28], "r" [8, 10], "logits",
+and "grad.<parameter>" of sum(logits * r).
 Exit code 77 (ctest: skipped) when torch or torchvision cannot be imported; the
 tests then skip too. Debian's python3-torch / python3-torchvision (torch 1.13).
 """
@@ -70,12 +74,35 @@ def main():
         with torch.no_grad():
             logits = model(x)
         path = os.path.join(out, name + ".onnx")
-        torch.onnx.export(model, x[:1], path + ".tmp", opset_version=13, do_constant_folding=fold,
+        mode = torch.onnx.TrainingMode.EVAL if fold else torch.onnx.TrainingMode.TRAINING
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        torch.onnx.export(model, x, path + ".tmp", opset_version=13, do_constant_folding=fold, training=mode,
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        model.load_state_dict(state)  # a training-mode trace may update BN statistics
         os.replace(path + ".tmp", path)
         write_safetensors(os.path.join(out, name + "_io.safetensors"), {"input": x, "logits": logits})
         print("wrote", path)
+
+    # A training step of the whole-path CNN: logits and gradients in train mode.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples"))
+    from fmnist_cnn import FmnistCnn
+    torch.manual_seed(10)
+    model = FmnistCnn()
+    path = os.path.join(out, "fmnist_cnn_train.onnx")
+    torch.onnx.export(model, torch.zeros(2, 1, 28, 28), path + ".tmp", opset_version=13, do_constant_folding=False,
+                      training=torch.onnx.TrainingMode.TRAINING, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    os.replace(path + ".tmp", path)
+    model.train()
+    x, r = torch.randn(8, 1, 28, 28), torch.randn(8, 10)
+    logits = model(x)
+    (logits * r).sum().backward()
+    tensors = {"input": x, "r": r, "logits": logits}
+    for name, p in model.named_parameters():
+        tensors["grad." + name] = p.grad
+    write_safetensors(os.path.join(out, "fmnist_cnn_train_io.safetensors"), tensors)
+    print("wrote", path)
     return 0
 
 
