@@ -120,11 +120,13 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
                            n.conv.kernel};
       kernels::PackedConvWeight w = kernels::PackedConvWeight::from_codes(
           codes, shape, wp, wn, device, source + ": layer " + n.name, n.conv.groups);
-      if (n.conv.dilation == 1) {
+      if (n.conv.dilation == 1 && !n.conv.bias) {
         impl->packed.emplace(i, std::move(w));
       } else {
-        // The packed kernels have no dilation: the layer runs as a float conv of its ternary values.
+        // The packed kernels have no dilation and add no bias (an ONNX export folds BN into
+        // a conv's bias): the layer runs as a float conv of its ternary values.
         impl->weight[i] = w.decode().contiguous();
+        if (n.conv.bias) impl->bias[i] = host.at(n.name + ".bias").contiguous().to(device);
       }
     } else if (n.kind == NodeKind::Conv2d || n.kind == NodeKind::Linear) {
       impl->weight[i] = host.at(n.name + ".weight").contiguous().to(device);

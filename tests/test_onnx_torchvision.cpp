@@ -111,8 +111,10 @@ TEST(OnnxTorchvisionRoundTrip, ExportThenImportGivesTheSameLogits) {
 
 // An imported network with its quantizable convs made ternary ({-b, 0, +a} per
 // layer) packs to 2 bits, and the packed runner gives the float model's logits.
+// An eval-mode export folds BN into conv biases: those layers run as float convs
+// of their ternary values (the packed kernels add no bias), the others packed.
 TEST(OnnxTorchvisionPacked, TernaryImportPacksAndMatchesItsFloatModel) {
-  for (const char* net : {"squeezenet1_1"}) {
+  for (const char* net : {"resnet18", "resnet18_bn", "squeezenet1_1", "densenet121"}) {
     SKIP_WITHOUT_FIXTURES(net);
     const io::SafeTensors io = io::read_safetensors(kDir + "/" + net + "_io.safetensors");
     models::OnnxImport im = models::import_onnx_file(kDir + "/" + net + ".onnx");

@@ -69,18 +69,17 @@ def main():
                     m.running_var.uniform_(0.5, 1.5)
                     m.weight.uniform_(0.5, 1.5)
                     m.bias.uniform_(-0.2, 0.2)
-        model.eval()
         x = torch.randn(2, 3, 64, 64)
-        with torch.no_grad():
-            logits = model(x)
         path = os.path.join(out, name + ".onnx")
+        # A training-mode trace updates the BN statistics it exports: the logits come after it.
         mode = torch.onnx.TrainingMode.EVAL if fold else torch.onnx.TrainingMode.TRAINING
-        state = {k: v.clone() for k, v in model.state_dict().items()}
         torch.onnx.export(model, x, path + ".tmp", opset_version=13, do_constant_folding=fold, training=mode,
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
-        model.load_state_dict(state)  # a training-mode trace may update BN statistics
         os.replace(path + ".tmp", path)
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
         write_safetensors(os.path.join(out, name + "_io.safetensors"), {"input": x, "logits": logits})
         print("wrote", path)
 
