@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Exports torchvision networks to ONNX for tests/test_onnx_torchvision.cpp.
 
-usage: /usr/bin/python3 tests/onnx/make_fixtures.py OUT_DIR
+usage: /usr/bin/python3 tests/onnx/make_fixtures.py OUT_DIR [NAME...]
 
 Writes, for ResNet-18, SqueezeNet 1.1, DenseNet-121 and MobileNetV2 (random
 initialisation, seed 0, 10 classes; BatchNorm statistics set to random values so
@@ -14,7 +14,8 @@ the whole-path CNN (examples/fmnist_cnn.py) exported in training mode as
 fmnist_cnn_train.onnx with one training-mode forward and backward in
 fmnist_cnn_train_io.safetensors: "input" [8, 1, 28, 28], "r" [8, 10], "logits",
 and "grad.<parameter>" of sum(logits * r).
-Exit code 77 (ctest: skipped) when torch or torchvision cannot be imported; the
+NAMEs pick cases (resnet18, resnet18_bn, squeezenet1_1, densenet121,
+mobilenet_v2, fmnist_cnn_train; ctest runs one per test). Exit code 77 (ctest: skipped) when torch or torchvision cannot be imported; the
 tests then skip too. Debian's python3-torch / python3-torchvision (torch 1.13).
 """
 import json
@@ -42,9 +43,10 @@ def write_safetensors(path, tensors):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
+    wanted = set(sys.argv[2:])
     try:
         import torch
         import torchvision
@@ -60,6 +62,8 @@ def main():
              ("squeezenet1_1", "squeezenet1_1", True), ("densenet121", "densenet121", True),
              ("mobilenet_v2", "mobilenet_v2", True)]
     for i, (name, ctor, fold) in enumerate(cases):
+        if wanted and name not in wanted:
+            continue
         torch.manual_seed(i)
         model = getattr(torchvision.models, ctor)(num_classes=10)
         with torch.no_grad():
@@ -84,6 +88,8 @@ def main():
         print("wrote", path)
 
     # A training step of the whole-path CNN: logits and gradients in train mode.
+    if wanted and "fmnist_cnn_train" not in wanted:
+        return 0
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples"))
     from fmnist_cnn import FmnistCnn
     torch.manual_seed(10)
