@@ -7,6 +7,7 @@
 
 #include "data/dataset.h"
 #include "engine/io/safetensors.h"
+#include "models/graph_io.h"
 #include "models/model_file.h"
 #include "models/packed.h"
 #include "train/checkpoint.h"
@@ -23,7 +24,8 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
   check_flag_range("--workers", static_cast<int64_t>(o.workers), train::limits::kWorkers);
   TTQ_INPUT_CHECK(o.split == "val" || o.split == "test" || o.split == "all")
       << "--split: expected val, test or all, got '" << o.split << "'";
-  const io::Header h = io::read_safetensors_header(o.weights);
+  const io::Header h =
+      models::is_onnx_path(o.weights) ? io::Header{} : io::read_safetensors_header(o.weights);
   models::PackedRunOptions run_options;
   if (!o.precision.empty()) run_options.precision = models::parse_precision(o.precision, "--precision");
   TTQ_INPUT_CHECK(run_options.precision != models::Precision::Int8 || models::is_packed_file(o.weights))
@@ -76,8 +78,9 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
   };
   // Checked here so that the message names ttq_eval's flag (the loaders' name --arch).
   auto named = h.metadata.find("model");
-  TTQ_INPUT_CHECK(o.model.empty() || named == h.metadata.end() || named->second == o.model)
-      << o.weights << ": holds a " << named->second << ", not a " << o.model << " (--model)";
+  const std::string want = o.model.empty() ? "" : models::resolve_model(o.model);
+  TTQ_INPUT_CHECK(want.empty() || named == h.metadata.end() || named->second == want)
+      << o.weights << ": holds a " << named->second << ", not a " << want << " (--model)";
   data::Loader loader(eval_set, pre, train::loader_options(o.batch, o.workers, o.seed, false));
   train::EvalResult r;
   if (models::is_packed_file(o.weights)) {

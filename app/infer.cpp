@@ -195,23 +195,24 @@ struct ImageClassifier::Impl {
 
 namespace {
 
-std::unique_ptr<ImageClassifier::Impl> open_classifier(io::SafeTensors st, const std::string& source,
-                                                       const std::string& arch, const std::string& data_spec,
+std::unique_ptr<ImageClassifier::Impl> open_classifier(const models::WeightsSource& st,
+                                                       const std::string& source, const std::string& arch,
+                                                       const std::string& data_spec,
                                                        const std::string& precision) {
   auto m = std::make_unique<ImageClassifier::Impl>();
   m->source = source;
   m->arch_flag = arch;
-  const bool is_packed = st.meta("format") == models::kPackedFormat;
+  const bool is_packed = models::meta_value(st.metadata, "format") == models::kPackedFormat;
   m->run = run_options(precision, source, is_packed);
   if (is_packed) {
-    m->packed = PackedModel::from_tensors(st.tensors(), st.metadata(), arch, Device::cpu(), source, m->run);
+    m->packed = PackedModel::from_tensors(st.tensors, st.metadata, arch, Device::cpu(), source, m->run);
     m->config = m->packed->config();
-    m->packed_tensors = st.tensors();
+    m->packed_tensors = st.tensors;
   } else {
     m->model = models::load_model_tensors(st, arch, Device::cpu(), source);
     m->config = m->model->config();
   }
-  m->meta = st.metadata();
+  m->meta = st.metadata;
   m->pre = preprocess_from(m->meta, m->config, source);
   {
     const Shape in{1, m->pre.channels, m->pre.crop, m->pre.crop};
@@ -222,6 +223,8 @@ std::unique_ptr<ImageClassifier::Impl> open_classifier(io::SafeTensors st, const
   return m;
 }
 
+models::WeightsSource weights_of(const io::SafeTensors& st) { return {st.tensors(), st.metadata()}; }
+
 }  // namespace
 
 ImageClassifier::ImageClassifier(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
@@ -230,8 +233,8 @@ ImageClassifier::~ImageClassifier() = default;
 std::unique_ptr<ImageClassifier> ImageClassifier::open(const std::string& path, const std::string& arch,
                                                        const std::string& data_spec,
                                                        const std::string& precision) {
-  return std::unique_ptr<ImageClassifier>(
-      new ImageClassifier(open_classifier(io::read_safetensors(path), path, arch, data_spec, precision)));
+  return std::unique_ptr<ImageClassifier>(new ImageClassifier(
+      open_classifier(models::read_weights_source(path), path, arch, data_spec, precision)));
 }
 
 std::unique_ptr<ImageClassifier> ImageClassifier::open_bytes(const uint8_t* data, size_t size,
@@ -239,8 +242,8 @@ std::unique_ptr<ImageClassifier> ImageClassifier::open_bytes(const uint8_t* data
                                                              const std::string& arch,
                                                              const std::string& data_spec,
                                                              const std::string& precision) {
-  return std::unique_ptr<ImageClassifier>(new ImageClassifier(
-      open_classifier(io::parse_safetensors(data, size, label), label, arch, data_spec, precision)));
+  return std::unique_ptr<ImageClassifier>(new ImageClassifier(open_classifier(
+      weights_of(io::parse_safetensors(data, size, label)), label, arch, data_spec, precision)));
 }
 
 void ImageClassifier::use_device(const std::string& flag, std::ostream& log) {

@@ -26,6 +26,7 @@ const char* node_kind_name(NodeKind k) {
     case NodeKind::Linear: return "Linear";
     case NodeKind::Flatten: return "Flatten";
     case NodeKind::Dropout: return "Dropout";
+    case NodeKind::Clip: return "Clip";
   }
   return "?";
 }
@@ -175,13 +176,23 @@ int Graph::linear(int x, const std::string& name, int64_t out_features, bool bia
   return append(std::move(n));
 }
 
-int Graph::flatten(int x) {
+int Graph::flatten(int x, int64_t features) {
   const Node& src = in(x);
+  TTQ_CHECK(features >= 0 && (src.rank == 4 || features == 0 || features == src.channels))
+      << m_arch << ": flatten of " << src.channels << " features to " << features;
   Node n = passthrough(NodeKind::Flatten, src, x, "");
   // [N, C, 1, 1] after a global pool flattens to C features; otherwise the
-  // feature count depends on the input size and is found by infer_shapes().
+  // feature count depends on the input size: given by the builder, or found by
+  // infer_shapes().
   n.rank = 2;
-  n.channels = src.rank == 2 ? src.channels : 0;
+  n.channels = src.rank == 2 ? src.channels : features;
+  return append(std::move(n));
+}
+
+int Graph::clip(int x, double max_value, const std::string& label) {
+  TTQ_CHECK(max_value > 0 && max_value < 1e30) << m_arch << ": clip to [0, " << max_value << "]";
+  Node n = passthrough(NodeKind::Clip, in(x), x, label);
+  n.clip_max = max_value;
   return append(std::move(n));
 }
 
@@ -302,9 +313,16 @@ std::vector<Shape> Graph::infer_shapes(const Shape& input) const {
                             << " " << shape_str(x) << ", expected [N, " << node.features_in << "]";
         s[i] = {n, node.features_out};
         break;
-      case NodeKind::Flatten: s[i] = {n, shape_numel(x) / n}; break;
+      case NodeKind::Flatten:
+        s[i] = {n, shape_numel(x) / n};
+        if (node.channels > 0 && s[i][1] != node.channels)
+          TTQ_INPUT_ERROR() << m_arch << ": input " << input[2] << "x" << input[3] << " gives flatten "
+                            << shape_str(x) << " = " << s[i][1] << " features, the graph was built for "
+                            << node.channels;
+        break;
       case NodeKind::BatchNorm2d:
       case NodeKind::ReLU:
+      case NodeKind::Clip:
       case NodeKind::Dropout: s[i] = x; break;
     }
   }

@@ -32,6 +32,7 @@ enum class NodeKind : uint8_t {
   Linear,         // params: weight [out, in], bias [out] when bias; input [N, in]
   Flatten,        // [N, ...] -> [N, prod(...)]
   Dropout,        // identity in eval
+  Clip,           // min(max(x, 0), clip_max): ReLU6 and its kin (ONNX Clip with min 0)
 };
 const char* node_kind_name(NodeKind k);
 
@@ -58,6 +59,7 @@ struct Node {
   bool bias = false;                          // Linear
   double eps = 1e-5, momentum = 0.1;          // BatchNorm2d
   double p = 0;                               // Dropout
+  double clip_max = 6;                        // Clip
   // What the node produces: channels for [N, C, H, W] outputs (rank 4), features
   // for [N, F] outputs (rank 2). Filled in as the node is added.
   int rank = 4;
@@ -89,7 +91,12 @@ class Graph {
   int concat(const std::vector<int>& xs, const std::string& label = "");
   int add(int a, int b, const std::string& label = "");
   int linear(int x, const std::string& name, int64_t out_features, bool bias = true);
-  int flatten(int x);
+  // [N, ...] -> [N, F]. `features` is F when known at build time (a flatten of a
+  // feature map whose size the builder knows, read by a Linear); 0 when it follows
+  // a global pool (F = channels) or is found by infer_shapes().
+  int flatten(int x, int64_t features = 0);
+  // min(max(x, 0), max_value), max_value > 0 (ReLU6: 6).
+  int clip(int x, double max_value, const std::string& label = "");
   int dropout(int x, double p, const std::string& label = "");
   // The node whose value the model returns (logits [N, classes]).
   void set_output(int x);

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "engine/ops/ops.h"
+#include "models/graph_io.h"
 
 namespace ttq::models {
 
@@ -36,9 +37,17 @@ std::shared_ptr<nn::Module> make_module(const Node& n, Generator& gen) {
     case NodeKind::Dropout: return std::make_shared<nn::Dropout>(n.p, nn::global_generator());
     case NodeKind::Input:
     case NodeKind::Concat:
-    case NodeKind::Add: return nullptr;
+    case NodeKind::Add:
+    case NodeKind::Clip: return nullptr;
   }
   return nullptr;
+}
+
+// min(max(x, 0), hi) from differentiable ops: relu(x) - relu(x - hi), exact below
+// hi; above it x - (x - hi) rounds to within an ulp of hi.
+Tensor clip(const Tensor& x, double hi) {
+  const Tensor shift = Tensor::full(x.shape(), -hi, x.dtype(), x.device());
+  return ops::sub(ops::relu(x), ops::relu(ops::add(x, shift)));
 }
 
 bool has_parameters(NodeKind k) {
@@ -122,6 +131,7 @@ Tensor Model::forward(const Tensor& x) {
       switch (node.kind) {
         case NodeKind::Concat: v[static_cast<size_t>(i)] = in.size() == 1 ? in[0] : ops::concat(in, 1); break;
         case NodeKind::Add: v[static_cast<size_t>(i)] = ops::add(in[0], in[1]); break;
+        case NodeKind::Clip: v[static_cast<size_t>(i)] = clip(in[0], node.clip_max); break;
         default: v[static_cast<size_t>(i)] = m_modules[static_cast<size_t>(i)]->forward(in[0]); break;
       }
     }
@@ -239,7 +249,10 @@ void load_weights(Model& model, const std::string& path, const LoadOptions& opti
 
 ModelConfig config_from_weights(const std::string& arch, const io::NamedTensors& tensors,
                                 const std::string& source, ModelConfig base) {
-  const Graph g = build_graph(arch, base);
+  // A graph registered from a file (models/graph_io.h) as it was stored: a default
+  // config may not fit it (a grouped first conv, a fixed input).
+  const std::string stored = registered_graph_json(arch);
+  const Graph g = stored.empty() ? build_graph(arch, base) : graph_from_json(stored, source);
   const std::string conv_name = g.node(g.first_layers().front()).name + ".weight";
   const std::string cls_name = g.node(g.classifiers().back()).name + ".weight";
   const Tensor* conv = nullptr;

@@ -10,6 +10,8 @@
 #include "engine/io/values.h"
 #include "engine/io/write_file.h"
 #include "kernels/packed_format.h"
+#include "models/graph_io.h"
+#include "models/model_file.h"
 #include "models/packed.h"
 #include "models/packed_internal.h"
 
@@ -31,7 +33,13 @@ static std::string known_archs() {
   return s;
 }
 
-std::string resolve_arch(const std::string& from_file, const std::string& flag, const std::string& source) {
+std::string resolve_arch(const io::Metadata& meta, const std::string& flag, const std::string& source) {
+  return resolve_arch(adopt_arch(meta, source), flag, source);
+}
+
+std::string resolve_arch(const std::string& from_file, const std::string& flag_in,
+                         const std::string& source) {
+  const std::string flag = flag_in.empty() ? flag_in : resolve_model(flag_in, "--arch");
   const std::string arch = from_file.empty() ? flag : from_file;
   TTQ_INPUT_CHECK(!arch.empty()) << source
                                  << ": no \"model\" in the metadata; name the architecture with --arch";
@@ -94,6 +102,7 @@ std::string dims(const Shape& s) {
 }  // namespace
 
 bool is_packed_file(const std::string& path) {
+  if (is_onnx_path(path)) return false;
   const io::Header h = io::read_safetensors_header(path);
   auto it = h.metadata.find("format");
   return it != h.metadata.end() && it->second == kPackedFormat;
@@ -229,7 +238,7 @@ PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& me
 
   const ModelConfig& c = skeleton->config();
   out.metadata["format"] = kPackedFormat;
-  out.metadata["model"] = arch;
+  describe_arch(out.metadata, arch);
   auto mc = meta.find("model_config");
   if (mc != meta.end()) {
     out.metadata["model_config"] = mc->second;
@@ -251,11 +260,11 @@ PackReport pack_model_file(const std::string& in, const std::string& out, const 
                            const std::function<void(PackedContent&)>& amend) {
   TTQ_INPUT_CHECK(!io::same_file(in, out))
       << "--out " << out << " is the --in file; write the packed model to another file";
-  io::SafeTensors st = io::read_safetensors(in);
-  TTQ_INPUT_CHECK(st.meta("format") != kPackedFormat)
+  const WeightsSource st = read_weights_source(in);
+  TTQ_INPUT_CHECK(meta_value(st.metadata, "format") != kPackedFormat)
       << in << ": already a packed model (format " << kPackedFormat << ")";
-  const std::string arch = resolve_arch(st.meta("model"), arch_flag, in);
-  PackedContent content = pack_tensors(st.tensors(), st.metadata(), arch, in);
+  const std::string arch = resolve_arch(st.metadata, arch_flag, in);
+  PackedContent content = pack_tensors(st.tensors, st.metadata, arch, in);
   if (amend) amend(content);
   io::write_safetensors(out, content.tensors, content.metadata);
   std::error_code ec;
@@ -268,11 +277,12 @@ WeightsReport write_weights_file(const std::string& in, const std::string& out,
                                  const std::string& arch_flag) {
   TTQ_INPUT_CHECK(!io::same_file(in, out))
       << "--out " << out << " is the --in file; write the weights to another file";
-  io::SafeTensors st = io::read_safetensors(in);
-  TTQ_INPUT_CHECK(st.meta("format") != kPackedFormat) << in << ": a packed model (format " << kPackedFormat
-                                                      << "); --weights-only takes a checkpoint or weights";
-  const std::string arch = resolve_arch(st.meta("model"), arch_flag, in);
-  ModelState m = model_state(st.tensors(), st.metadata(), arch, in);
+  const WeightsSource st = read_weights_source(in);
+  TTQ_INPUT_CHECK(meta_value(st.metadata, "format") != kPackedFormat)
+      << in << ": a packed model (format " << kPackedFormat
+      << "); --weights-only takes a checkpoint or weights";
+  const std::string arch = resolve_arch(st.metadata, arch_flag, in);
+  ModelState m = model_state(st.tensors, st.metadata, arch, in);
   WeightsReport r;
   r.arch = arch;
   io::NamedTensors tensors;
@@ -282,14 +292,14 @@ WeightsReport write_weights_file(const std::string& in, const std::string& out,
   }
   r.tensors = static_cast<int64_t>(tensors.size());
   io::Metadata meta;
-  meta["model"] = arch;
+  describe_arch(meta, arch);
   const ModelConfig& c = m.skeleton->config();
   nlohmann::json j;
   j["in_channels"] = c.in_channels;
   j["input_size"] = c.input_size;
   j["num_classes"] = c.num_classes;
   meta["model_config"] = j.dump();
-  for (const auto& [k, v] : st.metadata())
+  for (const auto& [k, v] : st.metadata)
     if (k == "classes" || k == "preprocess" || k == "data" || k == "split") meta[k] = v;
   meta["weights_from"] = std::filesystem::path(in).filename().string();
   io::write_safetensors(out, tensors, meta);

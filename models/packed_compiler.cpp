@@ -710,6 +710,10 @@ class Compiler {
         p.steps.push_back([a, b, relu, y]() mutable { kernels::add_out(a, b, relu, y); });
         return;
       }
+      case NodeKind::Clip:
+        // No packed kernel clips yet; the float model (ttq_eval --weights CKPT) runs it.
+        TTQ_INPUT_ERROR() << "packed model: " << what << " is a Clip (ReLU6), which the packed runner "
+                          << "does not run; evaluate the checkpoint's float model instead";
       case NodeKind::Dropout:
       case NodeKind::Input: return;
     }

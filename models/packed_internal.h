@@ -14,8 +14,11 @@ namespace ttq::models::detail {
 bool starts_with(const std::string& s, const std::string& p);
 bool ends_with(const std::string& s, const std::string& p);
 // The architecture of a file: its metadata's "model", else `flag`; a mismatch or
-// an unknown name is an InputError naming `source`.
+// an unknown name is an InputError naming `source`. `flag` may be a path to an
+// .onnx file (models/graph_io.h, resolve_model).
 std::string resolve_arch(const std::string& from_file, const std::string& flag, const std::string& source);
+// The same with the file's whole metadata: a "model_graph" in it is registered first.
+std::string resolve_arch(const io::Metadata& meta, const std::string& flag, const std::string& source);
 // The config the weights imply, with input_size from a "model_config" entry when present.
 ModelConfig config_of(const std::string& arch, const io::NamedTensors& tensors, const io::Metadata& meta,
                       const std::string& source);

@@ -61,8 +61,7 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
   TTQ_INPUT_CHECK(fmt != meta.end() && fmt->second == kPackedFormat)
       << source << ": not a packed model (metadata format is '" << (fmt == meta.end() ? "none" : fmt->second)
       << "', expected '" << kPackedFormat << "')";
-  auto mit = meta.find("model");
-  const std::string arch = resolve_arch(mit == meta.end() ? "" : mit->second, arch_flag, source);
+  const std::string arch = resolve_arch(meta, arch_flag, source);
   auto impl = std::make_unique<Impl>();
   impl->arch = arch;
   impl->source = source;

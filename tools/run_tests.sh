@@ -20,12 +20,12 @@ cmake --build build-asan --parallel "$(nproc)" --target test_safetensors
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   build-asan/tests/test_safetensors --gtest_brief=1
 
-# Each reader (safetensors, image decoding, IDX) under libFuzzer for 25 s. Its own
-# folder, clang, and only the fuzz targets with the dozen files they link.
+# Each reader (safetensors, image decoding, IDX, ONNX) under libFuzzer for 25 s. Its
+# own folder, clang, and only the fuzz targets with what they link.
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DTTQ_CUDA=OFF \
   -DTTQ_FUZZ=ON -DTTQ_FUZZ_SECONDS=25 -DBUILD_TESTING=OFF -DTTQ_BUILD_BENCH=OFF \
   >build-fuzz-configure.log 2>&1 || { cat build-fuzz-configure.log; exit 1; }
-cmake --build build-fuzz --parallel "$(nproc)" --target fuzz_safetensors fuzz_image fuzz_idx
+cmake --build build-fuzz --parallel "$(nproc)" --target fuzz_safetensors fuzz_image fuzz_idx fuzz_onnx
 ctest --test-dir build-fuzz/fuzz --output-on-failure --parallel "$(nproc)" --no-tests=error -L fuzz
 
 ctest --test-dir build --output-on-failure --parallel "$(nproc)" --timeout 900 -LE slow

@@ -25,8 +25,9 @@ int main(int argc, char** argv) {
   ttq::app::EvalOptions o;
   std::string json_out;
   ttq::tools::Flags f(app);
-  f.text("--model", o.model, "Architecture (optional when the file's metadata names it)");
-  f.text("--weights", o.weights, "Checkpoint, packed 2-bit model or PyTorch import (.safetensors)")
+  f.text("--model", o.model, "Architecture or .onnx file (optional when the file's metadata names it)");
+  f.text("--weights", o.weights,
+         "Checkpoint, packed 2-bit model or PyTorch import (.safetensors), or an ONNX model (.onnx)")
       ->required();
   f.text("--data", o.data, "fashion-mnist[:DIR] | tiny-imagenet:DIR | folder:DIR | mnist:DIR", o.data);
   f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");

@@ -9,6 +9,7 @@
 
 #include "app/infer.h"
 #include "engine/process.h"
+#include "models/graph_io.h"
 #include "models/model_file.h"
 #include "models/summary.h"
 #include "tools/flags.h"
@@ -49,8 +50,10 @@ int main(int argc, char** argv) {
   bool json = false, skip_bad = false;
   ttq::tools::Flags f(app);
   f.text("--model", o.model_path,
-         "Weights file (.safetensors): a checkpoint, a PyTorch import or a packed 2-bit model");
-  f.text("--arch", o.arch, "Architecture when the file's metadata has no \"model\" (" + known + ")");
+         "Weights file: a checkpoint, a PyTorch import or a packed 2-bit model (.safetensors), or an ONNX "
+         "model (.onnx)");
+  f.text("--arch", o.arch,
+         "Architecture when the file's metadata has no \"model\" (" + known + ", or an .onnx file)");
   f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");
   f.text("--precision", o.precision,
          "Packed files: auto, float (float activations) or int8 (ternary x int8 kernels, CPU only; the file "
@@ -91,6 +94,12 @@ int main(int argc, char** argv) {
             << image_only->get_name() << " is for image mode (image files or --files-from)";
     }
     if (summary) {
+      if (!o.model_path.empty() && app.count("--input") == 0) {
+        // The file's own input: channels and size from its config.
+        const auto c = ttq::models::load_model_file(o.model_path, o.arch, ttq::Device::cpu())->config();
+        input_chw = std::to_string(c.in_channels) + "x" + std::to_string(c.input_size) + "x" +
+                    std::to_string(c.input_size);
+      }
       ttq::Shape chw = ttq::models::parse_chw(input_chw, "--input");
       ttq::check_flag_range("--input channels", chw[0], kInputChannels);
       ttq::check_flag_range("--input height", chw[1], kInputSide);
@@ -107,7 +116,7 @@ int main(int argc, char** argv) {
         config.in_channels = chw[0];
         config.input_size = chw[1];
         config.num_classes = classes;
-        model = ttq::models::create(o.arch, config);
+        model = ttq::models::create(ttq::models::resolve_model(o.arch, "--arch"), config);
       }
       std::cout << ttq::models::summarize(*model, {1, chw[0], chw[1], chw[2]}).text();
       return 0;

@@ -10,6 +10,8 @@
 
 #include "app/calibrate.h"
 #include "engine/process.h"
+#include "models/export.h"
+#include "models/model_file.h"
 #include "models/packed.h"
 #include "tools/flags.h"
 #include "train/options.h"
@@ -20,16 +22,24 @@ int main(int argc, char** argv) {
       "Pack a TTQ model's ternary weights into 2-bit codes (format ttq-packed-2bit); the size report "
       "compares "
       "the network's float weights (every model tensor as F32) with the packed file. --weights-only writes "
-      "the plain float weights instead."};
+      "the plain float weights instead; --out FILE.onnx exports the model as ONNX."};
   std::string in, out, arch;
   bool quiet = false, weights_only = false;
   std::string known;
   for (const auto& n : ttq::models::names()) known += (known.empty() ? "" : ", ") + n;
   ttq::tools::Flags f(app);
-  f.text("--in", in, "TTQ checkpoint or ternary weights (.safetensors)")->required();
-  f.text("--out", out, "Packed model to write (.safetensors; replaced atomically; not the --in file)")
+  f.text(
+       "--in", in,
+       "TTQ checkpoint or ternary weights (.safetensors or .onnx); for an ONNX export also a full-precision "
+       "checkpoint or a packed model")
       ->required();
-  f.text("--arch", arch, "Architecture when the input's metadata has no \"model\" (" + known + ")");
+  f.text(
+       "--out", out,
+       "Packed model to write (.safetensors; replaced atomically; not the --in file); a name ending in .onnx "
+       "exports the model as ONNX instead (opset 13, eval mode; a packed input's codes expanded to floats)")
+      ->required();
+  f.text("--arch", arch,
+         "Architecture when the input's metadata has no \"model\" (" + known + ", or an .onnx file)");
   app.add_flag("--quiet", quiet, "Print only the totals");
   app.add_flag(
       "--weights-only", weights_only,
@@ -60,6 +70,14 @@ int main(int argc, char** argv) {
     TTQ_INPUT_CHECK(act_bits == 0 || !calib.data.empty())
         << "--act-bits 8 needs --calibrate DATA (training images to calibrate the activation scales)";
     calib.method = ttq::models::parse_calib_method(calib_method, "--calib-method");
+    if (ttq::models::is_onnx_path(out) && !weights_only) {
+      TTQ_INPUT_CHECK(act_bits == 0) << "--act-bits 8 writes a packed model, not an ONNX file (--out " << out
+                                     << ")";
+      const ttq::models::ExportReport r = ttq::models::export_onnx_file(in, out, arch);
+      std::cout << r.arch << ": " << r.tensors << " tensors, input [N, C, " << r.input_size << ", "
+                << r.input_size << "], " << r.output_file_bytes << " bytes\nwrote " << out << "\n";
+      return 0;
+    }
     if (act_bits == 8) {
       const ttq::app::Int8PackResult r = ttq::app::pack_int8_file(in, out, arch, calib, std::cerr);
       std::string text = ttq::models::format_pack_report(r.report);

@@ -33,7 +33,9 @@ int main(int argc, char** argv) {
   ttq::tools::Flags f(app);
   std::string models;
   for (const auto& n : ttq::models::names()) models += (models.empty() ? "" : " | ") + n;
-  f.text("--model", o.model, models, o.model);
+  f.text("--model", o.model,
+         models + " | FILE.onnx (the network of an ONNX file; --init FILE.onnx also starts from its weights)",
+         o.model);
   f.text("--data", o.data, "fashion-mnist[:DIR] | tiny-imagenet:DIR | folder:DIR | mnist:DIR", o.data);
   f.text("--phase", o.phase, "fp (full precision) or ttq", o.phase);
   f.text("--init", o.init, "Checkpoint to start from (required for --phase ttq)");

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "models/graph_io.h"
+
 namespace ttq::train {
 
 namespace {
@@ -93,7 +95,7 @@ void save_checkpoint(const std::string& path, models::Model& model, const models
 
   io::Metadata meta = extra;
   meta["format"] = "ttq-checkpoint";
-  meta["model"] = model.arch();
+  models::describe_arch(meta, model.arch());
   meta["model_config"] = model_config_json(model.config());
   meta["phase"] = ttq ? "ttq" : "fp";
   if (ttq) {
@@ -111,7 +113,7 @@ CheckpointContent read_checkpoint(const std::string& path) {
   c.metadata = st.metadata();
   TTQ_INPUT_CHECK(st.meta("format") == "ttq-checkpoint")
       << path << ": not a training checkpoint (metadata format is '" << st.meta("format", "none") << "')";
-  c.arch = st.meta("model");
+  c.arch = models::adopt_arch(st.metadata(), path);
   TTQ_INPUT_CHECK(!c.arch.empty()) << path << ": checkpoint metadata has no model name";
   c.config = model_config_from_json(st.meta("model_config"), path);
   c.phase = st.meta("phase");

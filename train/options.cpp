@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "models/graph_io.h"
 #include "models/model.h"
 #include "train/trainer.h"
 
@@ -19,7 +20,9 @@ TrainOptions resolve_defaults(TrainOptions o) {
     known = known || n == o.model;
     names += (names.empty() ? "" : ", ") + n;
   }
-  TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model << "' (expected one of " << names << ")";
+  known = known || models::is_model_path(o.model);  // an .onnx file, read when the run starts
+  TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model << "' (expected one of " << names
+                         << " or a path to an .onnx file)";
   TTQ_INPUT_CHECK(!o.out.empty()) << "--out: a run folder is required";
   const bool sq = o.model == "squeezenet";
   const bool fp = o.phase == "fp";

@@ -18,6 +18,8 @@
 #include "engine/io/safetensors.h"
 #include "engine/nn/layers.h"
 #include "engine/ops/ops.h"
+#include "models/graph_io.h"
+#include "models/model_file.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/progress.h"
@@ -34,6 +36,12 @@ double seconds_since(Clock::time_point t0) {
 }
 
 io::NamedTensors read_init_weights(const std::string& path, const std::string& arch) {
+  if (models::is_onnx_path(path)) {
+    models::WeightsSource w = models::read_weights_source(path);
+    const std::string held = models::meta_value(w.metadata, "model");
+    TTQ_INPUT_CHECK(held == arch) << path << ": holds a " << held << ", not a " << arch << " (--model)";
+    return std::move(w.tensors);
+  }
   io::Header h = io::read_safetensors_header(path);
   auto fmt = h.metadata.find("format");
   if (fmt != h.metadata.end() && fmt->second == "ttq-checkpoint") {
@@ -93,6 +101,7 @@ struct Run {
   data::Splits splits;
   std::shared_ptr<const data::Dataset> train_set, val_set, test_set;
   // model, optimiser, schedule and where the run stands
+  std::string arch;  // --model resolved (a name, or an .onnx file's graph)
   models::ModelPtr model;
   models::TtqModel ttq;
   Device device;
@@ -140,7 +149,7 @@ void build_model(Run& r, const CheckpointContent* resume) {
   mc.num_classes = r.train_set->num_classes();
   mc.dropout = o.dropout;
   nn::manual_seed(o.seed);
-  r.model = models::create(o.model, mc, nn::global_generator());
+  r.model = models::create(r.arch, mc, nn::global_generator());
   if (resume) {
     if (r.ttq_phase) {
       r.ttq = models::quantize_model(*r.model, resume->ttq);
@@ -152,7 +161,7 @@ void build_model(Run& r, const CheckpointContent* resume) {
   }
   if (!o.init.empty())
     models::load_weights(
-        *r.model, fit_classifier(*r.model, read_init_weights(o.init, o.model), o.init, o.reset_classifier),
+        *r.model, fit_classifier(*r.model, read_init_weights(o.init, r.arch), o.init, o.reset_classifier),
         o.init);
   if (r.ttq_phase) {
     models::TtqOptions topt;
@@ -404,6 +413,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   const TrainOptions& o = r.o;
   if (!o.device.empty()) Device::parse(o.device);  // the spelling now; availability (and its log line) below
   r.ttq_phase = o.phase == "ttq";
+  r.arch = models::resolve_model(o.model);
   r.last_path = folder.last_path();
   r.best_path = folder.best_path();
 
@@ -411,8 +421,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   CheckpointContent resume_ckpt;
   if (o.resume) {
     resume_ckpt = read_checkpoint(r.last_path);
-    TTQ_INPUT_CHECK(resume_ckpt.arch == o.model)
-        << r.last_path << ": holds a " << resume_ckpt.arch << " run, not " << o.model << " (--model)";
+    TTQ_INPUT_CHECK(resume_ckpt.arch == r.arch)
+        << r.last_path << ": holds a " << resume_ckpt.arch << " run, not " << r.arch << " (--model)";
     TTQ_INPUT_CHECK(resume_ckpt.phase == o.phase)
         << r.last_path << ": holds a " << resume_ckpt.phase << " run, not " << o.phase << " (--phase)";
   }
@@ -458,7 +468,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   if (o.resume)
     log << "resuming " << o.out << " at epoch " << r.st.epoch + 1 << ", batch " << r.st.batch << "\n";
   Progress progress(log, o.progress, isatty(STDERR_FILENO) != 0);
-  log << o.model << " " << o.phase << " on " << r.device.str() << ": " << r.train_set->size() << " train / "
+  log << r.arch << " " << o.phase << " on " << r.device.str() << ": " << r.train_set->size() << " train / "
       << r.val_set->size() << " val / " << (r.test_set ? r.test_set->size() : 0) << " test images, "
       << r.train_set->num_classes() << " classes, " << nb << " batches of " << o.batch << " per epoch, "
       << r.model->num_parameters() << " parameters\n"
