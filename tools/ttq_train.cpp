@@ -84,8 +84,13 @@ int main(int argc, char** argv) {
       "--overwrite", o.overwrite,
       "Start a new run in an --out that holds one (its files are replaced once the inputs are checked)");
   app.add_flag("--quiet", quiet, "No progress lines, only one line per epoch");
+  bool no_tensorboard = false;
+  app.add_flag("--no-tensorboard", no_tensorboard,
+               "No TensorBoard event file in RUN_DIR (written by default: per-step loss and lr, per-epoch "
+               "metrics, per-layer TTQ zero fraction, Wp, Wn and weight histograms)");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_train"); rc >= 0) return rc;
   o.progress = !quiet;
+  o.tensorboard = !no_tensorboard;
   return ttq::tools::run("ttq_train", [&] {
     if (!config_file.empty()) {
       TTQ_INPUT_CHECK(!o.resume) << "--config and --resume: a resumed run takes its own config.json";

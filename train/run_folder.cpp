@@ -18,6 +18,7 @@
 #include "data/dataset.h"
 #include "engine/error.h"
 #include "engine/io/write_file.h"
+#include "train/tensorboard.h"
 
 namespace fs = std::filesystem;
 
@@ -124,6 +125,13 @@ void RunFolder::open_for_writing() {
     for (const char* name : {"best.safetensors", "last.safetensors"}) {
       fs::remove(m_dir / name, ec);
       TTQ_INPUT_CHECK(!ec) << path(name) << ": cannot remove the previous run's checkpoint: " << ec.message();
+    }
+    // And its TensorBoard event files, which would otherwise show beside the new run's.
+    for (const auto& entry : fs::directory_iterator(m_dir, ec)) {
+      if (!tb::is_event_file(entry.path().filename().string())) continue;
+      fs::remove(entry.path(), ec);
+      TTQ_INPUT_CHECK(!ec) << entry.path().string()
+                           << ": cannot remove the previous run's event file: " << ec.message();
     }
   }
 }

@@ -23,6 +23,7 @@
 #include "train/progress.h"
 #include "train/run_folder.h"
 #include "train/schedule.h"
+#include "train/tensorboard.h"
 
 namespace ttq::train {
 
@@ -99,7 +100,8 @@ struct Run {
   std::unique_ptr<optim::Optimizer> opt;
   std::unique_ptr<optim::ReduceLROnPlateau> sched;
   RunState st;
-  io::Metadata extra;  // stored in every checkpoint: classes, data, preprocessing, split
+  io::Metadata extra;                       // stored in every checkpoint: classes, data, preprocessing, split
+  std::unique_ptr<tb::EventWriter> events;  // null with --no-tensorboard
 
   void save(const std::string& path) {
     save_checkpoint(path, *model, ttq_phase ? &ttq : nullptr, *opt, *sched, st, extra);
@@ -275,6 +277,10 @@ std::optional<int64_t> train_epoch(Run& r, data::Loader& loader, int64_t epoch, 
     loss.backward();
     r.opt->step();
     r.st.global_step++;
+    if (r.events) {
+      r.events->scalar("train/loss", r.st.global_step, lv);
+      r.events->scalar("train/lr", r.st.global_step, r.opt->lr(0));
+    }
     const double n = static_cast<double>(b->size());
     s.loss_sum += lv * n;
     s.correct += static_cast<double>(ops::topk_correct(logits, y, 1));
@@ -291,6 +297,39 @@ std::optional<int64_t> train_epoch(Run& r, data::Loader& loader, int64_t epoch, 
     if (stop_signal() != 0 && done < nb) return done;
   }
   return std::nullopt;
+}
+
+// The epoch's metrics in the event file, at the step the epoch ended on; in the
+// TTQ phase each ternary layer's zero fraction, Wp, Wn and latent weight histogram.
+void write_epoch_events(Run& r, const EpochMetrics& m, const models::TtqStats* ts) {
+  if (!r.events) return;
+  tb::EventWriter& w = *r.events;
+  const int64_t step = r.st.global_step;
+  w.scalar("epoch", step, static_cast<double>(m.epoch));
+  w.scalar("epoch/train_loss", step, m.train_loss);
+  w.scalar("epoch/train_top1", step, m.train_top1);
+  w.scalar("epoch/val_loss", step, m.val_loss);
+  w.scalar("epoch/val_top1", step, m.val_top1);
+  w.scalar("epoch/val_top5", step, m.val_top5);
+  w.scalar("epoch/lr", step, m.lr);
+  w.scalar("epoch/seconds", step, m.seconds);
+  w.scalar("epoch/images_per_second", step, m.images_per_second);
+  if (ts) {
+    w.scalar("ttq/zero_fraction", step, ts->zero_fraction);
+    w.scalar("ttq/mean_wp", step, ts->mean_wp);
+    w.scalar("ttq/mean_wn", step, ts->mean_wn);
+    for (size_t i = 0; i < ts->layers.size(); ++i) {
+      const models::TtqLayerStats& l = ts->layers[i];
+      const std::string tag = "ttq/" + l.name + "/";
+      w.scalar(tag + "zero_fraction", step,
+               l.numel > 0 ? static_cast<double>(l.zeros) / static_cast<double>(l.numel) : 0.0);
+      w.scalar(tag + "wp", step, l.wp);
+      w.scalar(tag + "wn", step, l.wn);
+      const std::vector<float> latent = r.ttq.layers[i].conv->weight().to(Device::cpu()).to_vector<float>();
+      w.histogram(tag + "latent_weight", step, latent.data(), static_cast<int64_t>(latent.size()));
+    }
+  }
+  w.flush(/*sync=*/true);
 }
 
 // After the training batches of epoch `epoch`: validation, the epoch's metrics,
@@ -315,8 +354,9 @@ EpochMetrics end_epoch(Run& r, const EpochSums& s, data::Loader& train_loader, d
   m.images_per_second = s.count / std::max(train_seconds, 1e-9);
   // The loaders count every skipped sample, also those of batches that had none left.
   m.skipped = s.skipped_before + train_loader.skipped_in_epoch() + val_loader.skipped_in_epoch();
+  models::TtqStats ts;
   if (r.ttq_phase) {
-    models::TtqStats ts = models::ttq_stats(r.ttq);
+    ts = models::ttq_stats(r.ttq);
     m.ttq = true;
     m.zero_fraction = ts.zero_fraction;
     m.mean_wp = ts.mean_wp;
@@ -339,6 +379,7 @@ EpochMetrics end_epoch(Run& r, const EpochSums& s, data::Loader& train_loader, d
   // between resumes from the previous epoch, whose --resume drops the extra
   // line and writes best.safetensors again.
   folder.append_metrics(m.json());
+  write_epoch_events(r, m, r.ttq_phase ? &ts : nullptr);
   if (best) r.save(r.best_path);
   r.save(r.last_path);
   log << m.line(r.o.epochs, best) << "\n" << std::flush;
@@ -386,6 +427,12 @@ bool final_test(Run& r, TestMetrics& tm, std::ostream& log) {
   tm.top1 = te.top1;
   tm.top5 = te.top5;
   tm.count = te.count;
+  if (r.events) {
+    r.events->scalar("test/loss", st.global_step, te.loss);
+    r.events->scalar("test/top1", st.global_step, te.top1);
+    r.events->scalar("test/top5", st.global_step, te.top5);
+    r.events->flush(/*sync=*/true);
+  }
   log << std::fixed << std::setprecision(2) << "test (" << te.count << " images, best epoch " << tm.best_epoch
       << " by val top1 " << 100 * tm.best_val_top1 << "%): loss " << std::setprecision(4) << te.loss
       << " top1 " << std::setprecision(2) << 100 * te.top1 << "% top5 " << 100 * te.top5 << "%\n";
@@ -452,6 +499,12 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   r.extra = checkpoint_metadata(r);
   folder.write_config(run_config_text(r));
   folder.start_metrics(r.st.epoch);
+  if (o.tensorboard) {
+    r.events = std::make_unique<tb::EventWriter>(o.out);
+    // A resumed run takes over from its checkpoint's step: what an earlier
+    // process logged after it is dropped by TensorBoard's reader.
+    if (o.resume) r.events->session_start(r.st.global_step + 1);
+  }
 
   if (o.resume)
     log << "resuming " << o.out << " at epoch " << r.st.epoch + 1 << ", batch " << r.st.batch << "\n";

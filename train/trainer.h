@@ -62,6 +62,9 @@ struct TrainOptions {
   // every input has been validated). Without it, such a folder is refused.
   bool overwrite = false;
   bool progress = true;  // a live progress line on a terminal (plain lines otherwise)
+  // TensorBoard event file in the run folder (train/tensorboard.h): per-step loss
+  // and learning rate, per-epoch metrics, per-layer TTQ statistics and histograms.
+  bool tensorboard = true;
   // Testing aid: behave as if SIGINT arrived once this many optimiser steps are done (0: never).
   int64_t stop_after_steps = 0;
 };
