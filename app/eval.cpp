@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "data/dataset.h"
+#include "data/pipeline.h"
 #include "engine/io/safetensors.h"
 #include "models/model_file.h"
 #include "models/packed.h"
@@ -29,7 +30,11 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
   std::ostringstream device_note;
   const Device device = pick_device(o.device, device_note);
   data::DataSpec spec = data::parse_data_spec(o.data);
+  // What validation applied when the model was trained: the file's "preprocess"
+  // metadata; a file without it gets the preprocessing runs had before it existed.
   data::Preprocess pre = data::preprocess_for(spec);
+  if (auto it = h.metadata.find("preprocess"); it != h.metadata.end())
+    pre = data::parse_preprocess_json(it->second, o.weights);
   // The validation split as training formed it: its held-out size is in the
   // weights' metadata (checkpoints and packed files carry it), unless --val-size says.
   data::SplitOptions split_options;
@@ -44,7 +49,7 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
       TTQ_INPUT_ERROR() << o.weights << ": metadata 'split' is not {\"val_size\": N, \"seed\": S}";
     }
   }
-  data::Splits splits = data::open_data(spec, pre.image_size, split_options);
+  data::Splits splits = data::open_data(spec, pre.image_size, split_options, pre.channels);
   std::shared_ptr<const data::Dataset> eval_set;
   EvalReport report;
   if (o.split == "val") {

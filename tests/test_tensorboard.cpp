@@ -3,8 +3,6 @@
 // encodings against bytes worked out by hand from the .proto field numbers, and
 // a file written by EventWriter read back record by record. TensorBoard's own
 // reader checks a real run's file in tests/peer_tensorboard.py.
-#include "train/tensorboard.h"
-
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -13,6 +11,7 @@
 #include <random>
 
 #include "engine/error.h"
+#include "train/tensorboard.h"
 
 namespace fs = std::filesystem;
 using namespace ttq::train::tb;
@@ -98,8 +97,8 @@ TEST(TensorBoard, HistogramEventBytes) {
   // HistogramProto: min 09, max 11, num 19, sum 21, sum_squares 29 (fixed64 each),
   // bucket_limit 32 + len 16 + 2 doubles, bucket 3a + len 16 + 2 doubles: 5 * 9 + 2 * 18 = 81 bytes.
   std::string hp = bytes({0x09}) + le64(-1) + bytes({0x11}) + le64(2) + bytes({0x19}) + le64(3) +
-                   bytes({0x21}) + le64(1) + bytes({0x29}) + le64(5) + bytes({0x32, 16}) + le64(0.5) + le64(2) +
-                   bytes({0x3a, 16}) + le64(1) + le64(2);
+                   bytes({0x21}) + le64(1) + bytes({0x29}) + le64(5) + bytes({0x32, 16}) + le64(0.5) +
+                   le64(2) + bytes({0x3a, 16}) + le64(1) + le64(2);
   ASSERT_EQ(hp.size(), 81u);
   // Value { tag = "w" (0a 01 77), histo (5) = 2a 51 + 81 } = 86 bytes; Summary 0a 56 + 86 = 88.
   const std::string value = bytes({0x0a, 0x01, 'w', 0x2a, 81}) + hp;
@@ -200,7 +199,8 @@ TEST(TensorBoard, WriterInAMissingFolderIsOneLineNamingTheFile) {
     EventWriter w("/nonexistent-ttq-folder/run");
     FAIL() << "no error";
   } catch (const ttq::InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("/nonexistent-ttq-folder/run/events.out.tfevents."), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("/nonexistent-ttq-folder/run/events.out.tfevents."),
+              std::string::npos)
         << e.what();
   }
 }

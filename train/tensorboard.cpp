@@ -41,7 +41,9 @@ void put_varint(std::string& out, uint64_t v) {
   }
   out.push_back(static_cast<char>(v));
 }
-void put_key(std::string& out, int field, int wire) { put_varint(out, static_cast<uint64_t>(field << 3 | wire)); }
+void put_key(std::string& out, int field, int wire) {
+  put_varint(out, static_cast<uint64_t>(field << 3 | wire));
+}
 template <typename T>
 void put_le(std::string& out, T v) {
   char b[sizeof(T)];
@@ -200,8 +202,8 @@ EventWriter::EventWriter(const std::string& dir) {
   host[sizeof host - 1] = 0;
   std::string h(host);
   std::replace(h.begin(), h.end(), '/', '_');
-  m_path = dir + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(std::time(nullptr))) + "." + h +
-           "." + std::to_string(::getpid()) + ".ttq";
+  m_path = dir + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(std::time(nullptr))) + "." +
+           h + "." + std::to_string(::getpid()) + ".ttq";
   io::append_bytes(m_path, tfrecord(file_version_event(now_seconds())), /*sync=*/true);
   m_last_write = std::chrono::steady_clock::now();
 }
@@ -216,8 +218,7 @@ EventWriter::~EventWriter() {
 
 void EventWriter::add(const std::string& event) {
   m_pending += tfrecord(event);
-  const double since =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - m_last_write).count();
+  const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - m_last_write).count();
   if (m_pending.size() >= kFlushBytes || since >= kFlushSeconds) flush();
 }
 
