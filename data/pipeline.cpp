@@ -105,9 +105,10 @@ ImageFormat detect_format(const DataSpec& spec) {
 std::vector<float> parse_channel_values(const std::string& flag, const std::string& text, int channels,
                                         bool positive) {
   std::vector<float> v;
+  bool ok = !text.empty();
   std::stringstream ss(text);
   std::string item;
-  while (std::getline(ss, item, ',')) {
+  while (ok && std::getline(ss, item, ',')) {
     size_t used = 0;
     double d = 0;
     try {
@@ -115,19 +116,18 @@ std::vector<float> parse_channel_values(const std::string& flag, const std::stri
     } catch (const std::exception&) {
       used = 0;
     }
-    TTQ_INPUT_CHECK(used > 0 && used == item.size() && std::isfinite(d) && (!positive || d > 0))
-        << flag << ": '" << item << "' is not a " << (positive ? "positive " : "") << "finite number (expected auto or "
-        << channels << " comma-separated numbers)";
+    ok = used > 0 && used == item.size() && std::isfinite(d) && (!positive || d > 0);
     v.push_back(static_cast<float>(d));
   }
-  if (v.size() == 1) v.assign(static_cast<size_t>(channels), v[0]);
-  TTQ_INPUT_CHECK(static_cast<int>(v.size()) == channels)
-      << flag << ": " << v.size() << " values for " << channels << " channels (expected auto, one number, or "
-      << channels << " comma-separated numbers)";
+  if (ok && v.size() == 1) v.assign(static_cast<size_t>(channels), v[0]);
+  TTQ_INPUT_CHECK(ok && static_cast<int>(v.size()) == channels)
+      << flag << ": expected auto, one number or " << channels << " comma-separated numbers (finite"
+      << (positive ? ", positive" : "") << "), got '" << text << "'";
   return v;
 }
 
-ResolvedPreprocess resolve_preprocess(const PipelineOptions& o, const DataSpec& spec, const Preprocess* init) {
+ResolvedPreprocess resolve_preprocess(const PipelineOptions& o, const DataSpec& spec,
+                                      const Preprocess* init) {
   ResolvedPreprocess r;
   Preprocess& p = r.pre;
   TTQ_INPUT_CHECK(o.channels == 0 || o.channels == 1 || o.channels == 3)
@@ -144,8 +144,9 @@ ResolvedPreprocess resolve_preprocess(const PipelineOptions& o, const DataSpec& 
   } else {
     p.augment = init ? init->augment : default_augment(p.channels, p.image_size);
   }
-  p.crop = o.crop ? o.crop : (init && init->image_size == p.image_size ? init->crop
-                                                                      : default_crop(p.augment, p.image_size));
+  p.crop = o.crop ? o.crop
+                  : (init && init->image_size == p.image_size ? init->crop
+                                                              : default_crop(p.augment, p.image_size));
   TTQ_INPUT_CHECK(p.crop <= p.image_size)
       << "--crop " << p.crop << ": larger than the image size " << p.image_size << " (--image-size)";
   p.pad = default_pad(p.augment, p.image_size, p.crop);
@@ -251,8 +252,8 @@ Preprocess parse_preprocess_json(const std::string& text, const std::string& pat
     auto integer = [&](const char* key, int lo, int hi) {
       const nlohmann::json& v = j.at(key);
       TTQ_INPUT_CHECK(v.is_number_integer() && v.get<int64_t>() >= lo && v.get<int64_t>() <= hi)
-          << path << ": preprocess metadata: " << key << " is " << v.dump() << ", expected an integer in [" << lo
-          << ", " << hi << "]";
+          << path << ": preprocess metadata: " << key << " is " << v.dump() << ", expected an integer in ["
+          << lo << ", " << hi << "]";
       return static_cast<int>(v.get<int64_t>());
     };
     p.channels = integer("channels", 1, 3);
@@ -261,12 +262,15 @@ Preprocess parse_preprocess_json(const std::string& text, const std::string& pat
     p.crop = integer("crop", 1, p.image_size);
     const auto mean = j.at("mean").get<std::vector<float>>();
     const auto stdev = j.at("std").get<std::vector<float>>();
-    TTQ_INPUT_CHECK(static_cast<int>(mean.size()) == p.channels && static_cast<int>(stdev.size()) == p.channels)
+    TTQ_INPUT_CHECK(static_cast<int>(mean.size()) == p.channels &&
+                    static_cast<int>(stdev.size()) == p.channels)
         << path << ": preprocess metadata: mean and std need " << p.channels << " values each";
     for (int c = 0; c < p.channels; ++c) {
-      TTQ_INPUT_CHECK(std::isfinite(mean[c])) << path << ": preprocess metadata: mean[" << c << "] is not finite";
+      TTQ_INPUT_CHECK(std::isfinite(mean[c]))
+          << path << ": preprocess metadata: mean[" << c << "] is not finite";
       TTQ_INPUT_CHECK(std::isfinite(stdev[c]) && stdev[c] > 0)
-          << path << ": preprocess metadata: std[" << c << "] is " << stdev[c] << ", expected a positive number";
+          << path << ": preprocess metadata: std[" << c << "] is " << stdev[c]
+          << ", expected a positive number";
     }
     for (int c = 0; c < 3; ++c) {
       p.mean[c] = mean[c < p.channels ? c : 0];
@@ -283,7 +287,8 @@ Preprocess parse_preprocess_json(const std::string& text, const std::string& pat
       // Files written before the pipeline options: what training applied then.
       p.augment = p.channels == 3 ? TrainAugment::Seed : TrainAugment::PadCropFlip;
     }
-    p.pad = j.contains("pad") ? integer("pad", 0, p.image_size) : default_pad(p.augment, p.image_size, p.crop);
+    p.pad =
+        j.contains("pad") ? integer("pad", 0, p.image_size) : default_pad(p.augment, p.image_size, p.crop);
   } catch (const nlohmann::json::exception& e) {
     TTQ_INPUT_ERROR() << path << ": bad preprocess metadata: " << e.what();
   }

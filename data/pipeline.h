@@ -42,8 +42,8 @@ struct ResolvedPreprocess {
   Preprocess pre;
   bool auto_stats = false;  // mean / std are to be computed from the training split (channel_stats)
   bool mean_given = false, std_given = false;  // given as numbers: auto_stats leaves them alone
-  std::string stats_from;   // where mean / std come from, for config.json and the log
-  std::string detected;     // what detect_format found ("" when every value was given)
+  std::string stats_from;                      // where mean / std come from, for config.json and the log
+  std::string detected;                        // what detect_format found ("" when every value was given)
 };
 
 // The preprocessing of a new run. Each value not given comes from `init` (the

@@ -37,7 +37,8 @@ std::string join(std::string a, const std::string& b) {
 struct Dir {
   fs::path path;
   explicit Dir(const std::string& name)
-      : path(fs::temp_directory_path() / join(join("ttq_pipeline_", name), join("_", std::to_string(getpid())))) {
+      : path(fs::temp_directory_path() /
+             join(join("ttq_pipeline_", name), join("_", std::to_string(getpid())))) {
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -74,7 +75,8 @@ std::vector<Image> make_folder(const fs::path& root, int classes, int per_class,
 TEST(Pipeline, DetectsGraySizeAndMixedFolders) {
   Dir d("detect");
   make_folder(d.path / "gray", 2, 3, 12, 1, fresh_seed());
-  data::ImageFormat f = data::detect_format(data::parse_data_spec(join("folder:", (d.path / "gray").string())));
+  data::ImageFormat f =
+      data::detect_format(data::parse_data_spec(join("folder:", (d.path / "gray").string())));
   EXPECT_EQ(f.channels, 1);
   EXPECT_EQ(f.image_size, 12);
   EXPECT_TRUE(f.uniform);
@@ -213,7 +215,8 @@ TEST(Pipeline, MetadataRoundTripAndOlderFiles) {
   EXPECT_EQ(q.std[0], 0.5f);
   // Written before augment and pad were recorded: what training did then.
   const Preprocess old = data::parse_preprocess_json(
-      R"({"channels":3,"image_size":64,"crop":56,"mean":[0.485,0.456,0.406],"std":[0.229,0.224,0.225]})", "f");
+      R"({"channels":3,"image_size":64,"crop":56,"mean":[0.485,0.456,0.406],"std":[0.229,0.224,0.225]})",
+      "f");
   EXPECT_EQ(old.augment, data::TrainAugment::Seed);
   EXPECT_EQ(old.pad, 0);
   EXPECT_INPUT_ERROR_MENTIONS(data::parse_preprocess_json(R"({"channels":2})", "m.safetensors"),
@@ -322,8 +325,8 @@ TEST(Pipeline, RunWithoutPipelineKeysResumesWithItsOldPreprocessing) {
   nlohmann::json cj = read_json(cfg);
   EXPECT_EQ(cj["crop"], 56);
   EXPECT_EQ(cj["augment"], "seed");
-  for (const char* k : {"channels", "image_size", "crop", "augment", "pad", "mean", "std", "mean_std_from",
-                        "input_detected"})
+  for (const char* k :
+       {"channels", "image_size", "crop", "augment", "pad", "mean", "std", "mean_std_from", "input_detected"})
     cj.erase(k);
   std::ofstream(cfg) << cj.dump(2);
   // Detection would now say 1x12x12; the old run must go on at 3x64x56.

@@ -1,14 +1,13 @@
 // The training loop's progress line (train/progress.h): rewritten in place on a
 // terminal, one plain line every N batches in a log, the epoch's and the whole
 // run's ETA.
-#include "train/progress.h"
-
 #include <gtest/gtest.h>
 
 #include <random>
 #include <sstream>
 
 #include "tests/test_util.h"
+#include "train/progress.h"
 
 namespace ttq::train {
 namespace {
@@ -47,7 +46,8 @@ TEST(Progress, TerminalLineIsRewrittenInPlace) {
   p.update("epoch 1/3", 2, 4, 12.5, 20.0, ", loss 0.9", 3700.0);
   EXPECT_EQ(count(tty.str(), "\n"), 0);
   EXPECT_EQ(count(tty.str(), "\r\033[K"), 2);
-  EXPECT_NE(tty.str().find("epoch 1/3 [2/4] 12.5 img/s, ETA 0:20, run ETA 1:01:40, loss 0.9"), std::string::npos)
+  EXPECT_NE(tty.str().find("epoch 1/3 [2/4] 12.5 img/s, ETA 0:20, run ETA 1:01:40, loss 0.9"),
+            std::string::npos)
       << tty.str();
   p.finish_line();
   EXPECT_EQ(count(tty.str(), "\r\033[K"), 3);

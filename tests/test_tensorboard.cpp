@@ -5,13 +5,18 @@
 // reader checks a real run's file in tests/peer_tensorboard.py.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
+#include <sstream>
 
 #include "engine/error.h"
+#include "tests/test_util.h"
 #include "train/tensorboard.h"
+#include "train/trainer.h"
 
 namespace fs = std::filesystem;
 using namespace ttq::train::tb;
@@ -203,4 +208,137 @@ TEST(TensorBoard, WriterInAMissingFolderIsOneLineNamingTheFile) {
               std::string::npos)
         << e.what();
   }
+}
+
+// ---- the trainer's event files ----
+
+namespace {
+
+// The tags of a file's scalar and histogram events and the steps of the SessionLog
+// STARTs, decoded with the few wire-format rules the writer uses.
+struct FileEvents {
+  std::map<std::string, std::vector<int64_t>> steps;  // tag -> steps
+  std::vector<int64_t> session_starts;
+};
+
+uint64_t varint(const std::string& s, size_t& p) {
+  uint64_t v = 0;
+  for (int shift = 0;; shift += 7) {
+    const auto b = static_cast<uint8_t>(s.at(p++));
+    v |= uint64_t(b & 0x7f) << shift;
+    if (!(b & 0x80)) return v;
+  }
+}
+
+FileEvents read_events(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  const std::string data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  FileEvents out;
+  for (size_t pos = 0; pos < data.size();) {
+    uint64_t len;
+    std::memcpy(&len, data.data() + pos, 8);
+    const std::string e = data.substr(pos + 12, len);
+    pos += 12 + len + 4;
+    int64_t step = 0;
+    for (size_t p = 0; p < e.size();) {
+      const uint64_t key = varint(e, p);
+      const int field = static_cast<int>(key >> 3), wire = static_cast<int>(key & 7);
+      if (wire == 1) {
+        p += 8;
+      } else if (wire == 0) {
+        const uint64_t v = varint(e, p);
+        if (field == 2) step = static_cast<int64_t>(v);
+      } else if (wire == 2) {
+        const uint64_t n = varint(e, p);
+        const std::string body = e.substr(p, n);
+        p += n;
+        if (field == 6) out.session_starts.push_back(step);
+        if (field == 5) {  // Summary { value { tag ... } }: the tag is the first field of the value
+          size_t q = 0;
+          varint(body, q);  // value key
+          varint(body, q);  // value length
+          varint(body, q);  // tag key
+          const uint64_t tl = varint(body, q);
+          out.steps[body.substr(q, tl)].push_back(step);
+        }
+      } else {
+        ADD_FAILURE() << "unexpected wire type " << wire;
+        return out;
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> event_files(const fs::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (is_event_file(e.path().filename().string())) out.push_back(e.path().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+ttq::train::TrainOptions tiny_run(const std::string& data, const std::string& out) {
+  ttq::train::TrainOptions o;
+  o.model = "small_densenet";
+  o.data = "mnist:" + data;
+  o.out = out;
+  o.device = "cpu";
+  o.epochs = 2;
+  o.batch = 16;
+  o.lr = 0.05;
+  o.seed = std::random_device{}() % 1000;
+  o.workers = 1;
+  o.val_size = 10;
+  o.progress = false;
+  return o;
+}
+
+}  // namespace
+
+TEST(TensorBoard, TrainerWritesResumesOverwritesAndOptsOut) {
+  const fs::path dir = fs::temp_directory_path() / ("ttq_tb_run_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const std::string data = ttq::test::make_tiny_idx((dir / "data").string(), 42, 8);
+  std::ostringstream log;
+  // 32 training images in batches of 16: 2 steps per epoch; stopped after step 3, resumed.
+  ttq::train::TrainOptions o = tiny_run(data, (dir / "run").string());
+  o.stop_after_steps = 3;
+  EXPECT_EQ(ttq::train::run_training(o, log).exit_code, 130);
+  ttq::train::clear_stop_request();
+  std::vector<std::string> files = event_files(dir / "run");
+  ASSERT_EQ(files.size(), 1u);
+  FileEvents first = read_events(files[0]);
+  EXPECT_EQ(first.steps["train/loss"], (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(first.steps["epoch/val_top1"], (std::vector<int64_t>{2}));
+  ttq::train::TrainOptions resume = tiny_run(data, (dir / "run").string());
+  resume.seed = o.seed;
+  resume.resume = true;
+  sleep(1);  // event file names carry the second they were made in
+  EXPECT_EQ(ttq::train::run_training(resume, log).exit_code, 0);
+  files = event_files(dir / "run");
+  ASSERT_EQ(files.size(), 2u);
+  // The newer file (names sort by their second).
+  FileEvents second = read_events(files[1]);
+  EXPECT_EQ(second.session_starts, (std::vector<int64_t>{4}));  // the checkpoint had step 3
+  EXPECT_EQ(second.steps["train/loss"], (std::vector<int64_t>{4}));
+  EXPECT_EQ(second.steps["epoch/val_top1"], (std::vector<int64_t>{4}));
+  EXPECT_EQ(second.steps["test/top1"], (std::vector<int64_t>{4}));
+
+  // --overwrite: the old run's event files go, one new one comes.
+  ttq::train::TrainOptions again = tiny_run(data, (dir / "run").string());
+  again.overwrite = true;
+  again.epochs = 1;
+  ttq::train::run_training(again, log);
+  files = event_files(dir / "run");
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_EQ(read_events(files[0]).steps["train/loss"], (std::vector<int64_t>{1, 2}));
+
+  // --no-tensorboard: none.
+  ttq::train::TrainOptions none = tiny_run(data, (dir / "none").string());
+  none.epochs = 1;
+  none.tensorboard = false;
+  ttq::train::run_training(none, log);
+  EXPECT_TRUE(event_files(dir / "none").empty());
+  fs::remove_all(dir);
 }
