@@ -202,8 +202,12 @@ EventWriter::EventWriter(const std::string& dir) {
   host[sizeof host - 1] = 0;
   std::string h(host);
   std::replace(h.begin(), h.end(), '/', '_');
-  m_path = dir + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(std::time(nullptr))) + "." +
-           h + "." + std::to_string(::getpid()) + ".ttq";
+  const std::string base = dir + "/events.out.tfevents." +
+                           std::to_string(static_cast<int64_t>(std::time(nullptr))) + "." + h + "." +
+                           std::to_string(::getpid()) + ".ttq";
+  // A second writer of this process within the same second gets a file of its own.
+  m_path = base;
+  for (int k = 1; ::access(m_path.c_str(), F_OK) == 0; ++k) m_path = base + "." + std::to_string(k);
   io::append_bytes(m_path, tfrecord(file_version_event(now_seconds())), /*sync=*/true);
   m_last_write = std::chrono::steady_clock::now();
 }

@@ -45,7 +45,8 @@ std::string histogram_event(double wall_time, int64_t step, std::string_view tag
 // logged at this step or later (a run resumed from an older checkpoint).
 std::string session_start_event(double wall_time, int64_t step);
 
-// An event file events.out.tfevents.<seconds>.<host>.<pid>.ttq in a folder,
+// An event file events.out.tfevents.<seconds>.<host>.<pid>.ttq[.N] in a folder (.N
+// when that name is taken),
 // opened by the constructor (which writes the file_version event). Events are
 // buffered and written when ~64 KiB are pending, every few seconds, and on
 // flush(); flush(true) also fsyncs. Every write is checked: a failure throws one
