@@ -17,7 +17,9 @@
 #include "data/loader.h"
 #include "data/pipeline.h"
 #include "engine/io/safetensors.h"
+#include "models/model_file.h"
 #include "tests/test_util.h"
+#include "train/evaluate.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -303,6 +305,30 @@ TEST(Pipeline, GrayFolderTrainsAtItsOwnSizeAndEvalReadsItBack) {
   std::ostringstream elog;
   const app::EvalReport rep = app::run_eval(eo, elog);
   EXPECT_EQ(rep.result.count, 24);
+  // Flags override the file's preprocessing: the same numbers as evaluating by hand with it.
+  eo.image_size = 20;
+  eo.crop = 18;
+  eo.mean = "0.4";
+  eo.std = "0.2";
+  const app::EvalReport over = app::run_eval(eo, elog);
+  Preprocess want = meta;
+  want.image_size = 20;
+  want.crop = 18;
+  want.mean = {0.4f, 0.4f, 0.4f};
+  want.std = {0.2f, 0.2f, 0.2f};
+  const data::Splits splits = data::open_data(data::parse_data_spec(o.data), 20, {}, 1);
+  data::LoaderOptions lo;
+  lo.batch_size = 256;
+  lo.shuffle = false;
+  lo.augment = false;
+  data::Loader loader(splits.all, want, lo);
+  models::ModelPtr model = models::load_model_file(eo.weights, "", Device::cpu());
+  const train::EvalResult ref = train::evaluate(*model, loader, Device::cpu());
+  EXPECT_EQ(over.result.count, ref.count);
+  EXPECT_NEAR(over.result.loss, ref.loss, 1e-5 * std::max(1.0, std::abs(ref.loss)));
+  EXPECT_NE(over.result.loss, rep.result.loss);
+  eo.crop = 21;
+  EXPECT_INPUT_ERROR_MENTIONS(app::run_eval(eo, elog), "--crop 21");
 
   // --resume with another --channels is refused, naming the flag.
   train::TrainOptions again = o;
