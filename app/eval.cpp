@@ -25,6 +25,10 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
   TTQ_INPUT_CHECK(o.split == "val" || o.split == "test" || o.split == "all")
       << "--split: expected val, test or all, got '" << o.split << "'";
   const io::Header h = io::read_safetensors_header(o.weights);
+  models::PackedRunOptions run_options;
+  if (!o.precision.empty()) run_options.precision = models::parse_precision(o.precision, "--precision");
+  TTQ_INPUT_CHECK(run_options.precision != models::Precision::Int8 || models::is_packed_file(o.weights))
+      << "--precision int8: " << o.weights << " is not a packed model (ttq_pack --act-bits 8 makes one)";
   // The CPU fallback line goes to the log once the inputs are known good, so
   // that a bad input is one line.
   std::ostringstream device_note;
@@ -102,10 +106,11 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
   train::EvalResult r;
   if (models::is_packed_file(o.weights)) {
     // The deployed artefact itself: the packed 2-bit kernels, not the float layers.
-    auto packed = models::PackedModel::load(o.weights, o.model, device);
+    auto packed = models::PackedModel::load(o.weights, o.model, device, run_options);
     check_fits(packed->config());
     packed->check_input(Shape{1, pre.channels, pre.crop, pre.crop}, o.data);
     log << device_note.str();
+    report.precision = models::precision_name(packed->precision());
     r = train::evaluate([&](const Tensor& x) { return packed->forward(x); }, loader, device);
   } else {
     models::ModelPtr model;

@@ -28,11 +28,15 @@ struct EvalOptions {
   // Overrides of the file's preprocessing (0 / "": the file's; data/pipeline.h).
   int64_t image_size = 0, crop = 0;
   std::string mean, std;  // comma-separated numbers, one per channel (one: every channel)
+  // Packed files: "auto" (or ""), "float" or "int8" (models::Precision; int8 needs
+  // activation scales, ttq_pack --act-bits 8).
+  std::string precision;
 };
 struct EvalReport {
   train::EvalResult result;
   std::string split;                     // the split evaluated and where it comes from
   std::vector<std::string> class_names;  // the data set's, in label order (result.confusion's rows)
+  std::string precision;                 // a packed file's: "float" or "int8" ("" otherwise)
 };
 // Top-1 of one class: of the `count` images whose true class it is, the
 // fraction whose strict top-1 prediction is that class (0 when count is 0).

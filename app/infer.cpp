@@ -24,6 +24,17 @@ using models::PackedModel;
 
 namespace {
 
+// A packed file's run options from --precision; int8 asked of a file that is not
+// packed is an error (only packed files have an int8 path).
+models::PackedRunOptions run_options(const std::string& precision, const std::string& path, bool packed) {
+  models::PackedRunOptions ro;
+  ro.precision =
+      precision.empty() ? models::Precision::Auto : models::parse_precision(precision, "--precision");
+  TTQ_INPUT_CHECK(packed || ro.precision != models::Precision::Int8)
+      << "--precision int8: " << path << " is not a packed model (ttq_pack --act-bits 8 makes one)";
+  return ro;
+}
+
 // The input tensor of tensor mode: F32 (F64 converted) [N, C, H, W], checked
 // against the model's input by `check` (a message naming the file and tensor).
 Tensor read_input_tensor(const TensorInferOptions& o,
@@ -53,18 +64,22 @@ Tensor run_tensor_inference(const TensorInferOptions& o, std::ostream& log) {
   io::Metadata out_meta{{"weights", o.model_path}, {"input", o.input_path}, {"input_name", o.input_name}};
   Tensor logits;
   Device device;
-  if (is_packed_file(o.model_path)) {
+  const bool is_packed = is_packed_file(o.model_path);
+  const models::PackedRunOptions ro = run_options(o.precision, o.model_path, is_packed);
+  if (is_packed) {
     // The packed 2-bit kernels run the deployed file itself.
     io::SafeTensors st = io::read_safetensors(o.model_path);
-    auto model = PackedModel::from_tensors(st.tensors(), st.metadata(), o.arch, Device::cpu(), o.model_path);
+    auto model =
+        PackedModel::from_tensors(st.tensors(), st.metadata(), o.arch, Device::cpu(), o.model_path, ro);
     const Tensor x =
         read_input_tensor(o, [&](const Shape& s, const std::string& w) { model->check_input(s, w); });
     device = pick_device(o.device, log);
     if (device.is_cuda())
-      model = PackedModel::from_tensors(st.tensors(), st.metadata(), o.arch, device, o.model_path);
+      model = PackedModel::from_tensors(st.tensors(), st.metadata(), o.arch, device, o.model_path, ro);
     logits = model->forward(x);
     out_meta["model"] = model->arch();
     out_meta["format"] = models::kPackedFormat;
+    out_meta["precision"] = models::precision_name(model->precision());
   } else {
     ModelPtr model = load_model_file(o.model_path, o.arch, Device::cpu());
     const Tensor x =
@@ -168,8 +183,10 @@ std::vector<ImagePrediction> run_image_inference(const ImageInferOptions& o, std
   ModelPtr model;
   io::Metadata meta;
   ModelConfig config;
-  if (is_packed_file(o.model_path)) {
-    packed = PackedModel::load(o.model_path, o.arch, Device::cpu());
+  const bool is_packed = is_packed_file(o.model_path);
+  const models::PackedRunOptions ro = run_options(o.precision, o.model_path, is_packed);
+  if (is_packed) {
+    packed = PackedModel::load(o.model_path, o.arch, Device::cpu(), ro);
     meta = packed->metadata();
     config = packed->config();
   } else {
@@ -188,7 +205,7 @@ std::vector<ImagePrediction> run_image_inference(const ImageInferOptions& o, std
   for (const auto& path : o.images) inputs.push_back(data::load_image_tensor(path, pre));
   const Device device = pick_device(o.device, log);
   if (packed) {
-    if (device != Device::cpu()) packed = PackedModel::load(o.model_path, o.arch, device);
+    if (device != Device::cpu()) packed = PackedModel::load(o.model_path, o.arch, device, ro);
   } else {
     model->to(device);
   }

@@ -20,6 +20,7 @@ struct TensorInferOptions {
   std::string input_path;  // safetensors file holding the input
   std::string input_name;  // tensor in it: [N, C, H, W] F32 (F64 converted)
   std::string logits_out;  // written as safetensors, tensor "logits" [N, classes] F32
+  std::string precision;   // packed files: "auto" (or ""), "float" or "int8" (models::Precision)
 };
 
 // Runs the model on the input tensor in eval mode and writes the logits
@@ -34,6 +35,7 @@ struct ImageInferOptions {
   std::string data;                 // optional data spec naming the classes (e.g. tiny-imagenet:DIR)
   std::vector<std::string> images;  // image files (JPEG, PNG, BMP)
   int top_k = 5;
+  std::string precision;  // packed files: "auto" (or ""), "float" or "int8" (models::Precision)
 };
 
 struct ImagePrediction {

@@ -1,11 +1,17 @@
 // Whole-model inference on packed 2-bit weights (models/packed.h) against the
-// engine's float model holding the same ternary values, eval mode, 3x56x56 input:
+// engine's float model holding the same ternary values, eval mode, 3x56x56 input
+// (torchvision's presets: 3x64x64, Tiny ImageNet's full image), 200 classes:
 // batch-1 latency and batch-32 throughput (images/s), wall-clock time of forward()
 // (input already on the model's device, logits copied back to the host).
 //  - small_densenet, squeezenet: the seed's TTQ files (tests/fixtures/seed), packed in
 //    memory with models::pack_tensors;
-//  - densenet121: random weights made ternary (threshold 0.05 * max|W| per layer).
-// CPU: PackedModel (auto micro-kernel) vs models::Model::forward (BLAS convs).
+//  - densenet121, resnet18, tv_densenet121, squeezenet1_1: random weights made ternary
+//    (threshold 0.05 * max|W| per layer).
+// CPU: PackedModel (auto micro-kernel) vs models::Model::forward (BLAS convs), and
+// PackedModel with int8 activations (packed_int8_cpu: ternary x int8 kernels,
+// docs/int8.md; scales calibrated with percentile on 32 images drawn like the input,
+// the logits checked within 10% of the float model's range, the error posted as
+// rel_err).
 // GPU (registered only when a device is present): PackedModel on the tensor cores
 // with and without CUDA graphs, on the CUDA cores, and the float model (cuDNN fp32).
 // Each packed run is checked against the float model's logits before it posts a
@@ -38,7 +44,8 @@ const std::string kSeed = bench::seed_dir();
 
 // The float weights of a model (ternary values in the quantized convs).
 io::NamedTensors model_weights(const std::string& arch) {
-  if (arch != "densenet121") return io::read_safetensors(kSeed + "/" + arch + "_ttq.safetensors").tensors();
+  if (arch == "small_densenet" || arch == "squeezenet")
+    return io::read_safetensors(kSeed + "/" + arch + "_ttq.safetensors").tensors();
   Generator gen(7);
   models::ModelPtr m = models::create(arch, {}, gen);
   std::map<std::string, bool> quant;
@@ -62,8 +69,14 @@ io::NamedTensors model_weights(const std::string& arch) {
   return out;
 }
 
+// The seed's models take 56x56 crops; torchvision's presets the 64x64 images whole.
+int64_t input_size(const std::string& arch) {
+  return arch == "resnet18" || arch == "tv_densenet121" || arch == "squeezenet1_1" ? 64 : 56;
+}
+
 struct Prepared {
   models::PackedContent packed;
+  models::PackedContent packed_int8;  // with calibrated activation scales
   io::NamedTensors weights;
 };
 const Prepared& prepared(const std::string& arch) {
@@ -73,6 +86,17 @@ const Prepared& prepared(const std::string& arch) {
     p = std::make_unique<Prepared>();
     p->weights = model_weights(arch);
     p->packed = models::pack_tensors(p->weights, {}, arch, arch);
+    p->packed_int8 = p->packed;
+    models::PackedRunOptions fo;
+    fo.precision = models::Precision::Float;
+    auto fm =
+        models::PackedModel::from_tensors(p->packed.tensors, p->packed.metadata, "", Device::cpu(), arch, fo);
+    Generator g(11);
+    const int64_t s = input_size(arch);
+    const Tensor calib = Tensor::uniform({32, 3, s, s}, g, -2, 2);
+    models::add_activation_quant(
+        p->packed_int8, models::calibrate_activations(*fm, calib, models::CalibMethod::Percentile, 16),
+        "uniform", "bench");
   }
   return *p;
 }
@@ -86,9 +110,10 @@ models::ModelPtr float_model(const std::string& arch, Device dev) {
   return m;
 }
 
-Tensor input(int64_t n, Device dev) {
+Tensor input(const std::string& arch, int64_t n, Device dev) {
   Generator g(3);
-  return Tensor::uniform({n, 3, 56, 56}, g, -2, 2, DType::F32, dev);
+  const int64_t s = input_size(arch);
+  return Tensor::uniform({n, 3, s, s}, g, -2, 2, DType::F32, dev);
 }
 
 double rel_error(const Tensor& a, const Tensor& b) {
@@ -112,7 +137,7 @@ Tensor float_forward(models::Model& m, const Tensor& x) {
 
 void bm_float(benchmark::State& state, std::string arch, int64_t n, Device dev) {
   auto m = float_model(arch, dev);
-  const Tensor x = input(n, dev);
+  const Tensor x = input(arch, n, dev);
   float_forward(*m, x);  // warm-up (cuDNN algorithm choice)
   for (auto _ : state) benchmark::DoNotOptimize(float_forward(*m, x).raw_data());
   set_rate(state, n);
@@ -122,7 +147,7 @@ void bm_packed(benchmark::State& state, std::string arch, int64_t n, Device dev,
                double tol) {
   const Prepared& p = prepared(arch);
   auto m = models::PackedModel::from_tensors(p.packed.tensors, p.packed.metadata, "", dev, arch, o);
-  const Tensor x = input(n, dev);
+  const Tensor x = input(arch, n, dev);
   const Tensor got = m->forward(x);
   for (int i = 0; i < 2; ++i) m->forward(x);  // CUDA: capture the graph
   auto fm = float_model(arch, dev);
@@ -137,12 +162,37 @@ void bm_packed(benchmark::State& state, std::string arch, int64_t n, Device dev,
   state.counters["weight_MB"] = double(m->weight_bytes()) / 1e6;
 }
 
+void bm_packed_int8(benchmark::State& state, std::string arch, int64_t n) {
+  const Prepared& p = prepared(arch);
+  models::PackedRunOptions o;
+  o.precision = models::Precision::Int8;
+  auto m = models::PackedModel::from_tensors(p.packed_int8.tensors, p.packed_int8.metadata, "", Device::cpu(),
+                                             arch, o);
+  const Tensor x = input(arch, n, Device::cpu());
+  const Tensor got = m->forward(x);
+  auto fm = float_model(arch, Device::cpu());
+  const double err = rel_error(got, float_forward(*fm, x));
+  if (!(err < 0.1)) {
+    state.SkipWithError(("int8 logits too far from the float model: " + std::to_string(err)).c_str());
+    return;
+  }
+  fm.reset();
+  for (auto _ : state) benchmark::DoNotOptimize(m->forward(x).raw_data());
+  set_rate(state, n);
+  state.counters["rel_err"] = err;
+}
+
 void register_all() {
-  for (const char* arch : {"small_densenet", "squeezenet", "densenet121"}) {
+  for (const char* arch :
+       {"small_densenet", "squeezenet", "densenet121", "resnet18", "tv_densenet121", "squeezenet1_1"}) {
     for (int64_t n : {1, 32}) {
       const std::string base = std::string("/") + arch + "/n" + std::to_string(n);
       benchmark::RegisterBenchmark(("packed_cpu" + base).c_str(), bm_packed, arch, n, Device::cpu(),
                                    models::PackedRunOptions{}, 1e-4)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.5);
+      benchmark::RegisterBenchmark(("packed_int8_cpu" + base).c_str(), bm_packed_int8, arch, n)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime()
           ->MinTime(0.5);
@@ -164,7 +214,8 @@ void register_all() {
   }
 #ifdef TTQ_HAS_CUDA
   if (!cuda::available()) return;
-  for (const char* arch : {"small_densenet", "squeezenet", "densenet121"}) {
+  for (const char* arch :
+       {"small_densenet", "squeezenet", "densenet121", "resnet18", "tv_densenet121", "squeezenet1_1"}) {
     for (int64_t n : {1, 32}) {
       const std::string base = std::string("/") + arch + "/n" + std::to_string(n);
       models::PackedRunOptions tc, tc_eager, simt;

@@ -955,6 +955,199 @@ Shape ternary_int8_conv_output_shape(const Tensor& xq, const Int8ConvWeight& w, 
   return {xq.size(0), w.co(), ho, wo};
 }
 
+namespace {
+
+// One plane of affine_pool_quantize_int8_out, specialised so that the loops have no
+// branches (the unpooled loop vectorises). always_inline: the FMA clone below compiles
+// it with vfmadd and vroundps instead of calls to fmaf / nearbyintf.
+template <bool kAffine, bool kRelu, bool kPool, bool kQuant>
+__attribute__((always_inline)) inline void quantize_plane(const float* __restrict src, int64_t w, int64_t ho,
+                                                          int64_t wo, float a, float b, float inv, int32_t zp,
+                                                          uint8_t* __restrict yq, float* __restrict yf) {
+  auto value = [&](float x) {
+    float v = kAffine ? std::fma(x, a, b) : x;
+    if (kRelu) v = v > 0.0f ? v : 0.0f;
+    return v;
+  };
+  auto store = [&](int64_t o, float v) {
+    if constexpr (kQuant) {
+      float f = v * inv;
+      f = f > -256.0f ? f : -256.0f;
+      f = f < 256.0f ? f : 256.0f;
+      int32_t q = static_cast<int32_t>(std::nearbyint(f)) + zp;
+      q = q < -128 ? -128 : (q > 127 ? 127 : q);
+      yq[o] = static_cast<uint8_t>(static_cast<int8_t>(q));
+    } else {
+      yf[o] = v;
+    }
+  };
+  if constexpr (kPool) {
+    for (int64_t oh = 0; oh < ho; ++oh) {
+      const float* r0 = src + 2 * oh * w;
+      const float* r1 = r0 + w;
+      for (int64_t ow = 0; ow < wo; ++ow)
+        store(oh * wo + ow,
+              ((value(r0[2 * ow]) + value(r0[2 * ow + 1])) + (value(r1[2 * ow]) + value(r1[2 * ow + 1]))) *
+                  0.25f);
+    }
+  } else {
+    const int64_t n = ho * wo;
+    for (int64_t k = 0; k < n; ++k) store(k, value(src[k]));
+  }
+}
+
+struct QuantizeJob {
+  const float* x;
+  int64_t sn, sc, c, h, w, ho, wo;
+  const float *scale, *shift;
+  bool relu, pool2;
+  float inv;
+  int32_t zp;
+  uint8_t* yq;
+  float* yf;
+};
+
+template <bool kAffine, bool kRelu, bool kPool, bool kQuant>
+__attribute__((always_inline)) inline void quantize_planes(const QuantizeJob& j, int64_t p0, int64_t p1) {
+  for (int64_t pl = p0; pl < p1; ++pl) {
+    const int64_t s = pl / j.c, ch = pl % j.c;
+    const float a = kAffine ? j.scale[ch] : 1.0f, b = kAffine ? j.shift[ch] : 0.0f;
+    const int64_t o = pl * j.ho * j.wo;
+    quantize_plane<kAffine, kRelu, kPool, kQuant>(j.x + s * j.sn + ch * j.sc, j.w, j.ho, j.wo, a, b, j.inv,
+                                                  j.zp, j.yq ? j.yq + o : nullptr, j.yf ? j.yf + o : nullptr);
+  }
+}
+
+template <bool kFma>
+void quantize_dispatch(const QuantizeJob& j, int64_t p0, int64_t p1);
+
+#define TTQ_QUANTIZE_CASES                                                                   \
+  const int key = (j.scale ? 8 : 0) | (j.relu ? 4 : 0) | (j.pool2 ? 2 : 0) | (j.yq ? 1 : 0); \
+  switch (key) {                                                                             \
+    case 0: return quantize_planes<false, false, false, false>(j, p0, p1);                   \
+    case 1: return quantize_planes<false, false, false, true>(j, p0, p1);                    \
+    case 2: return quantize_planes<false, false, true, false>(j, p0, p1);                    \
+    case 3: return quantize_planes<false, false, true, true>(j, p0, p1);                     \
+    case 4: return quantize_planes<false, true, false, false>(j, p0, p1);                    \
+    case 5: return quantize_planes<false, true, false, true>(j, p0, p1);                     \
+    case 6: return quantize_planes<false, true, true, false>(j, p0, p1);                     \
+    case 7: return quantize_planes<false, true, true, true>(j, p0, p1);                      \
+    case 8: return quantize_planes<true, false, false, false>(j, p0, p1);                    \
+    case 9: return quantize_planes<true, false, false, true>(j, p0, p1);                     \
+    case 10: return quantize_planes<true, false, true, false>(j, p0, p1);                    \
+    case 11: return quantize_planes<true, false, true, true>(j, p0, p1);                     \
+    case 12: return quantize_planes<true, true, false, false>(j, p0, p1);                    \
+    case 13: return quantize_planes<true, true, false, true>(j, p0, p1);                     \
+    case 14: return quantize_planes<true, true, true, false>(j, p0, p1);                     \
+    default: return quantize_planes<true, true, true, true>(j, p0, p1);                      \
+  }
+
+template <>
+void quantize_dispatch<false>(const QuantizeJob& j, int64_t p0, int64_t p1) {
+  TTQ_QUANTIZE_CASES
+}
+// The same code with FMA and AVX2 (fma and round are single instructions; the same bits).
+template <>
+__attribute__((target("avx2,fma"))) void quantize_dispatch<true>(const QuantizeJob& j, int64_t p0,
+                                                                 int64_t p1) {
+  TTQ_QUANTIZE_CASES
+}
+#undef TTQ_QUANTIZE_CASES
+
+}  // namespace
+
+void affine_pool_quantize_int8_out(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu,
+                                   bool pool2, const Int8Quant* quant, Tensor& y) {
+  TTQ_CHECK(x.dim() == 4 && x.dtype() == DType::F32 && x.device().is_cpu() && detail::dense_planes(x))
+      << "affine_pool_quantize_int8_out: x must be F32 [n, c, h, w] on the CPU with dense planes, got "
+      << x.str();
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t ho = pool2 ? h / 2 : h, wo = pool2 ? w / 2 : w;
+  const DType dt = quant ? DType::U8 : DType::F32;
+  TTQ_CHECK(y.shape() == Shape({n, c, ho, wo}) && y.dtype() == dt && y.device().is_cpu() && y.is_contiguous())
+      << "affine_pool_quantize_int8_out: y must be " << dtype_name(dt) << " " << shape_str({n, c, ho, wo})
+      << " contiguous on the CPU, got " << y.str();
+  TTQ_CHECK(!pool2 || (ho >= 1 && wo >= 1)) << "affine_pool_quantize_int8_out: input smaller than the pool";
+  if (quant) check_quant(*quant, "quantization");
+  QuantizeJob j;
+  j.scale = detail::opt_ptr(scale, c, Device::cpu(), "affine_pool_quantize_int8_out: scale");
+  j.shift = detail::opt_ptr(shift, c, Device::cpu(), "affine_pool_quantize_int8_out: shift");
+  TTQ_CHECK((j.scale == nullptr) == (j.shift == nullptr))
+      << "affine_pool_quantize_int8_out: scale and shift go together";
+  j.x = x.data<float>();
+  j.sn = x.stride(0);
+  j.sc = x.stride(1);
+  j.c = c, j.h = h, j.w = w, j.ho = ho, j.wo = wo;
+  j.relu = relu;
+  j.pool2 = pool2;
+  j.inv = quant ? 1.0f / quant->scale : 1.0f;
+  j.zp = quant ? quant->zero_point : 0;
+  j.yq = quant ? y.data<uint8_t>() : nullptr;
+  j.yf = quant ? nullptr : y.data<float>();
+  static const bool fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const int64_t planes = n * c;
+  const int threads = omp_get_max_threads();
+  if (planes * h * w < (1 << 18) || threads < 2 || omp_in_parallel()) {
+    fma ? quantize_dispatch<true>(j, 0, planes) : quantize_dispatch<false>(j, 0, planes);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < threads; ++t) {
+    const int64_t p0 = planes * t / threads, p1 = planes * (t + 1) / threads;
+    fma ? quantize_dispatch<true>(j, p0, p1) : quantize_dispatch<false>(j, p0, p1);
+  }
+}
+
+void ternary_int8_conv2d_out(const Tensor& x, Int8Quant x_quant, const Int8ConvWeight& w,
+                             const Int8ConvOptions& o, Tensor& y) {
+  TTQ_CHECK(w.defined()) << "ternary_int8_conv2d_out: undefined weight";
+  TTQ_CHECK(x.dim() == 4 && x.dtype() == DType::U8 && detail::dense_planes(x))
+      << "ternary_int8_conv2d_out: x must be U8 (int8 bytes) [n, c, h, w] with dense planes, got " << x.str();
+  TTQ_CHECK(x.size(1) == w.ci()) << "ternary_int8_conv2d_out: x has " << x.size(1) << " channels, the weight "
+                                 << w.ci();
+  TTQ_CHECK(x.device() == w.device() && y.device() == w.device())
+      << "ternary_int8_conv2d_out: x on " << x.device().str() << ", y on " << y.device().str()
+      << ", the weight on " << w.device().str();
+  TTQ_CHECK(o.out != Int8Out::Int32)
+      << "ternary_int8_conv2d_out: Int32 output goes through ternary_int8_conv2d";
+  const DType dt = o.out == Int8Out::F32 ? DType::F32 : DType::U8;
+  const Shape out = ternary_int8_conv_output_shape(x, w, o);
+  TTQ_CHECK(y.shape() == out && y.dtype() == dt && detail::dense_planes(y))
+      << "ternary_int8_conv2d_out: y must be " << dtype_name(dt) << " " << shape_str(out)
+      << " with dense planes, got " << y.str();
+  Int8ConvArgs a;
+  a.shape = {x.size(0), x.size(1), x.size(2), x.size(3), w.co(), w.kh(), w.kw(), o.stride, o.pad, w.groups()};
+  a.x = reinterpret_cast<const int8_t*>(x.data<uint8_t>());
+  a.x_sn = x.stride(0);
+  a.x_sc = x.stride(1);
+  a.x_quant = x_quant;
+  a.wp = w.wp();
+  a.wn = w.wn();
+  a.out = o.out;
+  a.y_sn = y.stride(0);
+  a.y_sc = y.stride(1);
+  if (o.out == Int8Out::F32) {
+    a.y = y.data<float>();
+  } else {
+    a.yq = reinterpret_cast<int8_t*>(y.data<uint8_t>());
+  }
+  a.post = {detail::opt_ptr(o.post_scale, w.co(), w.device(), "ternary_int8_conv2d_out: post_scale"),
+            detail::opt_ptr(o.post_shift, w.co(), w.device(), "ternary_int8_conv2d_out: post_shift"),
+            o.post_relu};
+  a.y_quant = o.y_quant;
+  if (w.device().is_cpu()) {
+    ternary_int8_conv_cpu(a, w.layout(), o.cpu_isa);
+    return;
+  }
+#ifdef TTQ_HAS_CUDA
+  ternary_int8_conv_cuda(a, reinterpret_cast<const uint32_t*>(w.device_masks().data<uint8_t>()),
+                         w.device_counts().data<int32_t>(),
+                         static_cast<cudaStream_t>(cuda::current_stream()));
+#else
+  TTQ_THROW() << "ternary_int8_conv2d_out: this build has no CUDA backend";
+#endif
+}
+
 Tensor ternary_int8_conv2d(const Tensor& xq_in, Int8Quant x_quant, const Int8ConvWeight& w,
                            const Int8ConvOptions& o) {
   TTQ_CHECK(w.defined()) << "ternary_int8_conv2d: undefined weight";

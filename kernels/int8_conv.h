@@ -174,6 +174,18 @@ Tensor quantize_int8(const Tensor& x, Int8Quant quant);
 // x = scale * (q - zero_point) per element (float). requires q U8 on the CPU.
 Tensor dequantize_int8(const Tensor& q, Int8Quant quant);
 
+// The step in front of an int8 conv in a packed model (models/packed_compiler.cpp): for
+// x [n, c, h, w] F32 on the CPU (each plane dense, sample and channel strides free: a
+// channel slice of a concatenation), per element
+//   v = fma(x, scale[c], shift[c])   when scale is defined (a folded BatchNorm)
+//   v = v > 0 ? v : 0                when relu
+//   v = ((v00 + v01) + (v10 + v11)) * 0.25f   when pool2 (2x2, stride 2, floor)
+// then y[n, c, ho, wo] (dense) is q = int8_requant(v, 1 / quant->scale, quant->zero_point)
+// (U8 int8 bytes) or, when quant is null, v itself (F32: what calibration observes).
+// requires y of that shape and dtype on the CPU, not overlapping x.
+void affine_pool_quantize_int8_out(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu,
+                                   bool pool2, const Int8Quant* quant, Tensor& y);
+
 // One ternary conv layer prepared for int8 activations on one device: the host layout
 // (always) and, on CUDA, its masks and counts on the device.
 class Int8ConvWeight {
@@ -219,5 +231,10 @@ Shape ternary_int8_conv_output_shape(const Tensor& xq, const Int8ConvWeight& w, 
 // or dtypes. ensures F32, U8 (int8 bytes) or I32 output by o.out.
 Tensor ternary_int8_conv2d(const Tensor& xq, Int8Quant x_quant, const Int8ConvWeight& w,
                            const Int8ConvOptions& o = {});
+// The same into a preallocated y of that shape and dtype (F32 or U8 by o.out; Int32 is not
+// accepted) whose planes are dense and whose sample and channel strides are free (a channel
+// slice of a concatenation buffer). requires xq's planes dense.
+void ternary_int8_conv2d_out(const Tensor& xq, Int8Quant x_quant, const Int8ConvWeight& w,
+                             const Int8ConvOptions& o, Tensor& y);
 
 }  // namespace ttq::kernels

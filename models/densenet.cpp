@@ -40,14 +40,21 @@ Graph densenet_graph(const DenseNetSpec& s, const ModelConfig& config) {
   const double layer_drop = s.layer_dropout > 0 && config.dropout >= 0 ? config.dropout : s.layer_dropout;
   const double cls_drop = config.dropout >= 0 ? config.dropout : s.classifier_dropout;
   Graph g(s.arch, config.in_channels);
-  for (const char* seg : {"norm", "relu", "conv"}) {
-    for (const char* idx : {"1", "2"})
-      g.add_alias({"denselayer", std::string(seg) + idx, std::string(seg) + "." + idx});
+  // The dense layers' modules: the seed's "norm.1" (torchvision's "norm1" accepted
+  // on import) or torchvision's own "norm1".
+  auto layer_part = [&](const char* seg, const char* idx) {
+    return std::string(seg) + (s.torchvision_names ? "" : ".") + idx;
+  };
+  if (!s.torchvision_names) {
+    for (const char* seg : {"norm", "relu", "conv"}) {
+      for (const char* idx : {"1", "2"})
+        g.add_alias({"denselayer", std::string(seg) + idx, std::string(seg) + "." + idx});
+    }
   }
-  int x = g.conv(0, "features.conv0", s.init_features, 3, 1, 1);
+  int x = g.conv(0, "features.conv0", s.init_features, s.stem_kernel, s.stem_stride, s.stem_kernel / 2);
   x = g.batch_norm(x, "features.norm0");
   x = g.relu(x, "features.relu0");
-  if (s.pool0) x = g.max_pool(x, 3, 2, 1);
+  if (s.pool0) x = g.max_pool(x, 3, 2, 1);  // features.pool0
   int64_t c = s.init_features;
   for (size_t b = 0; b < s.blocks.size(); ++b) {
     const std::string block = "features.denseblock" + std::to_string(b + 1);
@@ -55,10 +62,12 @@ Graph densenet_graph(const DenseNetSpec& s, const ModelConfig& config) {
     for (int j = 0; j < s.blocks[b]; ++j) {
       const std::string layer = block + ".denselayer" + std::to_string(j + 1);
       int h = g.concat(features, layer + ".cat");
-      h = g.relu(g.batch_norm(h, layer + ".norm.1"), layer + ".relu.1");
-      h = g.conv(h, layer + ".conv.1", s.bn_size * s.growth, 1);
-      h = g.relu(g.batch_norm(h, layer + ".norm.2"), layer + ".relu.2");
-      h = g.conv(h, layer + ".conv.2", s.growth, 3, 1, 1);
+      h = g.relu(g.batch_norm(h, layer + "." + layer_part("norm", "1")),
+                 layer + "." + layer_part("relu", "1"));
+      h = g.conv(h, layer + "." + layer_part("conv", "1"), s.bn_size * s.growth, 1);
+      h = g.relu(g.batch_norm(h, layer + "." + layer_part("norm", "2")),
+                 layer + "." + layer_part("relu", "2"));
+      h = g.conv(h, layer + "." + layer_part("conv", "2"), s.growth, 3, 1, 1);
       if (layer_drop > 0) h = g.dropout(h, layer_drop, layer + ".dropout");
       features.push_back(h);
     }
@@ -68,7 +77,7 @@ Graph densenet_graph(const DenseNetSpec& s, const ModelConfig& config) {
       const std::string t = "features.transition" + std::to_string(b + 1);
       x = g.relu(g.batch_norm(x, t + ".norm"), t + ".relu");
       x = g.conv(x, t + ".conv", c / 2, 1);
-      x = g.avg_pool(x, 2, 2);
+      x = g.avg_pool(x, 2, 2);  // .pool
       c /= 2;
     }
   }

@@ -247,7 +247,8 @@ PackedContent pack_tensors(const io::NamedTensors& input, const io::Metadata& me
   return out;
 }
 
-PackReport pack_model_file(const std::string& in, const std::string& out, const std::string& arch_flag) {
+PackReport pack_model_file(const std::string& in, const std::string& out, const std::string& arch_flag,
+                           const std::function<void(PackedContent&)>& amend) {
   TTQ_INPUT_CHECK(!io::same_file(in, out))
       << "--out " << out << " is the --in file; write the packed model to another file";
   io::SafeTensors st = io::read_safetensors(in);
@@ -255,6 +256,7 @@ PackReport pack_model_file(const std::string& in, const std::string& out, const 
       << in << ": already a packed model (format " << kPackedFormat << ")";
   const std::string arch = resolve_arch(st.meta("model"), arch_flag, in);
   PackedContent content = pack_tensors(st.tensors(), st.metadata(), arch, in);
+  if (amend) amend(content);
   io::write_safetensors(out, content.tensors, content.metadata);
   std::error_code ec;
   content.report.input_file_bytes = static_cast<int64_t>(std::filesystem::file_size(in, ec));

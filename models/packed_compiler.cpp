@@ -1,6 +1,6 @@
 // The packed runner's compiler: a graph of supported nodes and an input shape
 // in, a plan (models/packed_plan.h) out. Runner: models/packed_model.cpp. Tests:
-// tests/test_packed_model.cpp, tests/test_graph.cpp.
+// tests/test_packed_model.cpp, tests/test_graph.cpp, tests/test_torchvision.cpp.
 //
 // A PackedModel keeps the quantized layers in their kernels' layouts and every
 // other tensor as F32 on its device, each BatchNorm folded into a per-channel
@@ -9,7 +9,8 @@
 // kernels/packed_ops.h writing into a preallocated output, so that on CUDA the
 // whole list can be captured into one graph. The compiler's passes, in order:
 //  1. epilogue: a packed conv whose value only a BatchNorm (and then a ReLU) reads
-//     takes them as its epilogue (DenseNet's conv.1 -> norm.2 -> relu.2);
+//     takes them as its epilogue (DenseNet's conv.1 -> norm.2 -> relu.2); a conv's
+//     bias is its epilogue's shift (folded into the BatchNorm's when there is one);
 //  2. pool first: a 1x1 packed conv whose value only a 2x2 stride-2 average pool
 //     reads pools its input first (exact: the conv is linear per pixel), 4x fewer
 //     multiply-adds (DenseNet's transitions);
@@ -24,12 +25,19 @@
 //     view of it (a dense block is one shared buffer, never copied);
 //  6. everything else is one step per node; buffers of values nobody reads any
 //     more are reused by later steps.
+// With int8 activations (PackedModel precision Int8, docs/int8.md) pass 3 is skipped
+// (the int8 conv has no residual epilogue) and, after pass 4, every packed conv gets a
+// quantize step in front (shared by convs quantizing the same value the same way),
+// except where its input's producer can write int8 directly (int8_edges). A plan built
+// for calibration (observe) is the float plan with an observer step before each packed
+// conv.
 // No pass looks at an architecture's name.
 #include <array>
 #include <cmath>
 #include <functional>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "engine/cuda/runtime.h"
 #include "engine/io/values.h"
@@ -64,8 +72,13 @@ struct NodePlan {
 // The compiler of one plan (see the passes at the top of this file).
 class Compiler {
  public:
-  Compiler(const PackedModel::Impl& m, int64_t n, int64_t h, int64_t w)
-      : m(m), g(m.graph), nodes(g.nodes()), plan(g.size()) {
+  Compiler(const PackedModel::Impl& m, int64_t n, int64_t h, int64_t w, bool observe)
+      : m(m),
+        g(m.graph),
+        nodes(g.nodes()),
+        plan(g.size()),
+        observe(observe),
+        int8(!observe && m.precision == Precision::Int8) {
     shapes = g.infer_shapes({n, g.in_channels(), h, w});
     readers = g.consumers();
   }
@@ -75,9 +88,10 @@ class Compiler {
     for (int i = 0; i < g.size(); ++i) plan[i].out = i, plan[i].at = i;
     epilogues();
     pool_first();
-    residuals();
+    if (!int8) residuals();  // the int8 conv has no residual epilogue: the Add stays a step
     add_relus();
     prologues();
+    if (int8) int8_edges();
     auto p = std::make_unique<Plan>();
     p->input = Tensor::empty(shapes[0], DType::F32, m.device);
     value[0] = p->input;
@@ -92,6 +106,8 @@ class Compiler {
   const Graph& g;
   const std::vector<Node>& nodes;
   std::vector<NodePlan> plan;
+  const bool observe;  // Float path plus the calibration observer
+  const bool int8;     // packed convs on int8 activations
   std::vector<Shape> shapes;
   std::vector<std::vector<int>> readers;  // after aliases are resolved
   std::map<int, Tensor> value;            // node -> its value's tensor, once placed or allocated
@@ -126,13 +142,16 @@ class Compiler {
     }
   }
 
-  // 1. conv -> BN [-> ReLU] or conv -> ReLU as the conv's epilogue.
+  // 1. conv -> BN [-> ReLU] or conv -> ReLU as the conv's epilogue; the bias of
+  // a conv that has one always is.
   void epilogues() {
     for (int c = 0; c < g.size(); ++c) {
       if (!packed(c)) continue;
+      auto bias = m.packed_bias.find(c);
+      if (bias != m.packed_bias.end()) np(c).post = &bias->second;
       int r = only_reader(c);
       if (r >= 0 && node(r).kind == NodeKind::BatchNorm2d) {
-        np(c).post = &m.bn.at(r);
+        np(c).post = bias == m.packed_bias.end() ? &m.bn.at(r) : &bias_then_bn(c, bias->second, m.bn.at(r));
         np(r).fused = true;
         np(c).out = r;
         r = only_reader(r);
@@ -143,6 +162,17 @@ class Compiler {
         np(c).out = r;
       }
     }
+  }
+
+  // bn(conv + bias) as one affine: scale, shift + scale * bias (computed on the host).
+  std::map<int, Affine> combined;  // by conv node
+  const Affine& bias_then_bn(int c, const Affine& bias, const Affine& bn) {
+    const Tensor scale = bn.scale.to(Device::cpu()), shift = bn.shift.to(Device::cpu());
+    const Tensor b = bias.shift.to(Device::cpu());
+    Tensor out = Tensor::empty(shift.shape());
+    for (int64_t k = 0; k < out.numel(); ++k)
+      out.data<float>()[k] = shift.data<float>()[k] + scale.data<float>()[k] * b.data<float>()[k];
+    return combined[c] = Affine{bn.scale, out.to(m.device)};
   }
 
   // 2. 1x1 conv -> avg pool 2/2 as pool-then-conv.
@@ -257,6 +287,139 @@ class Compiler {
     }
   }
   std::map<int, int> rewired;  // reader -> the value it reads after a prologue fusion
+
+  // ---- int8 (docs/int8.md, "The whole model")
+  //
+  // Each packed conv quantizes its input (after its prologue and pool) with its own
+  // calibrated scale, in a quantize step shared by the convs that quantize the same value
+  // the same way. A value that only packed convs read, with no prologue or pool and one
+  // scale among them (DenseNet's conv.1 -> norm.2 -> relu.2 -> conv.2, the BN-ReLU being
+  // conv.1's epilogue), is written as int8 by its producer's epilogue: no float tensor,
+  // no quantize step.
+  struct QuantKey {
+    int value;
+    const Affine* pre;
+    bool relu, pool2;
+    float scale;
+    int32_t zero_point;
+    bool operator<(const QuantKey& o) const {
+      return std::tie(value, pre, relu, pool2, scale, zero_point) <
+             std::tie(o.value, o.pre, o.relu, o.pool2, o.scale, o.zero_point);
+    }
+  };
+  QuantKey quant_key(int i) const {
+    const NodePlan& q = plan[static_cast<size_t>(i)];
+    const kernels::Int8Quant a = m.act.at(i);
+    return {input_of(i), q.pre, q.pre_relu, q.pool2, a.scale, a.zero_point};
+  }
+  bool int8_conv(int i) const { return int8 && packed(i) && m.int8.count(i); }
+  std::map<int, kernels::Int8Quant> direct;  // value -> the int8 quantization its producer writes
+  std::map<QuantKey, int> pending;           // quantized input -> convs still to read it
+  std::map<QuantKey, Tensor> quantized;      // quantized inputs computed so far
+  std::multimap<std::vector<int64_t>, Tensor> free_u8;
+
+  void int8_edges() {
+    for (int c = 0; c < g.size(); ++c) {
+      if (!int8_conv(c) || np(c).fused || np(c).residual >= 0) continue;
+      const int v = np(c).out;
+      const auto& rs = readers[static_cast<size_t>(v)];
+      if (rs.empty() || root(g.output()) == v) continue;
+      bool ok = true;
+      for (int r : rs) {
+        const NodePlan& q = plan[static_cast<size_t>(r)];
+        ok = ok && int8_conv(r) && input_of(r) == v && q.pre == nullptr && !q.pre_relu && !q.pool2 &&
+             m.act.at(r).scale == m.act.at(rs[0]).scale &&
+             m.act.at(r).zero_point == m.act.at(rs[0]).zero_point;
+      }
+      if (ok) direct[v] = m.act.at(rs[0]);
+    }
+    for (int c = 0; c < g.size(); ++c)
+      if (int8_conv(c) && !np(c).fused) ++pending[quant_key(c)];
+  }
+  Tensor u8_buffer(Plan& p, const Shape& s) {
+    auto f = free_u8.find(s);
+    if (f != free_u8.end()) {
+      Tensor t = f->second;
+      free_u8.erase(f);
+      return t;
+    }
+    Tensor t = Tensor::empty(s, DType::U8, m.device);
+    p.buffers.push_back(t);
+    return t;
+  }
+
+  // The int8 conv i: its input quantized (a step, unless its producer wrote int8 or another
+  // conv quantized it the same way already), then the conv with its epilogue into F32 (a
+  // buffer or a concatenation's slice) or into int8 for its readers.
+  void emit_int8_conv(Plan& p, int i, const std::string& what) {
+    const NodePlan& q = plan[static_cast<size_t>(i)];
+    const QuantKey key = quant_key(i);
+    const kernels::Int8Quant xq_quant = m.act.at(i);
+    Tensor xq;
+    // (A value written as int8 by its producer is in `quantized` under its readers' key.)
+    if (auto it = quantized.find(key); it != quantized.end()) {
+      xq = it->second;
+    } else {
+      const Tensor x = value.at(key.value);
+      const Shape s = {x.size(0), x.size(1), q.pool2 ? x.size(2) / 2 : x.size(2),
+                       q.pool2 ? x.size(3) / 2 : x.size(3)};
+      xq = u8_buffer(p, s);
+      quantized[key] = xq;
+      Tensor scale, shift;
+      if (q.pre) scale = q.pre->scale, shift = q.pre->shift;
+      const bool relu = q.pre_relu, pool2 = q.pool2;
+      Tensor out = xq;
+      p.steps.push_back([x, scale, shift, relu, pool2, xq_quant, out]() mutable {
+        kernels::affine_pool_quantize_int8_out(x, scale, shift, relu, pool2, &xq_quant, out);
+      });
+    }
+    kernels::Int8ConvOptions o;
+    o.stride = node(i).conv.stride;
+    o.pad = node(i).conv.padding;
+    if (q.post) o.post_scale = q.post->scale, o.post_shift = q.post->shift;
+    o.post_relu = q.post_relu;
+    o.cpu_isa = m.options.int8_isa;
+    const kernels::Int8ConvWeight* w = &m.int8.at(i);
+    Tensor y;
+    if (auto d = direct.find(q.out); d != direct.end()) {
+      o.out = kernels::Int8Out::Int8;
+      o.y_quant = d->second;
+      y = u8_buffer(p, kernels::ternary_int8_conv_output_shape(xq, *w, o));
+      quantized[QuantKey{q.out, nullptr, false, false, d->second.scale, d->second.zero_point}] = y;
+    } else {
+      o.out = kernels::Int8Out::F32;
+      y = acquire(p, q.out);
+      TTQ_CHECK(kernels::ternary_int8_conv_output_shape(xq, *w, o) == y.shape())
+          << "packed model: " << what << " output " << shape_str(y.shape());
+    }
+    p.steps.push_back(
+        [xq, xq_quant, w, o, y]() mutable { kernels::ternary_int8_conv2d_out(xq, xq_quant, *w, o, y); });
+    // The quantized input goes back to the pool once its last reader ran.
+    if (--pending[key] == 0) {
+      if (auto it = quantized.find(key); it != quantized.end()) {
+        free_u8.emplace(it->second.shape(), it->second);
+        quantized.erase(it);
+      }
+    }
+  }
+
+  // Calibration: the F32 tensor conv i's int8 path would quantize, handed to the observer.
+  void emit_observer(Plan& p, int i) {
+    const NodePlan& q = plan[static_cast<size_t>(i)];
+    const Tensor x = value.at(input_of(i));
+    const Shape s = {x.size(0), x.size(1), q.pool2 ? x.size(2) / 2 : x.size(2),
+                     q.pool2 ? x.size(3) / 2 : x.size(3)};
+    Tensor v = Tensor::empty(s, DType::F32, m.device);
+    p.buffers.push_back(v);
+    Tensor scale, shift;
+    if (q.pre) scale = q.pre->scale, shift = q.pre->shift;
+    const bool relu = q.pre_relu, pool2 = q.pool2;
+    const PackedModel::Impl* mp = &m;
+    p.steps.push_back([x, scale, shift, relu, pool2, v, mp, i]() mutable {
+      kernels::affine_pool_quantize_int8_out(x, scale, shift, relu, pool2, nullptr, v);
+      if (mp->observer) mp->observer(i, v);
+    });
+  }
 
   // The value a step anchored at i reads as its main input.
   int input_of(int i) const {
@@ -455,8 +618,13 @@ class Compiler {
     const std::string what = nd.name.empty() ? std::string(node_kind_name(nd.kind)) : nd.name;
     switch (nd.kind) {
       case NodeKind::Conv2d: {
+        if (int8_conv(i)) {
+          emit_int8_conv(p, i, what);
+          return;
+        }
         const Tensor x = value.at(input_of(i));
         Tensor y = acquire(p, q.out);
+        if (packed(i) && observe) emit_observer(p, i);
         if (packed(i)) {
           kernels::PackedConvOptions o = conv_options(i);
           if (q.residual >= 0) {
@@ -561,8 +729,8 @@ class Compiler {
 
 }  // namespace
 
-std::unique_ptr<Plan> PackedModel::Impl::build(int64_t n, int64_t h, int64_t w) const {
-  return Compiler(*this, n, h, w).compile();
+std::unique_ptr<Plan> PackedModel::Impl::build(int64_t n, int64_t h, int64_t w, bool observe) const {
+  return Compiler(*this, n, h, w, observe).compile();
 }
 
 }  // namespace ttq::models

@@ -12,6 +12,7 @@
 
 #include "engine/cuda/runtime.h"
 #include "engine/io/values.h"
+#include "engine/ops/ops.h"
 #include "kernels/packed_format.h"
 #include "kernels/packed_ops.h"
 #include "models/packed.h"
@@ -90,8 +91,18 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
     return t;
   };
   std::map<std::string, Tensor> host;  // F32 tensors by name (CPU)
+  // Int8 activations (docs/formats.md, "Packed model"): metadata act_bits = 8 and a
+  // scale and zero point per quantized layer; a file without act_bits is float-only.
+  const auto act_bits = meta.find("act_bits");
+  const bool has_act = act_bits != meta.end();
+  TTQ_INPUT_CHECK(!has_act || act_bits->second == "8")
+      << source << ": metadata act_bits is '" << act_bits->second << "' (8 expected, or no entry)";
   for (const auto& [name, shape] : g.state_shapes()) {
     const std::string layer = layer_of(name, ".weight", qnames);
+    if (!layer.empty() && has_act) {
+      fetch(layer + ".act_scale", DType::F32, {}, true);
+      fetch(layer + ".act_zero_point", DType::I32, {}, true);
+    }
     if (layer.empty()) {
       const Tensor& t = fetch(name, DType::F32, shape, false);
       const bool non_negative = detail::ends_with(name, ".running_var");  // BatchNorm variances
@@ -110,6 +121,14 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
 
   for (int i = 0; i < g.size(); ++i) {
     const Node& n = g.node(i);
+    if (n.kind == NodeKind::Conv2d && qnames.count(n.name) && has_act) {
+      const float s = file.at(n.name + ".act_scale")->to(DType::F32).data<float>()[0];
+      const int32_t z = file.at(n.name + ".act_zero_point")->contiguous().data<int32_t>()[0];
+      TTQ_INPUT_CHECK(std::isfinite(s) && s > 0 && z >= -128 && z <= 127)
+          << source << ": layer " << n.name << " has activation scale " << s << " and zero point " << z
+          << " (a finite positive scale and a zero point in [-128, 127] expected)";
+      impl->act[i] = {s, z};
+    }
     if (n.kind == NodeKind::Conv2d && qnames.count(n.name)) {
       const Tensor& codes = *file.at(n.name + ".codes");
       const float wp = file.at(n.name + ".wp")->to(DType::F32).data<float>()[0];
@@ -123,9 +142,11 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
           codes, shape, wp, wn, device, source + ": layer " + n.name, n.conv.groups);
       if (n.conv.dilation == 1) {
         impl->packed.emplace(i, std::move(w));
+        if (n.conv.bias) impl->packed_bias[i] = {Tensor(), host.at(n.name + ".bias").contiguous().to(device)};
       } else {
         // The packed kernels have no dilation: the layer runs as a float conv of its ternary values.
         impl->weight[i] = w.decode().contiguous();
+        if (n.conv.bias) impl->bias[i] = host.at(n.name + ".bias").contiguous().to(device);
       }
     } else if (n.kind == NodeKind::Conv2d || n.kind == NodeKind::Linear) {
       impl->weight[i] = host.at(n.name + ".weight").contiguous().to(device);
@@ -145,7 +166,35 @@ std::unique_ptr<PackedModel> PackedModel::from_tensors(const io::NamedTensors& t
       impl->bn[i] = {scale.to(device), shift.to(device)};
     }
   }
+  // The precision: Auto is Int8 where the file holds scales and the device is the CPU.
+  Precision prec = options.precision;
+  if (prec == Precision::Auto) prec = has_act && device.is_cpu() ? Precision::Int8 : Precision::Float;
+  TTQ_INPUT_CHECK(prec != Precision::Int8 || has_act)
+      << source << ": precision int8 needs activation scales, and this packed file has none (pack it with "
+      << "ttq_pack --act-bits 8 --calibrate DATA, or run it with precision float)";
+  TTQ_INPUT_CHECK(prec != Precision::Int8 || device.is_cpu())
+      << source << ": precision int8 runs on the CPU only (the CUDA runner has no int8 path yet); "
+      << "use --device cpu or --precision float";
+  impl->precision = prec;
+  if (prec == Precision::Int8)
+    for (const auto& [i, w] : impl->packed)
+      impl->int8.emplace(i, kernels::Int8ConvWeight::from_packed(w, device));
   return std::unique_ptr<PackedModel>(new PackedModel(std::move(impl)));
+}
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::Auto: return "auto";
+    case Precision::Float: return "float";
+    case Precision::Int8: return "int8";
+  }
+  return "?";
+}
+
+Precision parse_precision(const std::string& text, const std::string& flag) {
+  for (Precision p : {Precision::Auto, Precision::Float, Precision::Int8})
+    if (text == precision_name(p)) return p;
+  TTQ_INPUT_ERROR() << flag << ": expected auto, float or int8, got '" << text << "'";
 }
 
 const std::string& PackedModel::arch() const { return m_impl->arch; }
@@ -157,13 +206,17 @@ std::string PackedModel::metadata_value(const std::string& key) const {
   return it == m_impl->meta.end() ? "" : it->second;
 }
 int PackedModel::quantized_layers() const { return static_cast<int>(m_impl->packed.size()); }
+Precision PackedModel::precision() const { return m_impl->precision; }
+bool PackedModel::has_int8_scales() const { return !m_impl->act.empty(); }
 int64_t PackedModel::graph_replays() const { return m_impl->graph_replays; }
 
 int64_t PackedModel::weight_bytes() const {
   int64_t b = 0;
   for (const auto& [name, w] : m_impl->packed) b += w.bytes();
+  for (const auto& [name, w] : m_impl->int8) b += w.bytes();
   for (const auto& [i, t] : m_impl->weight) b += static_cast<int64_t>(t.nbytes());
   for (const auto& [i, t] : m_impl->bias) b += static_cast<int64_t>(t.nbytes());
+  for (const auto& [i, a] : m_impl->packed_bias) b += static_cast<int64_t>(a.shift.nbytes());
   for (const auto& [i, a] : m_impl->bn) b += static_cast<int64_t>(a.scale.nbytes() + a.shift.nbytes());
   return b;
 }
@@ -178,7 +231,7 @@ void PackedModel::check_input(const Shape& x, const std::string& what) const {
 
 int64_t PackedModel::plan_steps(int64_t n, int64_t h, int64_t w) {
   check_input({n, m_impl->config.in_channels, h, w}, "plan_steps");
-  const std::array<int64_t, 3> key{n, h, w};
+  const std::array<int64_t, 4> key{n, h, w, 0};
   auto it = m_impl->plans.find(key);
   if (it != m_impl->plans.end()) return static_cast<int64_t>(it->second->steps.size());
   return static_cast<int64_t>(m_impl->build(n, h, w)->steps.size());
@@ -188,20 +241,43 @@ Tensor PackedModel::forward(const Tensor& x_in) {
   check_input(x_in.shape(), "packed " + m_impl->arch + " input");
   TTQ_CHECK(x_in.dtype() == DType::F32 || x_in.dtype() == DType::F64)
       << "PackedModel::forward: F32 input expected, got " << x_in.str();
-  const std::array<int64_t, 3> key{x_in.size(0), x_in.size(2), x_in.size(3)};
-  auto it = m_impl->plans.find(key);
-  if (it == m_impl->plans.end()) {
-    if (m_impl->plans.size() >= 8) m_impl->plans.clear();
-    auto plan = m_impl->build(key[0], key[1], key[2]);
+  return m_impl->forward(x_in, false);
+}
+
+void PackedModel::observe_conv_inputs(const Tensor& x,
+                                      const std::function<void(const std::string&, const Tensor&)>& fn) {
+  check_input(x.shape(), "packed " + m_impl->arch + " calibration input");
+  TTQ_CHECK(m_impl->device.is_cpu()) << "observe_conv_inputs: CPU only";
+  const Graph& g = m_impl->graph;
+  m_impl->observer = [&](int node, const Tensor& v) { fn(g.node(node).name, v); };
+  try {
+    m_impl->forward(x, true);
+  } catch (...) {
+    m_impl->observer = nullptr;
+    throw;
+  }
+  m_impl->observer = nullptr;
+}
+
+Tensor PackedModel::Impl::forward(const Tensor& x_in, bool observe) {
+  const std::array<int64_t, 4> key{x_in.size(0), x_in.size(2), x_in.size(3), observe ? 1 : 0};
+  auto it = plans.find(key);
+  if (it == plans.end()) {
+    if (plans.size() >= 8) plans.clear();
+    auto plan = build(key[0], key[1], key[2], observe);
+    // Under ops::set_poison_outputs (tests), every buffer starts as NaN, so a step
+    // that leaves part of its output unwritten shows in the logits.
+    if (ops::poison_outputs())
+      for (Tensor& b : plan->buffers) b.fill_(NAN);
     plan->n = key[0];
     plan->h = key[1];
     plan->w = key[2];
-    it = m_impl->plans.emplace(key, std::move(plan)).first;
+    it = plans.emplace(key, std::move(plan)).first;
   }
   Plan& p = *it->second;
   p.input.copy_(x_in.dtype() == DType::F32 ? x_in : x_in.to(DType::F32));
-  m_impl->run(p);
-  return m_impl->device.is_cpu() ? p.logits.clone() : p.logits.to(Device::cpu());
+  run(p);
+  return device.is_cpu() ? p.logits.clone() : p.logits.to(Device::cpu());
 }
 
 }  // namespace ttq::models

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/cuda/runtime.h"
+#include "kernels/int8_conv.h"
 #include "kernels/packed_conv.h"
 #include "models/graph.h"
 #include "models/packed.h"
@@ -19,7 +20,8 @@ namespace ttq::models {
 
 namespace detail {
 
-// A BatchNorm folded for eval: y = x * scale + shift.
+// A BatchNorm folded for eval: y = x * scale + shift (a null scale is 1: a
+// packed conv's bias is an affine with its shift only).
 struct Affine {
   Tensor scale, shift;
 };
@@ -48,11 +50,21 @@ struct PackedModel::Impl {
   std::map<int, kernels::PackedConvWeight> packed;  // quantized convs, by node
   std::map<int, Tensor> weight, bias;               // float convs and linears, by node
   std::map<int, detail::Affine> bn;                 // by node
-  std::map<std::array<int64_t, 3>, std::unique_ptr<detail::Plan>> plans;
+  std::map<int, detail::Affine> packed_bias;        // quantized convs with a bias: {null, bias}
+  // Int8 activations: each packed conv's input quantization (from the file) and, when
+  // the model runs Int8, its weights in the int8 kernels' layout.
+  std::map<int, kernels::Int8Quant> act;
+  std::map<int, kernels::Int8ConvWeight> int8;
+  Precision precision = Precision::Float;  // resolved: Float or Int8
+  // Plans by (n, h, w, mode): mode 0 runs `precision`, mode 1 the Float path with the
+  // observer called on every packed conv's quantization input (calibration).
+  std::map<std::array<int64_t, 4>, std::unique_ptr<detail::Plan>> plans;
+  std::function<void(int node, const Tensor& v)> observer;
   int64_t graph_replays = 0;
 
-  std::unique_ptr<detail::Plan> build(int64_t n, int64_t h, int64_t w) const;
+  std::unique_ptr<detail::Plan> build(int64_t n, int64_t h, int64_t w, bool observe = false) const;
   void run(detail::Plan& p);
+  Tensor forward(const Tensor& x, bool observe);
 };
 
 }  // namespace ttq::models

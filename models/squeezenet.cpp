@@ -46,9 +46,12 @@ Graph squeezenet_graph(const ModelConfig& config) {
 }
 
 std::vector<std::pair<std::string, GraphBuilder>> builtin_architectures() {
-  return {{"small_densenet", [](const ModelConfig& c) { return densenet_graph(small_densenet_spec(), c); }},
-          {"squeezenet", squeezenet_graph},
-          {"densenet121", [](const ModelConfig& c) { return densenet_graph(densenet121_spec(), c); }}};
+  std::vector<std::pair<std::string, GraphBuilder>> out = {
+      {"small_densenet", [](const ModelConfig& c) { return densenet_graph(small_densenet_spec(), c); }},
+      {"squeezenet", squeezenet_graph},
+      {"densenet121", [](const ModelConfig& c) { return densenet_graph(densenet121_spec(), c); }}};
+  for (auto& a : torchvision_architectures()) out.push_back(std::move(a));
+  return out;
 }
 
 }  // namespace ttq::models

@@ -208,8 +208,13 @@ TEST_F(ToolFlags, InferNumbersAndTexts) {
 TEST_F(ToolFlags, PackTexts) {
   const std::map<std::string, std::string> base = {
       {"--in", test::seed_dir() + "/small_densenet_ttq.safetensors"}, {"--out", "OUT"}};
-  for (const char* flag : {"--in", "--out", "--arch"})
+  for (const char* flag : {"--in", "--out", "--arch", "--calibrate", "--calib-method"})
     expect_refused("ttq_pack", base, flag, "", "empty value");
+  // The int8 flags' numbers (with a calibration that would otherwise run).
+  std::map<std::string, std::string> int8 = base;
+  int8["--act-bits"] = "8";
+  int8["--calibrate"] = "mnist:" + s_dir + "/data";
+  check_all("ttq_pack", int8, {{"--act-bits", with({"9", "256"})}, {"--calib-images", with({"0"})}});
 }
 
 TEST_F(ToolFlags, HelpStatesRangesAndDefaults) {

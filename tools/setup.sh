@@ -10,6 +10,7 @@ packages=(build-essential cmake ninja-build pkg-config
           libgtest-dev libgmock-dev libbenchmark-dev
           clang libclang-rt-dev libomp-dev  # the fuzz targets: libFuzzer, sanitizers, OpenMP for clang
           clang-format                      # the formatting check of the test command
+          python3-torch python3-torchvision # the torchvision parity tests' fixtures (skipped without them)
           dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do

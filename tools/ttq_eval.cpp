@@ -31,6 +31,10 @@ int main(int argc, char** argv) {
   f.text("--data", o.data, "fashion-mnist[:DIR] | tiny-imagenet:DIR | folder:DIR | mnist:DIR", o.data);
   f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");
   f.integer("--batch", o.batch, L::kEvalBatch, "Batch size", std::to_string(o.batch));
+  f.text("--precision", o.precision,
+         "Packed files: auto, float (float activations) or int8 (ternary x int8 kernels, CPU only; the file "
+         "needs ttq_pack --act-bits 8)",
+         "int8 when the file holds activation scales and the device is the CPU, else float");
   f.text(
       "--split", o.split,
       "val: the validation split as training formed it (held out of the training images when the data set "
@@ -65,8 +69,9 @@ int main(int argc, char** argv) {
     }
     const ttq::app::EvalReport report = ttq::app::run_eval(o, std::cerr);
     const ttq::train::EvalResult& r = report.result;
-    std::printf("%s split, images %lld  loss %.4f  top1 %.2f%%  top5 %.2f%%\n", o.split.c_str(),
-                static_cast<long long>(r.count), r.loss, 100 * r.top1, 100 * r.top5);
+    std::printf("%s split, images %lld  loss %.4f  top1 %.2f%%  top5 %.2f%%%s\n", o.split.c_str(),
+                static_cast<long long>(r.count), r.loss, 100 * r.top1, 100 * r.top5,
+                report.precision.empty() ? "" : ("  (packed, " + report.precision + ")").c_str());
     const auto worst = ttq::app::worst_classes(report, 5);
     if (!worst.empty()) {
       std::printf("worst classes (top1):");
@@ -84,6 +89,7 @@ int main(int argc, char** argv) {
       j["loss"] = r.loss;
       j["top1"] = r.top1;
       j["top5"] = r.top5;
+      if (!report.precision.empty()) j["precision"] = report.precision;
       j["seconds"] = r.seconds;
       nlohmann::json per_class = nlohmann::json::array();
       for (const auto& c : ttq::app::per_class(report))

@@ -43,6 +43,10 @@ int main(int argc, char** argv) {
          "Weights file (.safetensors): a checkpoint, a PyTorch import or a packed 2-bit model");
   f.text("--arch", o.arch, "Architecture when the file's metadata has no \"model\" (" + known + ")");
   f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");
+  f.text("--precision", o.precision,
+         "Packed files: auto, float (float activations) or int8 (ternary x int8 kernels, CPU only; the file "
+         "needs ttq_pack --act-bits 8)",
+         "int8 when the file holds activation scales and the device is the CPU, else float");
   f.text("--input-tensors", o.input_path, "Tensor mode: safetensors file holding the input batch");
   f.text("--input-name", o.input_name, "Tensor mode: name of the input tensor [N, C, H, W]");
   f.text("--logits-out", o.logits_out,
@@ -84,7 +88,7 @@ int main(int argc, char** argv) {
     if (!images.empty()) {
       TTQ_INPUT_CHECK(o.input_path.empty()) << "give image files or --input-tensors, not both";
       TTQ_INPUT_CHECK(!o.model_path.empty()) << "--model FILE is required";
-      ttq::app::ImageInferOptions io{o.model_path, o.arch, o.device, data_spec, images, top_k};
+      ttq::app::ImageInferOptions io{o.model_path, o.arch, o.device, data_spec, images, top_k, o.precision};
       std::cout << ttq::app::format_predictions(ttq::app::run_image_inference(io, std::cerr));
       return 0;
     }

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "engine/process.h"
+#include "models/model.h"
 #include "tools/flags.h"
 #include "train/options.h"
 #include "train/run_folder.h"
@@ -30,7 +31,9 @@ int main(int argc, char** argv) {
   ttq::train::TrainOptions o;
   bool quiet = false;
   ttq::tools::Flags f(app);
-  f.text("--model", o.model, "small_densenet | squeezenet | densenet121", o.model);
+  std::string models;
+  for (const auto& n : ttq::models::names()) models += (models.empty() ? "" : " | ") + n;
+  f.text("--model", o.model, models, o.model);
   f.text("--data", o.data, "fashion-mnist[:DIR] | tiny-imagenet:DIR | folder:DIR | mnist:DIR", o.data);
   f.text("--phase", o.phase, "fp (full precision) or ttq", o.phase);
   f.text("--init", o.init, "Checkpoint to start from (required for --phase ttq)");
@@ -49,7 +52,8 @@ int main(int argc, char** argv) {
   f.real("--t", o.t, L::kT, "ttq: threshold factor, delta = t * max|W|", "0.05, SqueezeNet 0.15");
   f.real("--dropout", o.dropout, L::kDropout, "Drop probability of every dropout",
          "the architecture's, 0.25 / SqueezeNet 0.6");
-  f.text("--scales-init", o.scales_init, "ttq: initial Wp, Wn: ones (the seed) or mean", "ones");
+  f.text("--scales-init", o.scales_init, "ttq: initial Wp, Wn: ones (the seed) or mean",
+         "ones; mean for networks without BatchNorm (squeezenet1_1)");
   f.text("--wn-grad", o.wn_grad, "ttq: dL/dWn sign: exact (-sum_N G) or seed (+sum_N G)", "exact");
   f.seed("--seed", o.seed, "Random seed (init, data order, augmentation, dropout)", "0");
   f.integer("--workers", o.workers, L::kWorkers, "Data loader threads", std::to_string(o.workers));

@@ -15,9 +15,12 @@ TrainOptions resolve_defaults(TrainOptions o) {
   TTQ_INPUT_CHECK(o.phase == "fp" || o.phase == "ttq")
       << "--phase: expected fp or ttq, got '" << o.phase << "'";
   bool known = false;
-  for (const auto& n : models::names()) known = known || n == o.model;
-  TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model
-                         << "' (expected small_densenet, squeezenet or densenet121)";
+  std::string names;
+  for (const auto& n : models::names()) {
+    known = known || n == o.model;
+    names += (names.empty() ? "" : ", ") + n;
+  }
+  TTQ_INPUT_CHECK(known) << "--model: unknown model '" << o.model << "' (expected one of " << names << ")";
   TTQ_INPUT_CHECK(!o.out.empty()) << "--out: a run folder is required";
   const bool sq = o.model == "squeezenet";
   const bool fp = o.phase == "fp";
@@ -28,7 +31,14 @@ TrainOptions resolve_defaults(TrainOptions o) {
   if (o.weight_decay == kUnset) o.weight_decay = fp ? (sq ? 3e-4 : 1e-4) : 1e-4;
   if (o.momentum == kUnset) o.momentum = 0.95;
   if (o.t == kUnset) o.t = sq ? 0.15 : 0.05;
-  if (o.scales_init.empty()) o.scales_init = "ones";
+  if (o.scales_init.empty()) {
+    // Wp = Wn = 1 scales every ternary layer's output by about 1 / mean|W|; BatchNorm
+    // renormalises that, so a network without any (squeezenet1_1) starts from the means.
+    bool has_bn = false;
+    const models::Graph graph = models::build_graph(o.model, models::ModelConfig{});
+    for (const auto& n : graph.nodes()) has_bn = has_bn || n.kind == models::NodeKind::BatchNorm2d;
+    o.scales_init = has_bn ? "ones" : "mean";
+  }
   if (o.wn_grad.empty()) o.wn_grad = "exact";
   if (o.schedule.empty()) o.schedule = "plateau";
   check_flag_range("--epochs", o.epochs, limits::kEpochs);

@@ -538,6 +538,8 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   }
 
   build_model(r, o.resume ? &resume_ckpt : nullptr);
+  // The data's crop must fit the architecture (torchvision's DenseNet needs 29x29).
+  r.model->check_input({1, r.pre.channels, r.pre.crop, r.pre.crop}, o.data + " images");
   // Every input is valid: pick the device (a line on the log when it falls back to the CPU).
   r.device = pick_device(o.device, log);
   r.model->to(r.device);
