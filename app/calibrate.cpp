@@ -5,6 +5,7 @@
 
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "data/pipeline.h"
 #include "train/evaluate.h"
 #include "train/options.h"
 
@@ -15,7 +16,11 @@ Tensor calibration_images(const CalibrationOptions& o, const io::Metadata& meta,
   check_flag_range("--calib-images", o.images, train::limits::kLimit);
   if (o.val_size != -1) check_flag_range("--val-size", o.val_size, train::limits::kValSize);
   data::DataSpec spec = data::parse_data_spec(o.data);
+  // What training applied: the file's "preprocess" metadata (data/pipeline.h), else
+  // the preprocessing of files from before it.
   data::Preprocess pre = data::preprocess_for(spec);
+  if (auto it = meta.find("preprocess"); it != meta.end())
+    pre = data::parse_preprocess_json(it->second, source);
   // The split as training formed it (checkpoints and packed files record it), so that
   // the validation images stay unseen.
   data::SplitOptions split_options;
@@ -30,7 +35,7 @@ Tensor calibration_images(const CalibrationOptions& o, const io::Metadata& meta,
       TTQ_INPUT_ERROR() << source << ": metadata 'split' is not {\"val_size\": N, \"seed\": S}";
     }
   }
-  data::Splits splits = data::open_data(spec, pre.image_size, split_options);
+  data::Splits splits = data::open_data(spec, pre.image_size, split_options, pre.channels);
   TTQ_INPUT_CHECK(splits.train && splits.train->size() > 0)
       << "--calibrate " << o.data << ": no training images";
   TTQ_INPUT_CHECK(config.in_channels == pre.channels)

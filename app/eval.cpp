@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "data/dataset.h"
+#include "data/pipeline.h"
 #include "engine/io/safetensors.h"
 #include "models/graph_io.h"
 #include "models/model_file.h"
@@ -35,7 +36,30 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
   std::ostringstream device_note;
   const Device device = pick_device(o.device, device_note);
   data::DataSpec spec = data::parse_data_spec(o.data);
+  // What validation applied when the model was trained: the file's "preprocess"
+  // metadata; a file without it gets the preprocessing runs had before it existed.
   data::Preprocess pre = data::preprocess_for(spec);
+  if (auto it = h.metadata.find("preprocess"); it != h.metadata.end())
+    pre = data::parse_preprocess_json(it->second, o.weights);
+  if (o.image_size != 0) {
+    check_flag_range("--image-size", o.image_size, train::limits::kImageSize);
+    pre.image_size = static_cast<int>(o.image_size);
+    if (o.crop == 0) pre.crop = std::min(pre.crop, pre.image_size);
+  }
+  if (o.crop != 0) {
+    check_flag_range("--crop", o.crop, train::limits::kImageSize);
+    pre.crop = static_cast<int>(o.crop);
+  }
+  TTQ_INPUT_CHECK(pre.crop <= pre.image_size)
+      << "--crop " << pre.crop << ": larger than the image size " << pre.image_size << " (--image-size)";
+  if (!o.mean.empty()) {
+    const auto v = data::parse_channel_values("--mean", o.mean, pre.channels, false);
+    std::copy(v.begin(), v.end(), pre.mean.begin());
+  }
+  if (!o.std.empty()) {
+    const auto v = data::parse_channel_values("--std", o.std, pre.channels, true);
+    std::copy(v.begin(), v.end(), pre.std.begin());
+  }
   // The validation split as training formed it: its held-out size is in the
   // weights' metadata (checkpoints and packed files carry it), unless --val-size says.
   data::SplitOptions split_options;
@@ -50,7 +74,7 @@ EvalReport run_eval(const EvalOptions& o, std::ostream& log) {
       TTQ_INPUT_ERROR() << o.weights << ": metadata 'split' is not {\"val_size\": N, \"seed\": S}";
     }
   }
-  data::Splits splits = data::open_data(spec, pre.image_size, split_options);
+  data::Splits splits = data::open_data(spec, pre.image_size, split_options, pre.channels);
   std::shared_ptr<const data::Dataset> eval_set;
   EvalReport report;
   if (o.split == "val") {

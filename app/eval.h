@@ -25,6 +25,9 @@ struct EvalOptions {
   int64_t limit = 0;  // evaluate a seeded subset of this many images (0: the whole split)
   int workers = 2;
   uint64_t seed = 0;  // for --limit's subset
+  // Overrides of the file's preprocessing (0 / "": the file's; data/pipeline.h).
+  int64_t image_size = 0, crop = 0;
+  std::string mean, std;  // comma-separated numbers, one per channel (one: every channel)
   // Packed files: "auto" (or ""), "float" or "int8" (models::Precision; int8 needs
   // activation scales, ttq_pack --act-bits 8).
   std::string precision;

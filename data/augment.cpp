@@ -284,6 +284,27 @@ Preprocess Preprocess::for_input(int channels, int size) {
   return seed_rgb((size * 8 + 6) / 7, size);
 }
 
+const char* augment_name(TrainAugment a) {
+  switch (a) {
+    case TrainAugment::Seed: return "seed";
+    case TrainAugment::PadCropFlip: return "flip-crop";
+    case TrainAugment::None: return "none";
+  }
+  return "?";
+}
+
+TrainAugment parse_augment(const std::string& name) {
+  for (TrainAugment a : {TrainAugment::Seed, TrainAugment::PadCropFlip, TrainAugment::None})
+    if (name == augment_name(a)) return a;
+  TTQ_INPUT_ERROR() << "--augment: expected none, flip-crop or seed, got '" << name << "'";
+}
+
+Image fit_image(const Image& img, int channels, int size) {
+  Image out = img.channels == channels ? img : convert_channels(img, channels);
+  if (out.width != size || out.height != size) out = resize_cover(out, size);
+  return out;
+}
+
 uint64_t sample_key(uint64_t seed, uint64_t epoch, uint64_t index) {
   return rng::draw64(rng::draw64(seed ^ 0x61756720'6b657973ull, epoch), index);
 }

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 
 #include "data/image.h"
 
@@ -70,6 +71,15 @@ struct Preprocess {
   // images of size * 8 / 7 (56 -> 64); 1 channel -> gray(size).
   static Preprocess for_input(int channels, int size);
 };
+
+// The names --augment takes and config.json / metadata record: "seed",
+// "flip-crop" (PadCropFlip), "none". parse_augment throws InputError naming --augment.
+const char* augment_name(TrainAugment a);
+TrainAugment parse_augment(const std::string& name);
+
+// An image as a Preprocess wants it stored: converted to `channels` (PIL's rules,
+// data/image.h) and resized with resize_cover() to `size` square when it is not.
+Image fit_image(const Image& img, int channels, int size);
 
 // ---- randomness ----
 

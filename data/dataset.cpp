@@ -463,7 +463,8 @@ Splits open_tiny_imagenet(const std::string& root_str, const SplitOptions& split
 }
 
 std::shared_ptr<ImageFileDataset> open_image_folder(const std::string& root_str, int image_size,
-                                                    const std::vector<std::string>* class_names) {
+                                                    const std::vector<std::string>* class_names,
+                                                    int channels) {
   fs::path root(root_str);
   std::vector<std::string> folders = folder_classes(root);
   if (class_names == nullptr) check_class_count(folders, root.string());
@@ -478,36 +479,37 @@ std::shared_ptr<ImageFileDataset> open_image_folder(const std::string& root_str,
     TTQ_INPUT_CHECK(!files.empty()) << (root / f).string() << ": no images (empty class)";
     for (std::string& p : files) items.push_back({std::move(p), it->second});
   }
-  return std::make_shared<ImageFileDataset>(std::move(items), classes, std::vector<std::string>{}, 3,
+  return std::make_shared<ImageFileDataset>(std::move(items), classes, std::vector<std::string>{}, channels,
                                             image_size, false);
 }
 
-Splits open_folder_splits(const std::string& root_str, int image_size, const SplitOptions& split) {
+Splits open_folder_splits(const std::string& root_str, int image_size, const SplitOptions& split,
+                          int channels) {
   fs::path root(root_str);
   TTQ_INPUT_CHECK(is_dir(root)) << root.string() << ": no such folder";
   Splits s;
   s.test_from = "none";
   if (!is_dir(root / "train")) {
     // DIR/<class>/...: validation held out, no test split.
-    std::shared_ptr<const Dataset> all = open_image_folder(root.string(), image_size);
+    std::shared_ptr<const Dataset> all = open_image_folder(root.string(), image_size, nullptr, channels);
     s.all = all;
     hold_out_val(s, all, split);
     s.test_from = "none (" + root.string() + " has no train/ and test/ folders)";
     return s;
   }
-  auto train = open_image_folder((root / "train").string(), image_size);
+  auto train = open_image_folder((root / "train").string(), image_size, nullptr, channels);
   const std::vector<std::string> classes = train->class_names();
   std::vector<std::shared_ptr<const Dataset>> parts = {train};
   if (is_dir(root / "val")) {
     s.train = train;
-    s.val = open_image_folder((root / "val").string(), image_size, &classes);
+    s.val = open_image_folder((root / "val").string(), image_size, &classes, channels);
     s.val_from = (root / "val").string();
     parts.push_back(s.val);
   } else {
     hold_out_val(s, train, split);
   }
   if (is_dir(root / "test")) {
-    s.test = open_image_folder((root / "test").string(), image_size, &classes);
+    s.test = open_image_folder((root / "test").string(), image_size, &classes, channels);
     s.test_from = (root / "test").string();
     parts.push_back(s.test);
   } else {
@@ -585,12 +587,12 @@ DataSpec parse_data_spec(std::string_view spec) {
   return out;
 }
 
-Splits open_data(const DataSpec& spec, int image_size, const SplitOptions& split) {
+Splits open_data(const DataSpec& spec, int image_size, const SplitOptions& split, int channels) {
   switch (spec.kind) {
     case DataSpec::Kind::FashionMnist: return open_idx_folder(spec.dir, fashion_mnist_classes(), split);
     case DataSpec::Kind::Mnist: return open_idx_folder(spec.dir, mnist_classes(), split);
     case DataSpec::Kind::TinyImageNet: return open_tiny_imagenet(spec.dir, split);
-    case DataSpec::Kind::Folder: return open_folder_splits(spec.dir, image_size, split);
+    case DataSpec::Kind::Folder: return open_folder_splits(spec.dir, image_size, split, channels);
   }
   TTQ_THROW() << "open_data: unknown kind";
 }

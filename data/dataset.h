@@ -209,13 +209,16 @@ Splits open_tiny_imagenet(const std::string& root, const SplitOptions& split = {
 // ROOT/<class>/*.{jpg,jpeg,png,bmp}: one split, classes sorted by name. When
 // `class_names` is given, folders must be among them (a validation split using
 // the training classes); otherwise every sub-folder is a class and must hold images.
+// Images are decoded to `channels` (1 or 3) and resized to `image_size` square.
 std::shared_ptr<ImageFileDataset> open_image_folder(const std::string& root, int image_size = 64,
-                                                    const std::vector<std::string>* class_names = nullptr);
+                                                    const std::vector<std::string>* class_names = nullptr,
+                                                    int channels = 3);
 // `folder:DIR`. With DIR/train: train is DIR/train, val is DIR/val when present
 // (else held out of DIR/train), test is DIR/test when present (else none).
 // Without DIR/train, DIR holds the class folders: val is held out of them and
 // there is no test split. `all` is every image under DIR.
-Splits open_folder_splits(const std::string& root, int image_size = 64, const SplitOptions& split = {});
+Splits open_folder_splits(const std::string& root, int image_size = 64, const SplitOptions& split = {},
+                          int channels = 3);
 
 // IDX data in DIR: train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz],
 // t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]. The t10k files are
@@ -239,8 +242,12 @@ struct DataSpec {
 // `fashion-mnist[:DIR]` (default DIR kFashionMnistDir), `mnist:DIR`,
 // `tiny-imagenet:DIR`, `folder:DIR`. Throws InputError naming the spec.
 DataSpec parse_data_spec(std::string_view spec);
-Splits open_data(const DataSpec& spec, int image_size = 64, const SplitOptions& split = {});
-// The preprocessing a spec's images want (gray 28 for IDX, the seed's for the rest).
+// `image_size` and `channels` are what image folders are decoded to; IDX and
+// Tiny ImageNet images keep their own (the loader fits them to its Preprocess).
+Splits open_data(const DataSpec& spec, int image_size = 64, const SplitOptions& split = {}, int channels = 3);
+// The preprocessing of a model file without "preprocess" metadata, and of a run
+// whose config.json predates the pipeline options: gray 28 for IDX, the seed's
+// 64 -> 56 RGB pipeline for the rest (data/pipeline.h resolves a new run's).
 Preprocess preprocess_for(const DataSpec& spec);
 // Class names and descriptions without decoding any image (for inference output).
 struct ClassNames {

@@ -328,6 +328,20 @@ DecodeResult decode_image_file(const std::string& path, int channels, Image* out
   return decode_image(bytes.data(), bytes.size(), channels, out);
 }
 
+ImageInfo probe_image_file(const std::string& path) {
+  ImageInfo info;
+  std::vector<uint8_t> bytes;
+  if (!io::read_regular_file(path, kMaxImageFileBytes, &bytes, &info.error)) return info;
+  if (!stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &info.width, &info.height,
+                             &info.channels)) {
+    const char* why = stbi_failure_reason();
+    info.error = std::string("cannot decode: ") + (why ? why : "unknown error");
+    return info;
+  }
+  info.ok = true;
+  return info;
+}
+
 Image resize(const Image& img, int w, int h) {
   TTQ_CHECK(w > 0 && h > 0 && !img.empty())
       << "resize: bad sizes " << img.width << "x" << img.height << " -> " << w << "x" << h;

@@ -73,6 +73,15 @@ DecodeResult decode_image(const uint8_t* data, size_t size, int channels, Image*
 // or a broken symbolic link is a failed decode saying so, without blocking.
 DecodeResult decode_image_file(const std::string& path, int channels, Image* out);
 
+// A file's size and channel count from its header, without decoding the pixels
+// (1: gray, 2: gray + alpha, 3: RGB, 4: RGBA; a palette PNG counts as RGB).
+struct ImageInfo {
+  bool ok = false;
+  std::string error;
+  int width = 0, height = 0, channels = 0;
+};
+ImageInfo probe_image_file(const std::string& path);
+
 // PIL's convert("L"): L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, the
 // fixed-point form of R*299/1000 + G*587/1000 + B*114/1000 rounded to nearest.
 inline uint8_t rgb_to_l(uint8_t r, uint8_t g, uint8_t b) {

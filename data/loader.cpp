@@ -73,10 +73,6 @@ Loader::Loader(std::shared_ptr<const Dataset> dataset, Preprocess preprocess, Lo
   TTQ_CHECK(m_opt.batch_size > 0 && m_opt.workers >= 1 && m_opt.prefetch >= 1)
       << "Loader: batch_size " << m_opt.batch_size << ", workers " << m_opt.workers << ", prefetch "
       << m_opt.prefetch;
-  TTQ_CHECK(m_dataset->image_size() == m_pre.image_size && m_dataset->channels() == m_pre.channels)
-      << "Loader: dataset images are " << m_dataset->image_size() << "x" << m_dataset->image_size() << "x"
-      << m_dataset->channels() << ", preprocessing expects " << m_pre.image_size << "x" << m_pre.image_size
-      << "x" << m_pre.channels;
   bool pin = m_opt.pin_memory && cuda::available();
   m_pool = std::make_unique<BufferPool>(pin, static_cast<size_t>(m_opt.prefetch + m_opt.workers + 2));
   for (int i = 0; i < m_opt.workers; ++i) m_threads.emplace_back([this] { worker_loop(); });
@@ -224,6 +220,9 @@ Batch Loader::build(const Plan& plan, int64_t k) {
       b.skipped_items.push_back(m_dataset->item_name(idx));
       continue;
     }
+    // Data kept at its own size or channels (IDX, Tiny ImageNet) is fitted here.
+    if (img.channels != m_pre.channels || img.width != m_pre.image_size || img.height != m_pre.image_size)
+      img = fit_image(img, m_pre.channels, m_pre.image_size);
     uint64_t key = sample_key(m_opt.seed, static_cast<uint64_t>(plan.epoch), static_cast<uint64_t>(idx));
     data::preprocess(img, m_pre, m_opt.augment, key, img_out + n * per_image);
     lab_out[n] = m_dataset->label(idx);

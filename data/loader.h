@@ -50,8 +50,9 @@ struct Batch {
 // One consumer thread calls start_epoch() and next(); the workers are internal.
 class Loader {
  public:
-  // requires: the dataset's images are p.image_size square with p.channels
-  // channels; options.batch_size > 0, workers >= 1, prefetch >= 1.
+  // Images of another size or channel count than p's are fitted with
+  // fit_image() (data/augment.h). requires: options.batch_size > 0, workers >= 1,
+  // prefetch >= 1.
   Loader(std::shared_ptr<const Dataset> dataset, Preprocess preprocess, LoaderOptions options);
   ~Loader();
   Loader(const Loader&) = delete;

@@ -1041,8 +1041,9 @@ TEST(Loader, DropLastAndGrayData) {
   o.drop_last = false;
   Loader l2(ds, Preprocess::gray(), o);
   EXPECT_EQ(run_epoch(l2, 0).back().size(), 3);
-  // A preprocessing that does not fit the data is refused.
-  EXPECT_THROW((void)Loader(ds, Preprocess::seed_rgb(), o), Error);
+  // Data of another size or channel count is fitted to the preprocessing (gray 28 -> RGB 64, crop 56).
+  Loader l3(ds, Preprocess::seed_rgb(), o);
+  EXPECT_EQ(run_epoch(l3, 0).front().images.shape(), (Shape{5, 3, 56, 56}));
 }
 
 TEST(Loader, BadFilesAreSkippedCountedAndReportedOnce) {
@@ -1099,10 +1100,12 @@ TEST(ImageFolder, NonFilesAreItemsThatAreSkippedAndCountedExactly) {
   write_text(a / "notes.txt", "notes\n");
   TempDir elsewhere;
   fs::create_directory_symlink(elsewhere.path(), a / "link_to_folder");
-  for (int k = 0; k < 3; ++k) write_image(a / ("g" + std::to_string(k) + ".png"), make_image(64, 64, 3, k));
+  for (int k = 0; k < 3; ++k)
+    write_image(a / std::string("g").append(std::to_string(k)).append(".png"), make_image(64, 64, 3, k));
   write_image(a / "sub" / "s.png", make_image(64, 64, 3, 7));  // a real sub-folder is entered
   for (int k = 0; k < 4; ++k)
-    write_image(dir.path() / "b" / ("g" + std::to_string(k) + ".png"), make_image(64, 64, 3, k));
+    write_image(dir.path() / "b" / std::string("g").append(std::to_string(k)).append(".png"),
+                make_image(64, 64, 3, k));
 
   testing::internal::CaptureStderr();
   auto ds = open_image_folder(dir.path().string());

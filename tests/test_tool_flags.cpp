@@ -124,7 +124,18 @@ TEST_F(ToolFlags, TrainIntegers) {
              {"--val-size", with({"0", "1000000001"})},
              {"--eval-batch", with({"0", "4097"})},
              {"--early-stop-patience", with({"0", "100001", "4294967296"})},
-             {"--plateau-patience", with({"100001", "4294967296"})}});
+             {"--plateau-patience", with({"100001", "4294967296"})},
+             {"--channels", with({"0", "2", "4"})},
+             {"--image-size", with({"0", "2049"})},
+             {"--crop", with({"0", "2049"})},
+             {"--log-every", with({"0"})}});
+}
+
+TEST_F(ToolFlags, TrainPipelineTexts) {
+  check_all("ttq_train", train_base(),
+            {{"--augment", {"spin", "flip"}},
+             {"--mean", {"x", "0.1,0.2", "nan", "auto,1"}},
+             {"--std", {"0", "-1", "inf", "0.1,0.2,0.3"}}});
 }
 
 TEST_F(ToolFlags, TrainReals) {

@@ -296,8 +296,17 @@ TEST_F(ToolOutputs, TrainFromAnotherRunsConfig) {
       test::run_argv({test::tool_path("ttq_train"), "--config", (a / "config.json").string(), "--out",
                       b.string(), "--device", "cpu", "--quiet"});
   ASSERT_EQ(second.code, 0) << second.err;
-  const nlohmann::json ja = nlohmann::json::parse(slurp(a / "config.json"));
-  const nlohmann::json jb = nlohmann::json::parse(slurp(b / "config.json"));
+  nlohmann::json ja = nlohmann::json::parse(slurp(a / "config.json"));
+  nlohmann::json jb = nlohmann::json::parse(slurp(b / "config.json"));
+  // The pipeline's values come from the file, so their provenance says so: the
+  // first run detected them, the second was given them.
+  EXPECT_EQ(ja.at("mean_std_from"), "Fashion-MNIST's");
+  EXPECT_EQ(jb.at("mean_std_from"), "given");
+  EXPECT_EQ(jb.at("input_detected"), "");
+  for (const char* k : {"mean_std_from", "input_detected"}) {
+    ja.erase(k);
+    jb.erase(k);
+  }
   EXPECT_EQ(ja, jb);
   EXPECT_EQ(ja.at("lr"), 0.03);
   EXPECT_EQ(ja.at("batch"), 12);
@@ -319,6 +328,8 @@ TEST_F(ToolOutputs, TrainFromAnotherRunsConfig) {
   jc["seed"] = ja.at("seed");
   jc.erase("train_images");
   jc.erase("val_images");
+  jc.erase("mean_std_from");
+  jc.erase("input_detected");
   nlohmann::json ja_rest = ja;
   ja_rest.erase("train_images");
   ja_rest.erase("val_images");

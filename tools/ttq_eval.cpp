@@ -46,6 +46,13 @@ int main(int argc, char** argv) {
             "what the weights' metadata records, else 10% of the training images, at most 5000");
   f.integer("--limit", o.limit, L::kLimit, "Evaluate a seeded subset of N images of the split", "all");
   f.integer("--workers", o.workers, L::kWorkers, "Data loader threads", std::to_string(o.workers));
+  f.integer("--image-size", o.image_size, L::kImageSize,
+            "Resize images to this square before the centre crop", "the file's preprocess metadata");
+  f.integer("--crop", o.crop, L::kImageSize, "Centre crop side (the network's input)",
+            "the file's, at most --image-size");
+  f.text("--mean", o.mean, "Normalisation mean per channel, comma-separated (one number: every channel)",
+         "the file's");
+  f.text("--std", o.std, "Normalisation standard deviation per channel, like --mean", "the file's");
   f.text("--json", json_out,
          "Also write the result as JSON to this file (replaced atomically): loss, top1, top5, per_class "
          "(name, count, top1) and confusion (counts[true][predicted]; the last column, none, counts images "

@@ -71,6 +71,26 @@ int main(int argc, char** argv) {
       "of its own (fashion-mnist, mnist, tiny-imagenet, folder:DIR without DIR/val); stratified by class, "
       "seeded, the same in every run; fewer than the training images",
       "10% of the training images, at most 5000");
+  f.integer("--channels", o.channels, L::kChannels,
+            "Input channels: 1 (images converted to gray) or 3 (to RGB)",
+            "--init's, else the data's: 1 when every probed image is gray");
+  f.integer(
+      "--image-size", o.image_size, L::kImageSize,
+      "Images are resized to this square (shorter side, centre square) before cropping",
+      "--init's, else the data's own size when all are one square size (IDX 28, Tiny ImageNet 64), else 64");
+  f.integer("--crop", o.crop, L::kImageSize,
+            "The network's input side: random crops in training, the centre crop "
+            "in validation",
+            "image size * 7/8 with --augment seed (56 of 64), else the image size");
+  f.text("--augment", o.augment,
+         "Training augmentation: none, flip-crop (zero-pad, random crop, horizontal flip) or seed (the seed "
+         "project's rotation, crop, flip and colour changes)",
+         "seed for 3x64x64 images, else flip-crop");
+  f.text("--mean", o.mean,
+         "Normalisation mean per channel: comma-separated numbers (one for all) or auto (computed from up to "
+         "10000 training images and recorded)",
+         "Fashion-MNIST's for 1-channel IDX, ImageNet's for 3 channels, else auto");
+  f.text("--std", o.std, "Normalisation standard deviation per channel, like --mean", "as --mean");
   f.integer("--eval-batch", o.eval_batch, L::kEvalBatch, "Validation batch size",
             std::to_string(o.eval_batch));
   f.integer("--early-stop-patience", o.early_stop_patience, L::kEarlyStopPatience,
@@ -90,8 +110,15 @@ int main(int argc, char** argv) {
       "--overwrite", o.overwrite,
       "Start a new run in an --out that holds one (its files are replaced once the inputs are checked)");
   app.add_flag("--quiet", quiet, "No progress lines, only one line per epoch");
+  f.integer("--log-every", o.log_every, L::kLogEvery,
+            "Off a terminal (a log file, a pipe): one progress line every N batches", "~10% of an epoch");
+  bool no_tensorboard = false;
+  app.add_flag("--no-tensorboard", no_tensorboard,
+               "No TensorBoard event file in RUN_DIR (written by default: per-step loss and lr, per-epoch "
+               "metrics, per-layer TTQ zero fraction, Wp, Wn and weight histograms)");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_train"); rc >= 0) return rc;
   o.progress = !quiet;
+  o.tensorboard = !no_tensorboard;
   return ttq::tools::run("ttq_train", [&] {
     if (!config_file.empty()) {
       TTQ_INPUT_CHECK(!o.resume) << "--config and --resume: a resumed run takes its own config.json";

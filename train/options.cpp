@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "data/augment.h"
 #include "models/graph_io.h"
 #include "models/model.h"
 #include "train/trainer.h"
@@ -55,6 +56,12 @@ TrainOptions resolve_defaults(TrainOptions o) {
   if (o.limit_val != 0) check_flag_range("--limit-val", o.limit_val, limits::kLimit);
   if (o.limit_test != 0) check_flag_range("--limit-test", o.limit_test, limits::kLimit);
   if (o.val_size != kUnset) check_flag_range("--val-size", o.val_size, limits::kValSize);
+  TTQ_INPUT_CHECK(o.channels == kUnset || o.channels == 1 || o.channels == 3)
+      << "--channels: expected 1 (gray) or 3 (RGB), got " << o.channels;
+  if (o.image_size != kUnset) check_flag_range("--image-size", o.image_size, limits::kImageSize);
+  if (o.crop != kUnset) check_flag_range("--crop", o.crop, limits::kImageSize);
+  if (!o.augment.empty()) data::parse_augment(o.augment);
+  if (o.log_every != 0) check_flag_range("--log-every", o.log_every, limits::kLogEvery);
   check_flag_range("--eval-batch", o.eval_batch, limits::kEvalBatch);
   check_flag_range("--early-stop-patience", static_cast<int64_t>(o.early_stop_patience),
                    limits::kEarlyStopPatience);

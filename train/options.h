@@ -29,6 +29,10 @@ inline constexpr IntRange kLimit{1, 1'000'000'000};
 // --val-size: images held out of the training images (and fewer than they are:
 // data/dataset.cpp resolve_val_size).
 inline constexpr IntRange kValSize{1, 1'000'000'000};
+// --image-size and --crop (pixels a side; the models accept at most 2048).
+inline constexpr IntRange kImageSize{1, 2048};
+inline constexpr IntRange kChannels{1, 3};  // and not 2
+inline constexpr IntRange kLogEvery{1, 1'000'000'000};
 inline constexpr IntRange kEarlyStopPatience{1, 100000};
 inline constexpr IntRange kPlateauPatience{0, 100000};
 

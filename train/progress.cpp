@@ -20,17 +20,23 @@ std::string format_duration(double s) {
   return os.str();
 }
 
+double run_eta_seconds(double epoch_left_s, double validation_s, int64_t epochs_after, double epoch_s) {
+  return epoch_left_s + validation_s + static_cast<double>(std::max<int64_t>(0, epochs_after)) * epoch_s;
+}
+
 void Progress::update(const std::string& head, int64_t done, int64_t total, double images_per_s, double eta_s,
-                      const std::string& tail) {
+                      const std::string& tail, double run_eta_s) {
   if (!m_enabled) return;
   std::ostringstream os;
   os << head << " [" << done << "/" << total << "] " << std::fixed << std::setprecision(1) << images_per_s
-     << " img/s, ETA " << format_duration(eta_s) << tail;
+     << " img/s, ETA " << format_duration(eta_s);
+  if (run_eta_s >= 0) os << ", run ETA " << format_duration(run_eta_s);
+  os << tail;
   if (m_tty) {
     m_log << "\r\033[K" << os.str() << std::flush;
     m_dirty = true;
   } else {
-    const int64_t step = std::max<int64_t>(1, total / 10);
+    const int64_t step = m_every > 0 ? m_every : std::max<int64_t>(1, total / 10);
     if (done % step == 0 || done == total) m_log << os.str() << "\n" << std::flush;
   }
 }

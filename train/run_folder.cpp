@@ -8,16 +8,20 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <tuple>
 #include <type_traits>
 
 #include "data/dataset.h"
+#include "data/pipeline.h"
 #include "engine/error.h"
 #include "engine/io/write_file.h"
+#include "train/tensorboard.h"
 
 namespace fs = std::filesystem;
 
@@ -125,6 +129,13 @@ void RunFolder::open_for_writing() {
       fs::remove(m_dir / name, ec);
       TTQ_INPUT_CHECK(!ec) << path(name) << ": cannot remove the previous run's checkpoint: " << ec.message();
     }
+    // And its TensorBoard event files, which would otherwise show beside the new run's.
+    for (const auto& entry : fs::directory_iterator(m_dir, ec)) {
+      if (!tb::is_event_file(entry.path().filename().string())) continue;
+      fs::remove(entry.path(), ec);
+      TTQ_INPUT_CHECK(!ec) << entry.path().string()
+                           << ": cannot remove the previous run's event file: " << ec.message();
+    }
   }
 }
 
@@ -191,6 +202,46 @@ class RunOptions {
   std::string m_path;
 };
 
+// "0.2860,0.3530": per-channel values as --mean / --std take them (exactly: %.9g).
+std::string values_text(const std::vector<float>& v) {
+  std::string s;
+  for (float x : v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(x));
+    if (!s.empty()) s.push_back(',');
+    s.append(buf);
+  }
+  return s;
+}
+
+// The input pipeline of a run being resumed: its config.json's, or, for a run
+// from before the pipeline options, the preprocessing runs had then.
+void adopt_pipeline(TrainOptions& o, const nlohmann::json& config, const std::string& config_path) {
+  nlohmann::json pj = config;
+  if (!config.contains("image_size")) {
+    const data::Preprocess legacy = data::preprocess_for(data::parse_data_spec(o.data));
+    pj = nlohmann::json::parse(data::preprocess_json(legacy));
+  }
+  const RunOptions run(pj, config_path);
+  run.adopt("--channels", "channels", o.channels, o.channels == kUnset);
+  run.adopt("--image-size", "image_size", o.image_size, o.image_size == kUnset);
+  run.adopt("--crop", "crop", o.crop, o.crop == kUnset);
+  run.adopt("--augment", "augment", o.augment, o.augment.empty());
+  const bool run_auto = config.value("mean_std_from", std::string()).rfind("auto", 0) == 0;
+  for (auto [flag, key, value] :
+       {std::tuple{"--mean", "mean", &o.mean}, std::tuple{"--std", "std", &o.std}}) {
+    const auto v = run.get<std::vector<float>>(key);
+    if (!v) continue;
+    const std::string recorded = values_text(*v);
+    if (value->empty() || (*value == "auto" && run_auto)) {
+      *value = recorded;
+    } else if (*value == "auto" ||
+               data::parse_channel_values(flag, *value, static_cast<int>(v->size()), false) != *v) {
+      run.refuse(flag, recorded, *value);
+    }
+  }
+}
+
 }  // namespace
 
 TrainOptions adopt_run_options(const TrainOptions& raw, const nlohmann::json& config,
@@ -238,6 +289,7 @@ TrainOptions adopt_run_options(const TrainOptions& raw, const nlohmann::json& co
   } else if (init != o.init && (init.empty() || !io::same_file(init, o.init))) {
     run.refuse("--init", init, o.init);
   }
+  adopt_pipeline(o, config, config_path);
   // More (or fewer) epochs continue a run under the plateau schedule; a cosine
   // schedule spans the run's --epochs, so there they must stay.
   if (o.epochs == kUnset) {
@@ -294,6 +346,14 @@ TrainOptions options_from_config(const TrainOptions& options, const std::string&
   take("--early-stop-patience", "early_stop_patience", o.early_stop_patience);
   take("--plateau-patience", "plateau_patience", o.plateau_patience);
   take("--schedule", "schedule", o.schedule);
+  take("--channels", "channels", o.channels);
+  take("--image-size", "image_size", o.image_size);
+  take("--crop", "crop", o.crop);
+  take("--augment", "augment", o.augment);
+  // The numbers the run used (also when it computed them: auto).
+  for (auto [flag, key, value] : {std::tuple{"--mean", "mean", &o.mean}, std::tuple{"--std", "std", &o.std}})
+    if (!given(flag))
+      if (auto v = run.get<std::vector<float>>(key)) *value = values_text(*v);
   return o;
 }
 

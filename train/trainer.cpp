@@ -15,6 +15,7 @@
 #include <optional>
 #include <sstream>
 
+#include "data/pipeline.h"
 #include "engine/io/safetensors.h"
 #include "engine/nn/layers.h"
 #include "engine/ops/ops.h"
@@ -25,6 +26,7 @@
 #include "train/progress.h"
 #include "train/run_folder.h"
 #include "train/schedule.h"
+#include "train/tensorboard.h"
 
 namespace ttq::train {
 
@@ -97,6 +99,8 @@ struct Run {
   // data
   data::DataSpec spec;
   data::Preprocess pre;
+  std::string stats_from;  // where pre's mean / std come from
+  std::string detected;    // what the data's images were found to be ("" when not looked at)
   data::SplitOptions split_options;
   data::Splits splits;
   std::shared_ptr<const data::Dataset> train_set, val_set, test_set;
@@ -108,7 +112,9 @@ struct Run {
   std::unique_ptr<optim::Optimizer> opt;
   std::unique_ptr<optim::ReduceLROnPlateau> sched;
   RunState st;
-  io::Metadata extra;  // stored in every checkpoint: classes, data, preprocessing, split
+  io::Metadata extra;                       // stored in every checkpoint: classes, data, preprocessing, split
+  std::unique_ptr<tb::EventWriter> events;  // null with --no-tensorboard
+  double last_epoch_seconds = -1, last_val_seconds = -1;  // of the last whole epoch, for the run's ETA
 
   void save(const std::string& path) {
     save_checkpoint(path, *model, ttq_phase ? &ttq : nullptr, *opt, *sched, st, extra);
@@ -124,9 +130,27 @@ struct Run {
 void open_run_data(Run& r, const RunFolder& folder) {
   const TrainOptions& o = r.o;
   r.spec = data::parse_data_spec(o.data);
-  r.pre = data::preprocess_for(r.spec);
+  // A new run from --init takes the unset pipeline options from the file's
+  // "preprocess" metadata (a resumed run has them all from its config.json).
+  std::optional<data::Preprocess> init_pre;
+  if (!o.resume && !o.init.empty()) {
+    const io::Metadata meta = io::read_safetensors_header(o.init).metadata;
+    if (auto it = meta.find("preprocess"); it != meta.end())
+      init_pre = data::parse_preprocess_json(it->second, o.init);
+  }
+  data::PipelineOptions po;
+  po.channels = o.channels == kUnset ? 0 : static_cast<int>(o.channels);
+  po.image_size = o.image_size == kUnset ? 0 : static_cast<int>(o.image_size);
+  po.crop = o.crop == kUnset ? 0 : static_cast<int>(o.crop);
+  po.augment = o.augment;
+  po.mean = o.mean;
+  po.std = o.std;
+  const data::ResolvedPreprocess rp = data::resolve_preprocess(po, r.spec, init_pre ? &*init_pre : nullptr);
+  r.pre = rp.pre;
+  r.stats_from = rp.stats_from;
+  r.detected = rp.detected;
   r.split_options.val_size = o.val_size;
-  r.splits = data::open_data(r.spec, r.pre.image_size, r.split_options);
+  r.splits = data::open_data(r.spec, r.pre.image_size, r.split_options, r.pre.channels);
   TTQ_INPUT_CHECK(r.splits.train && r.splits.train->size() > 0) << o.data << ": no training images";
   TTQ_INPUT_CHECK(r.splits.val && r.splits.val->size() > 0) << o.data << ": no validation images";
   r.train_set = r.splits.train;
@@ -137,6 +161,30 @@ void open_run_data(Run& r, const RunFolder& folder) {
   if (r.test_set && o.limit_test > 0) r.test_set = data::random_subset(r.test_set, o.limit_test, o.seed + 2);
   if (o.resume)
     check_run_data(folder.run_config(), r.train_set->size(), r.val_set->size(), folder.config_path());
+  if (rp.auto_stats) {
+    const data::ChannelStats cs = data::channel_stats(*r.train_set, r.pre, data::kStatsImages, o.seed);
+    for (int c = 0; c < 3; ++c) {
+      if (!rp.mean_given) r.pre.mean[c] = cs.mean[c];
+      if (!rp.std_given) r.pre.std[c] = cs.std[c];
+    }
+    r.stats_from = "auto (" + std::to_string(cs.images) + " training images)";
+  }
+}
+
+// "1x28x28, crop 28, augment flip-crop (pad 2), mean [0.286] std [0.353] (Fashion-MNIST's)"
+std::string pipeline_text(const Run& r) {
+  const data::Preprocess& p = r.pre;
+  std::ostringstream os;
+  os << p.channels << "x" << p.image_size << "x" << p.image_size << ", crop " << p.crop << ", augment "
+     << data::augment_name(p.augment);
+  if (p.pad > 0) os << " (pad " << p.pad << ")";
+  os << std::setprecision(4) << ", mean [";
+  for (int c = 0; c < p.channels; ++c) os << (c ? " " : "") << p.mean[c];
+  os << "] std [";
+  for (int c = 0; c < p.channels; ++c) os << (c ? " " : "") << p.std[c];
+  os << "] (" << r.stats_from << ")";
+  if (!r.detected.empty()) os << "; the data: " << r.detected;
+  return os.str();
 }
 
 // The model of the phase: from --init (or fresh), quantized for TTQ; on
@@ -179,13 +227,7 @@ io::Metadata checkpoint_metadata(const Run& r) {
   nlohmann::json classes = r.train_set->class_names();
   extra["classes"] = classes.dump();
   extra["data"] = r.spec.str();
-  nlohmann::json pj;
-  pj["channels"] = r.pre.channels;
-  pj["image_size"] = r.pre.image_size;
-  pj["crop"] = r.pre.crop;
-  pj["mean"] = std::vector<float>(r.pre.mean.begin(), r.pre.mean.begin() + r.pre.channels);
-  pj["std"] = std::vector<float>(r.pre.std.begin(), r.pre.std.begin() + r.pre.channels);
-  extra["preprocess"] = pj.dump();
+  extra["preprocess"] = data::preprocess_json(r.pre);
   nlohmann::json sj;
   sj["val_size"] = r.splits.val_size;  // 0: the data set's own validation split
   sj["seed"] = r.split_options.seed;
@@ -231,6 +273,11 @@ std::string run_config_text(const Run& r) {
   cj["early_stop_patience"] = o.early_stop_patience;
   cj["plateau_patience"] = o.plateau_patience;
   cj["schedule"] = o.schedule;
+  // The input pipeline as resolved (data/pipeline.h); --resume and --config read it back.
+  const nlohmann::json pj = nlohmann::json::parse(data::preprocess_json(r.pre));
+  for (const auto& [k, v] : pj.items()) cj[k] = v;
+  cj["mean_std_from"] = r.stats_from;
+  cj["input_detected"] = r.detected;
   return cj.dump(2) + "\n";
 }
 
@@ -284,6 +331,10 @@ std::optional<int64_t> train_epoch(Run& r, data::Loader& loader, int64_t epoch, 
     loss.backward();
     r.opt->step();
     r.st.global_step++;
+    if (r.events) {
+      r.events->scalar("train/loss", r.st.global_step, lv);
+      r.events->scalar("train/lr", r.st.global_step, r.opt->lr(0));
+    }
     const double n = static_cast<double>(b->size());
     s.loss_sum += lv * n;
     s.correct += static_cast<double>(ops::topk_correct(logits, y, 1));
@@ -294,12 +345,55 @@ std::optional<int64_t> train_epoch(Run& r, data::Loader& loader, int64_t epoch, 
     std::ostringstream tail;
     tail << ", loss " << std::fixed << std::setprecision(4) << s.loss_sum / s.count << ", top1 "
          << std::setprecision(2) << 100.0 * s.correct / s.count << "%";
+    // The run's ETA: this epoch, its validation and the epochs left, each as
+    // long as the last whole one (before one has finished: this one's pace, and a
+    // validation image at a third of a training image's time).
+    const double per_batch = el / static_cast<double>(std::max<int64_t>(1, done - s.first));
+    const double val_s = r.last_val_seconds >= 0
+                             ? r.last_val_seconds
+                             : per_batch * static_cast<double>(nb) * static_cast<double>(r.val_set->size()) /
+                                   (3.0 * static_cast<double>(r.train_set->size()));
+    const double epoch_s = r.last_epoch_seconds >= 0 ? r.last_epoch_seconds : per_batch * nb + val_s;
     progress.update("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(r.o.epochs), done, nb, ips,
-                    (nb - done) * el / std::max<int64_t>(1, done - s.first), tail.str());
+                    (nb - done) * per_batch, tail.str(),
+                    run_eta_seconds((nb - done) * per_batch, val_s, r.o.epochs - epoch - 1, epoch_s));
     if (r.o.stop_after_steps > 0 && r.st.global_step == r.o.stop_after_steps) request_stop(SIGINT);
     if (stop_signal() != 0 && done < nb) return done;
   }
   return std::nullopt;
+}
+
+// The epoch's metrics in the event file, at the step the epoch ended on; in the
+// TTQ phase each ternary layer's zero fraction, Wp, Wn and latent weight histogram.
+void write_epoch_events(Run& r, const EpochMetrics& m, const models::TtqStats* ts) {
+  if (!r.events) return;
+  tb::EventWriter& w = *r.events;
+  const int64_t step = r.st.global_step;
+  w.scalar("epoch", step, static_cast<double>(m.epoch));
+  w.scalar("epoch/train_loss", step, m.train_loss);
+  w.scalar("epoch/train_top1", step, m.train_top1);
+  w.scalar("epoch/val_loss", step, m.val_loss);
+  w.scalar("epoch/val_top1", step, m.val_top1);
+  w.scalar("epoch/val_top5", step, m.val_top5);
+  w.scalar("epoch/lr", step, m.lr);
+  w.scalar("epoch/seconds", step, m.seconds);
+  w.scalar("epoch/images_per_second", step, m.images_per_second);
+  if (ts) {
+    w.scalar("ttq/zero_fraction", step, ts->zero_fraction);
+    w.scalar("ttq/mean_wp", step, ts->mean_wp);
+    w.scalar("ttq/mean_wn", step, ts->mean_wn);
+    for (size_t i = 0; i < ts->layers.size(); ++i) {
+      const models::TtqLayerStats& l = ts->layers[i];
+      const std::string tag = "ttq/" + l.name + "/";
+      w.scalar(tag + "zero_fraction", step,
+               l.numel > 0 ? static_cast<double>(l.zeros) / static_cast<double>(l.numel) : 0.0);
+      w.scalar(tag + "wp", step, l.wp);
+      w.scalar(tag + "wn", step, l.wn);
+      const std::vector<float> latent = r.ttq.layers[i].conv->weight().to(Device::cpu()).to_vector<float>();
+      w.histogram(tag + "latent_weight", step, latent.data(), static_cast<int64_t>(latent.size()));
+    }
+  }
+  w.flush(/*sync=*/true);
 }
 
 // After the training batches of epoch `epoch`: validation, the epoch's metrics,
@@ -324,8 +418,9 @@ EpochMetrics end_epoch(Run& r, const EpochSums& s, data::Loader& train_loader, d
   m.images_per_second = s.count / std::max(train_seconds, 1e-9);
   // The loaders count every skipped sample, also those of batches that had none left.
   m.skipped = s.skipped_before + train_loader.skipped_in_epoch() + val_loader.skipped_in_epoch();
+  models::TtqStats ts;
   if (r.ttq_phase) {
-    models::TtqStats ts = models::ttq_stats(r.ttq);
+    ts = models::ttq_stats(r.ttq);
     m.ttq = true;
     m.zero_fraction = ts.zero_fraction;
     m.mean_wp = ts.mean_wp;
@@ -348,11 +443,16 @@ EpochMetrics end_epoch(Run& r, const EpochSums& s, data::Loader& train_loader, d
   // between resumes from the previous epoch, whose --resume drops the extra
   // line and writes best.safetensors again.
   folder.append_metrics(m.json());
+  write_epoch_events(r, m, r.ttq_phase ? &ts : nullptr);
   if (best) r.save(r.best_path);
   r.save(r.last_path);
   log << m.line(r.o.epochs, best) << "\n" << std::flush;
   result.last = m;
   result.epochs_completed = st.epoch;
+  if (s.first == 0) {  // a whole epoch in this process: its times predict the next
+    r.last_epoch_seconds = m.seconds;
+    r.last_val_seconds = ev.seconds;
+  }
   result.best_val_top1 = st.best_val_top1;
   return m;
 }
@@ -395,6 +495,12 @@ bool final_test(Run& r, TestMetrics& tm, std::ostream& log) {
   tm.top1 = te.top1;
   tm.top5 = te.top5;
   tm.count = te.count;
+  if (r.events) {
+    r.events->scalar("test/loss", st.global_step, te.loss);
+    r.events->scalar("test/top1", st.global_step, te.top1);
+    r.events->scalar("test/top5", st.global_step, te.top5);
+    r.events->flush(/*sync=*/true);
+  }
   log << std::fixed << std::setprecision(2) << "test (" << te.count << " images, best epoch " << tm.best_epoch
       << " by val top1 " << 100 * tm.best_val_top1 << "%): loss " << std::setprecision(4) << te.loss
       << " top1 " << std::setprecision(2) << 100 * te.top1 << "% top5 " << 100 * te.top5 << "%\n";
@@ -464,15 +570,22 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   r.extra = checkpoint_metadata(r);
   folder.write_config(run_config_text(r));
   folder.start_metrics(r.st.epoch);
+  if (o.tensorboard) {
+    r.events = std::make_unique<tb::EventWriter>(o.out);
+    // A resumed run takes over from its checkpoint's step: what an earlier
+    // process logged after it is dropped by TensorBoard's reader.
+    if (o.resume) r.events->session_start(r.st.global_step + 1);
+  }
 
   if (o.resume)
     log << "resuming " << o.out << " at epoch " << r.st.epoch + 1 << ", batch " << r.st.batch << "\n";
-  Progress progress(log, o.progress, isatty(STDERR_FILENO) != 0);
+  Progress progress(log, o.progress, isatty(STDERR_FILENO) != 0, o.log_every);
   log << r.arch << " " << o.phase << " on " << r.device.str() << ": " << r.train_set->size() << " train / "
       << r.val_set->size() << " val / " << (r.test_set ? r.test_set->size() : 0) << " test images, "
       << r.train_set->num_classes() << " classes, " << nb << " batches of " << o.batch << " per epoch, "
       << r.model->num_parameters() << " parameters\n"
-      << "validation: " << r.splits.val_from << "; test: " << r.splits.test_from << "\n";
+      << "validation: " << r.splits.val_from << "; test: " << r.splits.test_from << "\n"
+      << "input: " << pipeline_text(r) << "\n";
 
   // ---- the epochs
   RunResult result;

@@ -44,6 +44,13 @@ struct TrainOptions {
   int64_t limit_train = 0;  // 0 = all (not given)
   int64_t limit_val = 0;
   int64_t limit_test = 0;  // 0 = all (not given)
+  // The input pipeline (data/pipeline.h): kUnset / "" = from --init's
+  // "preprocess" metadata, else detected from the data.
+  int64_t channels = kUnset;    // 1 or 3
+  int64_t image_size = kUnset;  // images are resized to this square
+  int64_t crop = kUnset;        // the network's input side
+  std::string augment;          // none | flip-crop | seed
+  std::string mean, std;        // "auto" or comma-separated numbers, one per channel
   // Images held out of the training images for validation when the data set has
   // no validation split of its own (-1: 10%, at most 5000; data/dataset.h).
   int64_t val_size = -1;
@@ -61,7 +68,11 @@ struct TrainOptions {
   // Start a new run in a folder that holds one (its files are replaced once
   // every input has been validated). Without it, such a folder is refused.
   bool overwrite = false;
-  bool progress = true;  // a live progress line on a terminal (plain lines otherwise)
+  bool progress = true;   // a live progress line on a terminal (plain lines otherwise)
+  int64_t log_every = 0;  // batches between plain progress lines off a terminal (0: ~10% of an epoch)
+  // TensorBoard event file in the run folder (train/tensorboard.h): per-step loss
+  // and learning rate, per-epoch metrics, per-layer TTQ statistics and histograms.
+  bool tensorboard = true;
   // Testing aid: behave as if SIGINT arrived once this many optimiser steps are done (0: never).
   int64_t stop_after_steps = 0;
 };

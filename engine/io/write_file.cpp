@@ -86,8 +86,7 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
   write_file_atomic(path, std::vector<Chunk>{{bytes.data(), bytes.size()}});
 }
 
-void append_line(const std::string& path, std::string_view line) {
-  TTQ_CHECK(line.find('\n') == std::string_view::npos) << "append_line: the line holds a newline";
+void append_bytes(const std::string& path, std::string_view bytes, bool sync) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) fail(path, "open", errno);
   struct stat st {};
@@ -96,17 +95,22 @@ void append_line(const std::string& path, std::string_view line) {
     ::close(fd);
     fail(path, "stat", err);
   }
-  std::string text(line);
-  text += '\n';
-  if (!write_all(fd, text.data(), text.size()) || ::fsync(fd) != 0) {
+  if (!write_all(fd, bytes.data(), bytes.size()) || (sync && ::fsync(fd) != 0)) {
     const int err = errno;
-    // Cut a partial line off again; the file ends where it ended before.
+    // Cut a partial write off again; the file ends where it ended before.
     const bool cut = ::ftruncate(fd, st.st_size) == 0;
     ::close(fd);
     TTQ_INPUT_ERROR() << path << ": append failed: " << std::strerror(err)
-                      << (cut ? "" : " (and cutting the partial line off failed too)");
+                      << (cut ? "" : " (and cutting the partial write off failed too)");
   }
   if (::close(fd) != 0) fail(path, "close", errno);
+}
+
+void append_line(const std::string& path, std::string_view line) {
+  TTQ_CHECK(line.find('\n') == std::string_view::npos) << "append_line: the line holds a newline";
+  std::string text(line);
+  text += '\n';
+  append_bytes(path, text, /*sync=*/true);
 }
 
 bool same_file(const std::string& a, const std::string& b) {

@@ -27,6 +27,11 @@ struct Chunk {
 void write_file_atomic(const std::string& path, const std::vector<Chunk>& chunks);
 void write_file_atomic(const std::string& path, std::string_view bytes);
 
+// Appends `bytes` to `path` (created 0644 if absent), then fsync when `sync`.
+// ensures: on failure the file is cut back to its previous length (never a
+// partial record) and ttq::InputError "<path>: <step> failed: <reason>" is thrown.
+void append_bytes(const std::string& path, std::string_view bytes, bool sync);
+
 // Appends `line` and a newline to `path` (created 0644 if absent), then fsync.
 // ensures: on failure the file is cut back to its previous length (never a half
 // line) and ttq::InputError "<path>: <step> failed: <reason>" is thrown.
