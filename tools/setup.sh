@@ -10,6 +10,7 @@ packages=(build-essential cmake ninja-build pkg-config
           libgtest-dev libgmock-dev libbenchmark-dev
           clang libclang-rt-dev libomp-dev  # the fuzz targets: libFuzzer, sanitizers, OpenMP for clang
           clang-format                      # the formatting check of the test command
+          libopenmpi-dev openmpi-bin        # data-parallel training across processes (mpirun)
           dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do

@@ -62,6 +62,9 @@ struct TrainOptions {
   // every input has been validated). Without it, such a folder is refused.
   bool overwrite = false;
   bool progress = true;  // a live progress line on a terminal (plain lines otherwise)
+  // Data parallel (several ranks, train/distributed.h): BatchNorm with the global
+  // batch's statistics instead of each rank's own. No effect in one process.
+  bool sync_bn = false;
   // Testing aid: behave as if SIGINT arrived once this many optimiser steps are done (0: never).
   int64_t stop_after_steps = 0;
 };
