@@ -4,7 +4,8 @@
 // ranks compute together against what one process computes on the whole:
 // all-reduces against hand sums, synchronised BatchNorm against batch_norm2d on
 // the whole batch (forward, running statistics, every gradient), the bucketed
-// gradient reducer against the whole batch's gradients.
+// gradient reducer against the whole batch's gradients; NCCL's sums of CUDA
+// tensors where each rank has a GPU of its own.
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -18,8 +19,8 @@ namespace {
 
 dist::Communicator& ranks() { return dist::world(); }
 
-#define TTQ_NEED_RANKS()                                                                  \
-  do {                                                                                    \
+#define TTQ_NEED_RANKS()                                                                    \
+  do {                                                                                      \
     if (!dist::launched_by_mpi() || ranks().size() < 2) GTEST_SKIP() << "not under mpirun"; \
   } while (0)
 
@@ -113,7 +114,8 @@ TEST(DistWorker, SyncBatchNormMatchesTheWholeBatch) {
 TEST(DistWorker, GradReducerSumsEveryRanksGradients) {
   TTQ_NEED_RANKS();
   const Tensor x = test::rand({8, 3, 6, 6}, 21);
-  const Tensor w1 = test::rand({5, 3, 3, 3}, 22), w2 = test::rand({7, 5 * 4 * 4}, 23), b2 = test::rand({7}, 24);
+  const Tensor w1 = test::rand({5, 3, 3, 3}, 22), w2 = test::rand({7, 5 * 4 * 4}, 23),
+               b2 = test::rand({7}, 24);
   const Tensor y = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 0}, {8});
   auto loss_of = [](const Tensor& xb, const Tensor& yb, const std::vector<Tensor>& p) {
     Tensor h = ops::relu(ops::conv2d(xb, p[0], Tensor()));
@@ -143,6 +145,25 @@ TEST(DistWorker, GradReducerSumsEveryRanksGradients) {
       }
     }
   }
+}
+
+// NCCL: CUDA tensors summed on the device, one GPU per rank (rank r on cuda:r).
+TEST(DistWorker, NcclSumsCudaTensors) {
+  TTQ_NEED_RANKS();
+  if (!dist::nccl_compiled()) GTEST_SKIP() << "built without NCCL";
+  if (cuda::device_count() < ranks().size()) GTEST_SKIP() << "fewer CUDA devices than ranks";
+  const int r = ranks().rank(), s = ranks().size();
+  auto nccl = dist::make_nccl(ranks(), r);
+  const Tensor host = test::rand({3, 1000}, 31 + static_cast<uint64_t>(r));
+  Tensor t = host.to(Device::cuda(r));
+  nccl->all_reduce_sum_async(t)->wait();
+  // The reference: every rank's tensor, summed on the host in rank order.
+  std::vector<float> e(3000, 0.0f);
+  for (int q = 0; q < s; ++q) {
+    const std::vector<float> v = test::rand({3, 1000}, 31 + static_cast<uint64_t>(q)).to_vector<float>();
+    for (size_t i = 0; i < e.size(); ++i) e[i] += v[i];
+  }
+  EXPECT_LT(test::max_rel_error(t.to(Device::cpu()), Tensor::from_vector(e, {3, 1000})), 1e-6);
 }
 
 }  // namespace

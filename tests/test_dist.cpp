@@ -12,10 +12,10 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <map>
-#include <sstream>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "data/idx.h"
@@ -34,8 +34,8 @@ namespace {
 // ---- the hook the reducer relies on ---------------------------------------------
 
 TEST(GradReadyHook, FiresOnceWithTheFinalGradient) {
-  Tensor w = test::rand({4, 3}, 1).set_requires_grad(true);   // used twice
-  Tensor u = test::rand({4, 3}, 2).set_requires_grad(true);   // used once
+  Tensor w = test::rand({4, 3}, 1).set_requires_grad(true);    // used twice
+  Tensor u = test::rand({4, 3}, 2).set_requires_grad(true);    // used once
   Tensor unused = test::rand({3}, 3).set_requires_grad(true);  // not in this graph
   std::map<std::string, int> calls;
   std::map<std::string, Tensor> seen;
@@ -69,10 +69,10 @@ std::string mpirun_path() {
   return "";
 }
 
-#define TTQ_NEED_MPIRUN()                                                                  \
-  do {                                                                                     \
-    if (!dist::mpi_compiled()) GTEST_SKIP() << "built without MPI";                         \
-    if (mpirun_path().empty()) GTEST_SKIP() << "no mpirun (Debian: openmpi-bin)";           \
+#define TTQ_NEED_MPIRUN()                                                         \
+  do {                                                                            \
+    if (!dist::mpi_compiled()) GTEST_SKIP() << "built without MPI";               \
+    if (mpirun_path().empty()) GTEST_SKIP() << "no mpirun (Debian: openmpi-bin)"; \
   } while (0)
 
 // mpirun -np `np` with what it needs on a 2-core machine run as root.
@@ -81,8 +81,9 @@ std::vector<std::string> mpirun(int np) {
   setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
   setenv("OMP_NUM_THREADS", "1", 1);
   setenv("OMP_WAIT_POLICY", "passive", 1);
-  return {mpirun_path(), "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,vader,tcp", "-np",
-          std::to_string(np)};
+  // Waiting ranks yield the CPU rather than poll: the suite runs tests side by side.
+  return {mpirun_path(), "--oversubscribe", "--bind-to", "none", "--mca", "mpi_yield_when_idle", "1",
+          "-np",         std::to_string(np)};
 }
 
 std::vector<std::string> concat(std::vector<std::string> a, const std::vector<std::string>& b) {
@@ -90,17 +91,29 @@ std::vector<std::string> concat(std::vector<std::string> a, const std::vector<st
   return a;
 }
 
-TEST(DistMpi, WorkerCasesPassOnTwoRanks) {
-  TTQ_NEED_MPIRUN();
-  const test::ToolRun r = test::run_argv(concat(mpirun(2), {std::string(TTQ_BINARY_DIR) + "/tests/dist_worker", "--gtest_color=no"}));
+// The worker's cases, on 2 ranks; each must pass on both (none skipped).
+void run_worker_cases(const std::string& filter, int cases) {
+  const test::ToolRun r =
+      test::run_argv(concat(mpirun(2), {std::string(TTQ_BINARY_DIR) + "/tests/dist_worker",
+                                        "--gtest_color=no", "--gtest_filter=" + filter}));
   EXPECT_EQ(r.code, 0) << r.out << r.err;
-  // Both ranks ran all three cases (none skipped).
+  const std::string passed = "[  PASSED  ] " + std::to_string(cases) + " test";
   size_t n = 0;
-  for (size_t at = r.out.find("[  PASSED  ] 3 tests."); at != std::string::npos;
-       at = r.out.find("[  PASSED  ] 3 tests.", at + 1))
-    ++n;
+  for (size_t at = r.out.find(passed); at != std::string::npos; at = r.out.find(passed, at + 1)) ++n;
   EXPECT_EQ(n, 2u) << r.out;
   EXPECT_EQ(r.out.find("SKIPPED"), std::string::npos) << r.out;
+}
+
+TEST(DistMpi, WorkerCasesPassOnTwoRanks) {
+  TTQ_NEED_MPIRUN();
+  run_worker_cases("-*Nccl*", 3);
+}
+
+TEST(DistMpi, NcclWorkerCasePassesOnTwoGpus) {
+  TTQ_NEED_MPIRUN();
+  if (!dist::nccl_compiled()) GTEST_SKIP() << "built without NCCL";
+  if (cuda::device_count() < 2) GTEST_SKIP() << "needs a CUDA device per rank (2)";
+  run_worker_cases("*Nccl*", 1);
 }
 
 // A tiny IDX data set: 10 classes, a bright square at a class-specific place.
@@ -135,10 +148,30 @@ struct TinyData {
 
 std::vector<std::string> train_args(const TinyData& d, const std::string& out, int64_t batch,
                                     const std::vector<std::string>& extra = {}, int64_t limit_train = 32) {
-  return concat({test::tool_path("ttq_train"), "--model", "small_densenet", "--data", "mnist:" + d.dir.string(),
-                 "--device", "cpu", "--dropout", "0", "--limit-train", std::to_string(limit_train), "--limit-val",
-                 "16", "--limit-test", "8", "--seed", "3", "--workers", "1", "--quiet", "--batch",
-                 std::to_string(batch), "--out", out},
+  return concat({test::tool_path("ttq_train"),
+                 "--model",
+                 "small_densenet",
+                 "--data",
+                 "mnist:" + d.dir.string(),
+                 "--device",
+                 "cpu",
+                 "--dropout",
+                 "0",
+                 "--limit-train",
+                 std::to_string(limit_train),
+                 "--limit-val",
+                 "16",
+                 "--limit-test",
+                 "8",
+                 "--seed",
+                 "3",
+                 "--workers",
+                 "1",
+                 "--quiet",
+                 "--batch",
+                 std::to_string(batch),
+                 "--out",
+                 out},
                 extra);
 }
 
@@ -208,12 +241,14 @@ TEST(DistMpi, ResumeWithAnotherRankCount) {
   };
   const test::ToolRun one = test::run_argv(strip_batch(train_args(d, d.run("a"), 16, more, 16)));
   ASSERT_EQ(one.code, 0) << one.err;
-  const test::ToolRun two = test::run_argv(concat(mpirun(2), strip_batch(train_args(d, d.run("b"), 16, concat(more, {"--sync-bn"}), 16))));
+  const test::ToolRun two = test::run_argv(
+      concat(mpirun(2), strip_batch(train_args(d, d.run("b"), 16, concat(more, {"--sync-bn"}), 16))));
   ASSERT_EQ(two.code, 0) << two.out << two.err;
   EXPECT_NE(two.err.find("resuming"), std::string::npos) << two.err;
   EXPECT_LT(model_difference(d.run("a") + "/last.safetensors", d.run("b") + "/last.safetensors"), 1e-5);
   // A per-rank --batch that does not give the run's global batch is refused.
-  const test::ToolRun bad = test::run_argv(concat(mpirun(2), train_args(d, d.run("b"), 4, {"--epochs", "3", "--resume"}, 16)));
+  const test::ToolRun bad =
+      test::run_argv(concat(mpirun(2), train_args(d, d.run("b"), 4, {"--epochs", "3", "--resume"}, 16)));
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.err.find("--batch"), std::string::npos) << bad.err;
 }

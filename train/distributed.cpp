@@ -247,7 +247,8 @@ std::ostream& null_log() {
 }
 
 int end_rank(int code) {
-  if (code == 0 || code == 130 || code == 143 || !dist::launched_by_mpi() || !dist::mpi_compiled()) return code;
+  if (code == 0 || code == 130 || code == 143 || !dist::launched_by_mpi() || !dist::mpi_compiled())
+    return code;
   dist::Communicator& w = dist::world();
   if (w.size() > 1) w.abort(code);
   return code;

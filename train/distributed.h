@@ -20,9 +20,9 @@
 
 #include "data/loader.h"
 #include "engine/device.h"
-#include "engine/nn/module.h"
 #include "engine/dist/comm.h"
 #include "engine/dist/reducer.h"
+#include "engine/nn/module.h"
 #include "engine/optim/optimizer.h"
 #include "train/evaluate.h"
 #include "train/trainer.h"
@@ -38,11 +38,11 @@ struct PeerError : std::runtime_error {
 
 // The numbers of one training step, over the global batch.
 struct StepAgreement {
-  double count = 0;     // samples in the global batch
-  double loss = 0;      // mean loss over them
-  double correct = 0;   // top-1 hits
-  bool stop = false;    // some rank received SIGINT / SIGTERM
-  double weight = 1;    // this rank's share of the global batch (its loss's backward seed)
+  double count = 0;    // samples in the global batch
+  double loss = 0;     // mean loss over them
+  double correct = 0;  // top-1 hits
+  bool stop = false;   // some rank received SIGINT / SIGTERM
+  double weight = 1;   // this rank's share of the global batch (its loss's backward seed)
 };
 
 class Distributed {

@@ -48,16 +48,16 @@ class SingleComm final : public Communicator {
 #ifdef TTQ_HAS_MPI
 
 // Every MPI return code goes through here: a failure throws with the call and MPI's message.
-#define TTQ_MPI_CHECK(expr)                                                                       \
-  do {                                                                                            \
-    const int ttq_mpi_rc_ = (expr);                                                               \
-    if (ttq_mpi_rc_ != MPI_SUCCESS) {                                                             \
-      char ttq_mpi_msg_[MPI_MAX_ERROR_STRING];                                                    \
-      int ttq_mpi_len_ = 0;                                                                       \
-      MPI_Error_string(ttq_mpi_rc_, ttq_mpi_msg_, &ttq_mpi_len_);                                 \
+#define TTQ_MPI_CHECK(expr)                                                                              \
+  do {                                                                                                   \
+    const int ttq_mpi_rc_ = (expr);                                                                      \
+    if (ttq_mpi_rc_ != MPI_SUCCESS) {                                                                    \
+      char ttq_mpi_msg_[MPI_MAX_ERROR_STRING];                                                           \
+      int ttq_mpi_len_ = 0;                                                                              \
+      MPI_Error_string(ttq_mpi_rc_, ttq_mpi_msg_, &ttq_mpi_len_);                                        \
       TTQ_THROW() << #expr << " failed: " << std::string(ttq_mpi_msg_, ttq_mpi_len_) << " (" << __FILE__ \
-                  << ":" << __LINE__ << ")";                                                      \
-    }                                                                                             \
+                  << ":" << __LINE__ << ")";                                                             \
+    }                                                                                                    \
   } while (0)
 
 class MpiRequest final : public Request {

@@ -17,12 +17,12 @@
 #include "engine/cuda/runtime.h"
 
 // Every NCCL return code goes through here: a failure throws with the call and NCCL's message.
-#define TTQ_NCCL_CHECK(expr)                                                                          \
-  do {                                                                                                \
-    ncclResult_t ttq_nccl_rc_ = (expr);                                                               \
-    if (ttq_nccl_rc_ != ncclSuccess)                                                                  \
+#define TTQ_NCCL_CHECK(expr)                                                                      \
+  do {                                                                                            \
+    ncclResult_t ttq_nccl_rc_ = (expr);                                                           \
+    if (ttq_nccl_rc_ != ncclSuccess)                                                              \
       TTQ_THROW() << "NCCL error " << ncclGetErrorString(ttq_nccl_rc_) << " in " << #expr << " (" \
-                  << __FILE__ << ":" << __LINE__ << ")";                                              \
+                  << __FILE__ << ":" << __LINE__ << ")";                                          \
   } while (0)
 #endif
 

@@ -12,8 +12,7 @@
 
 namespace ttq::dist {
 
-GradReducer::GradReducer(Communicator& comm, std::vector<Tensor> params, size_t bucket_bytes)
-    : m_comm(comm) {
+GradReducer::GradReducer(Communicator& comm, std::vector<Tensor> params, size_t bucket_bytes) : m_comm(comm) {
   TTQ_CHECK(!params.empty()) << "GradReducer: no parameters";
   const Device dev = params[0].device();
   // Reverse order: backward finishes the last layers' gradients first.
