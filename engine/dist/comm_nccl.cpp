@@ -11,6 +11,7 @@
 #if defined(TTQ_HAS_NCCL) && defined(TTQ_HAS_CUDA)
 #include <nccl.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include "engine/cuda/check.h"
@@ -105,6 +106,7 @@ class NcclComm final : public Communicator {
   [[noreturn]] void abort(int code) override {
     ncclCommAbort(m_comm);
     m_boot.abort(code);
+    std::_Exit(code);  // not reached: abort ends the process
   }
 
  private:
