@@ -11,8 +11,11 @@
 #include "engine/autograd.h"
 #include "engine/dist/comm.h"
 #include "engine/dist/reducer.h"
+#include "engine/nn/layers.h"
 #include "engine/ops/ops.h"
+#include "engine/optim/optimizer.h"
 #include "tests/test_util.h"
+#include "train/distributed.h"
 
 namespace ttq {
 namespace {
@@ -145,6 +148,41 @@ TEST(DistWorker, GradReducerSumsEveryRanksGradients) {
       }
     }
   }
+}
+
+// The trainer's side: after attach, dropout draws from a stream of each rank's
+// own (rank 0 keeps the run's), and the attached reducer sums the optimiser's
+// gradients.
+TEST(DistWorker, AttachGivesEachRankItsDropoutStream) {
+  TTQ_NEED_RANKS();
+  nn::manual_seed(5);
+  Tensor w = test::rand({4, 4}, 41).set_requires_grad(true);
+  optim::SGD opt({w}, optim::SGDOptions{0.1});
+  train::Distributed d;
+  d.attach(opt, Device::cpu(), false, train::null_log());
+  const Generator& g = nn::global_generator();
+  if (ranks().rank() == 0) {
+    EXPECT_EQ(g.seed(), 5u);
+  }
+  std::vector<double> seeds(static_cast<size_t>(ranks().size()), 0.0);
+  seeds[static_cast<size_t>(ranks().rank())] = static_cast<double>(g.seed() % (uint64_t(1) << 52));
+  ranks().all_reduce(seeds, dist::HostOp::Sum);
+  for (size_t a = 0; a < seeds.size(); ++a)
+    for (size_t b = a + 1; b < seeds.size(); ++b) EXPECT_NE(seeds[a], seeds[b]) << "ranks " << a << ", " << b;
+  // Dropout masks of the same shape differ between ranks.
+  Tensor ones = Tensor::ones({64});
+  nn::Dropout drop(0.5);
+  drop.train();
+  EXPECT_GT(spread(drop.forward(ones)), 0.0);
+  // The loss seeded with this rank's share; the reducer sums: the gradient is the same on every rank.
+  const train::StepAgreement a = d.agree_step(0, 1, 0.0, 0.0, false);
+  opt.zero_grad();
+  Tensor loss = ops::sum(ops::mul(w, Tensor::full({4, 4}, static_cast<double>(ranks().rank() + 1))));
+  d.backward(loss, a);
+  EXPECT_EQ(a.count, ranks().size());
+  EXPECT_EQ(spread(w.grad()), 0.0);
+  // sum over ranks r of (r + 1) / size = (size + 1) / 2 for every element.
+  EXPECT_LT(test::max_rel_error(w.grad(), Tensor::full({4, 4}, (ranks().size() + 1) / 2.0)), 1e-6);
 }
 
 // NCCL: CUDA tensors summed on the device, one GPU per rank (rank r on cuda:r).

@@ -106,7 +106,7 @@ void run_worker_cases(const std::string& filter, int cases) {
 
 TEST(DistMpi, WorkerCasesPassOnTwoRanks) {
   TTQ_NEED_MPIRUN();
-  run_worker_cases("-*Nccl*", 3);
+  run_worker_cases("-*Nccl*", 4);
 }
 
 TEST(DistMpi, NcclWorkerCasePassesOnTwoGpus) {
@@ -221,6 +221,13 @@ TEST(DistMpi, TwoRanksWithSyncBnFollowOneProcessWithTheGlobalBatch) {
   // The sharded, reduced validation counts every validation image once.
   const nlohmann::json m1 = read_json(d.run("one") + "/config.json");
   EXPECT_EQ(cfg["val_images"], m1["val_images"]);
+  // --config of the one-process run under 2 ranks keeps its global batch (2 x 8).
+  const test::ToolRun again = test::run_argv(
+      concat(mpirun(2), {test::tool_path("ttq_train"), "--config", d.run("one") + "/config.json", "--out",
+                         d.run("three"), "--device", "cpu", "--quiet", "--sync-bn"}));
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(read_json(d.run("three") + "/config.json")["batch"], 16);
+  EXPECT_LT(model_difference(d.run("one") + "/last.safetensors", d.run("three") + "/last.safetensors"), 1e-5);
 }
 
 // --resume with another rank count continues the same run: one process's

@@ -99,6 +99,8 @@ int main(int argc, char** argv) {
       TTQ_INPUT_CHECK(!o.resume) << "--config and --resume: a resumed run takes its own config.json";
       o = ttq::train::options_from_config(o, config_file,
                                           [&](const std::string& flag) { return app.count(flag) > 0; });
+      // Under mpirun the file's (global) batch is kept: --batch is per rank.
+      if (app.count("--batch") == 0) o.batch = ttq::train::per_rank_batch(o.batch, "--config " + config_file);
     }
     ttq::train::install_signal_handlers();
     ttq::train::RunResult r;

@@ -10,6 +10,7 @@
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/error.h"
+#include "engine/nn/layers.h"
 #include "engine/ops/ops.h"
 #include "train/options.h"
 
@@ -133,6 +134,10 @@ void Distributed::attach(optim::Optimizer& opt, Device device, bool sync_bn, std
     grads = m_device_comm.get();
   }
   m_reducer = std::make_unique<dist::GradReducer>(*grads, params);
+  if (rank() > 0) {
+    Generator& g = nn::global_generator();
+    g.set_state(g.seed() ^ (0x9e3779b97f4a7c15ull * static_cast<uint64_t>(rank())), g.offset());
+  }
   if (sync_bn) {
     dist::Communicator* c = m_comm;
     ops::set_batch_norm_sync([c](std::vector<double>& v) { c->all_reduce(v, dist::HostOp::Sum); });
@@ -216,6 +221,14 @@ double Distributed::take_wait_seconds() {
   const double w = m_wait;
   m_wait = 0;
   return w;
+}
+
+int64_t per_rank_batch(int64_t batch, const std::string& source) {
+  const int64_t n = dist::world().size();
+  if (n == 1 || batch == kUnset) return batch;
+  TTQ_INPUT_CHECK(batch % n == 0) << source << ": its batch of " << batch << " does not split into " << n
+                                  << " equal shards (give --batch, per rank)";
+  return batch / n;
 }
 
 std::string fingerprint(const data::Dataset& d) {

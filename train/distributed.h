@@ -80,6 +80,8 @@ class Distributed {
 
   // After the optimiser exists: every tensor it updates gets its gradient summed
   // over the ranks (CPU: MPI; CUDA: NCCL). --sync-bn: BN statistics are global.
+  // Dropout: each rank but 0 moves to a stream of its own (the ranks' shards get
+  // independent masks; rank 0 keeps the run's stream, which checkpoints record).
   void attach(optim::Optimizer& opt, Device device, bool sync_bn, std::ostream& log);
 
   // Before backward: the global batch's count, mean loss, hits and stop request.
@@ -104,6 +106,11 @@ class Distributed {
   double m_wait = 0;
   bool m_sync_bn = false;
 };
+
+// --config FILE under N ranks: the file's batch is its run's global batch, kept:
+// the per-rank --batch is batch / N (ttq::InputError naming `source` when N does
+// not divide it). In a world of one, `batch`.
+int64_t per_rank_batch(int64_t batch, const std::string& source);
 
 // What check_same compares beyond the options: a data set's size, classes and
 // every item's name and label; a module's state (parameters and buffers) bit for bit.
