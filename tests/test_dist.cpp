@@ -118,11 +118,13 @@ TEST(DistMpi, NcclWorkerCasePassesOnTwoGpus) {
 
 // A tiny IDX data set: 10 classes, a bright square at a class-specific place.
 struct TinyData {
-  fs::path dir = fs::temp_directory_path() / ("ttq_dist_" + std::to_string(getpid()));
-  TinyData() {
+  fs::path dir;
+  explicit TinyData(uint64_t seed = 99)
+      : dir(fs::temp_directory_path() /
+            ("ttq_dist_" + std::to_string(getpid()) + "_" + std::to_string(seed))) {
     fs::remove_all(dir);
     fs::create_directories(dir);
-    Generator g(99);
+    Generator g(seed);
     auto make = [&](int64_t n, const std::string& prefix) {
       std::vector<uint8_t> px(static_cast<size_t>(n) * 28 * 28), lab(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) {
@@ -277,6 +279,25 @@ TEST(DistMpi, MismatchedFlagsAreOneLineAtStartUp) {
             std::string::npos)
       << r.err;
   EXPECT_FALSE(fs::exists(d.run("x") + "/config.json"));
+}
+
+// The same flags on different data (a relative --data resolved in two working
+// folders, as two hosts with their own copies would): one line, nothing written.
+TEST(DistMpi, MismatchedDataIsOneLineAtStartUp) {
+  TTQ_NEED_MPIRUN();
+  TinyData a(7), b(8);
+  std::vector<std::string> argv = mpirun(1);
+  argv.resize(argv.size() - 2);
+  auto app = [&](const TinyData& d) {
+    std::vector<std::string> t = train_args(a, a.run("x"), 8, {"--epochs", "1"});
+    *std::find(t.begin(), t.end(), "mnist:" + a.dir.string()) = "mnist:.";
+    return concat({"-np", "1", "-wdir", d.dir.string()}, t);
+  };
+  argv = concat(concat(concat(argv, app(a)), {":"}), app(b));
+  const test::ToolRun r = test::run_argv(argv);
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("ttq_train: rank 1: the data differ from rank 0's"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(a.run("x") + "/config.json"));
 }
 
 // A rank killed mid-epoch ends the job, non-zero, within 60 s; the last
