@@ -6,6 +6,7 @@
 #include "engine/dist/comm.h"
 
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 
 #include "engine/error.h"
@@ -64,9 +65,12 @@ class MpiRequest final : public Request {
  public:
   explicit MpiRequest(MPI_Request r) : m_req(r) {}
   ~MpiRequest() override {
-    // A request dropped unfinished (an exception unwinding) must not leave MPI
-    // writing into a freed buffer: wait, and never throw from here.
-    if (m_req != MPI_REQUEST_NULL) MPI_Wait(&m_req, MPI_STATUS_IGNORE);
+    if (m_req == MPI_REQUEST_NULL) return;
+    // Unwinding an error: the peers may never join this reduction, so waiting
+    // could hang; the rank is about to end the job (train::end_rank), and the
+    // buffer is left to MPI rather than waited for. Otherwise wait, never throw.
+    if (std::uncaught_exceptions() > 0) return;
+    MPI_Wait(&m_req, MPI_STATUS_IGNORE);
   }
   void wait() override {
     if (m_req != MPI_REQUEST_NULL) TTQ_MPI_CHECK(MPI_Wait(&m_req, MPI_STATUS_IGNORE));
