@@ -357,7 +357,17 @@ TEST(DistMpi, AKilledRankEndsTheJob) {
     FAIL() << "the job still ran 60 s after a rank was killed";
   }
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0);
-  for (pid_t p : ranks) ::kill(p, SIGKILL);  // none should be left; never leave one behind
+  // mpirun may return while a rank is still going down (and holding the run's lock): wait for both.
+  for (pid_t p : ranks) ::kill(p, SIGKILL);
+  auto alive = [](pid_t p) {
+    std::ifstream st("/proc/" + std::to_string(p) + "/stat");
+    std::string line;
+    if (!std::getline(st, line)) return false;
+    const size_t close = line.rfind(')');
+    return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+  };
+  for (pid_t p : ranks)
+    for (int i = 0; i < 200 && alive(p); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const train::CheckpointContent c = train::read_checkpoint(d.run("k") + "/last.safetensors");
   EXPECT_GE(c.state.epoch, 1);
   // One process continues the run (the global batch of 8 is its own), a short way.
