@@ -70,6 +70,10 @@ class Loader::BufferPool {
 Loader::Loader(std::shared_ptr<const Dataset> dataset, Preprocess preprocess, LoaderOptions options)
     : m_dataset(std::move(dataset)), m_pre(preprocess), m_opt(options) {
   TTQ_CHECK(m_dataset != nullptr) << "Loader: null dataset";
+  TTQ_CHECK(m_opt.shard_count >= 1 && m_opt.shard_rank >= 0 && m_opt.shard_rank < m_opt.shard_count &&
+            m_opt.min_batch >= 1)
+      << "Loader: shard " << m_opt.shard_rank << " of " << m_opt.shard_count << ", min_batch "
+      << m_opt.min_batch;
   TTQ_CHECK(m_opt.batch_size > 0 && m_opt.workers >= 1 && m_opt.prefetch >= 1)
       << "Loader: batch_size " << m_opt.batch_size << ", workers " << m_opt.workers << ", prefetch "
       << m_opt.prefetch;
@@ -89,8 +93,16 @@ Loader::~Loader() {
 }
 
 int64_t Loader::batches_per_epoch() const {
-  int64_t n = m_dataset->size(), b = m_opt.batch_size;
-  return m_opt.drop_last ? n / b : (n + b - 1) / b;
+  const int64_t n = m_dataset->size(), b = m_opt.batch_size, rem = n % b;
+  return n / b + (!m_opt.drop_last && rem > 0 && rem >= m_opt.min_batch ? 1 : 0);
+}
+
+std::pair<int64_t, int64_t> Loader::shard_range(int64_t k) const {
+  const int64_t begin = k * m_opt.batch_size;
+  const int64_t len = std::min<int64_t>(m_opt.batch_size, m_dataset->size() - begin);
+  const int64_t q = len / m_opt.shard_count, r = len % m_opt.shard_count, s = m_opt.shard_rank;
+  const int64_t first = begin + s * q + std::min(s, r);
+  return {first, first + q + (s < r ? 1 : 0)};
 }
 
 std::shared_ptr<const Loader::Plan> Loader::make_plan(int64_t epoch) const {
@@ -200,9 +212,9 @@ void Loader::worker_loop() {
 }
 
 Batch Loader::build(const Plan& plan, int64_t k) {
-  const int64_t bs = m_opt.batch_size;
-  const int64_t begin = k * bs;
-  const int64_t end = std::min<int64_t>(begin + bs, static_cast<int64_t>(plan.order.size()));
+  // The largest shard of a batch of batch_size samples.
+  const int64_t bs = (m_opt.batch_size + m_opt.shard_count - 1) / m_opt.shard_count;
+  const auto [begin, end] = shard_range(k);
   const int64_t per_image = int64_t(m_pre.channels) * m_pre.crop * m_pre.crop;
 
   Batch b;

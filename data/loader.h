@@ -31,6 +31,16 @@ struct LoaderOptions {
   bool augment = true;  // training augmentation; false: the validation transform
   bool drop_last = false;
   uint64_t seed = 0;
+  // Data parallelism: batch_size is the global batch, and this loader yields
+  // shard `shard_rank` of `shard_count` of each: a contiguous slice of the batch's
+  // samples, slices differing in size by at most one (the first ones larger),
+  // together the whole batch in its order. Every choice stays keyed by (seed,
+  // epoch, sample index), so a sample looks the same on whichever process draws it.
+  int shard_rank = 0;
+  int shard_count = 1;
+  // A last batch of fewer samples is left out of the epoch (as drop_last does with
+  // batch_size): sharded training needs a sample on every process.
+  int64_t min_batch = 1;
   // Page-lock batch memory (cudaHostRegister) when ttq::cuda::available(), for
   // faster host-to-device copies; silently pageable otherwise.
   bool pin_memory = true;
@@ -58,7 +68,8 @@ class Loader {
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
 
-  // Batches in one epoch: ceil(N / B), or floor(N / B) with drop_last.
+  // Batches in one epoch: ceil(N / B), or floor(N / B) with drop_last or when the
+  // last batch is smaller than min_batch.
   int64_t batches_per_epoch() const;
   // Starts (or restarts) epoch `epoch` at batch `first_batch`; work of a
   // previous epoch still in flight is discarded.
@@ -72,7 +83,8 @@ class Loader {
   int64_t epoch() const;
   int64_t position() const;          // index of the batch next() will return next
   int64_t skipped_in_epoch() const;  // samples skipped in the batches returned this epoch
-  // The dataset indices of batch k of an epoch (before skipping bad files).
+  // The dataset indices of batch k of an epoch (before skipping bad files), the
+  // whole batch whatever the shard.
   std::vector<int64_t> batch_samples(int64_t epoch, int64_t k) const;
   const Dataset& dataset() const { return *m_dataset; }
   const Preprocess& preprocess() const { return m_pre; }
@@ -83,6 +95,8 @@ class Loader {
   class BufferPool;
   void worker_loop();
   Batch build(const Plan& plan, int64_t k);
+  // [begin, end) of this loader's shard of batch k in the epoch's order.
+  std::pair<int64_t, int64_t> shard_range(int64_t k) const;
   std::shared_ptr<const Plan> make_plan(int64_t epoch) const;
 
   std::shared_ptr<const Dataset> m_dataset;

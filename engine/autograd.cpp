@@ -69,6 +69,12 @@ void record(const char* name, const std::vector<const Tensor*>& inputs, const st
   }
 }
 
+void set_grad_ready_hook(Tensor& leaf, std::function<void(const Tensor& grad)> hook) {
+  TTQ_CHECK(leaf.requires_grad() && !leaf.autograd_meta()->grad_fn)
+      << "set_grad_ready_hook: needs a leaf that requires grad, got " << leaf.str();
+  leaf.autograd_meta()->grad_ready = std::move(hook);
+}
+
 void backward(const Tensor& root, const Tensor& grad) {
   TTQ_CHECK(root.requires_grad()) << "backward() on a tensor that does not require grad";
   Tensor seed = grad;
@@ -81,6 +87,7 @@ void backward(const Tensor& root, const Tensor& grad) {
   const auto& root_meta = root.autograd_meta();
   if (!root_meta->grad_fn) {  // a leaf
     root_meta->grad = accumulate(root_meta->grad, seed);
+    if (root_meta->grad_ready) root_meta->grad_ready(root_meta->grad);
     return;
   }
   // Collect the graph reachable from the root.
@@ -99,12 +106,24 @@ void backward(const Tensor& root, const Tensor& grad) {
   // A node's consumers were all created after it, so decreasing sequence is a
   // valid reverse topological order.
   std::sort(nodes.begin(), nodes.end(), [](Node* a, Node* b) { return a->sequence > b->sequence; });
+  // Leaves with a grad_ready hook: how many node inputs of this pass still may add to each.
+  std::unordered_map<AutogradMeta*, int> leaf_uses;
+  for (Node* n : nodes)
+    for (const auto& in : n->inputs)
+      if (in && !in->grad_fn && in->grad_ready) ++leaf_uses[in.get()];
+  auto leaf_input_done = [&](AutogradMeta* meta) {
+    if (--leaf_uses[meta] == 0 && meta->grad.defined()) meta->grad_ready(meta->grad);
+  };
   std::unordered_map<Node*, std::vector<Tensor>> pending;
   pending[root_meta->grad_fn.get()].resize(root_meta->grad_fn->num_outputs);
   pending[root_meta->grad_fn.get()][root_meta->output_nr] = seed;
   for (Node* n : nodes) {
     auto it = pending.find(n);
-    if (it == pending.end()) continue;
+    if (it == pending.end()) {  // no gradient reaches this node: it adds nothing to its leaves
+      for (const auto& in : n->inputs)
+        if (in && !in->grad_fn && in->grad_ready) leaf_input_done(in.get());
+      continue;
+    }
     std::vector<Tensor> gouts = std::move(it->second);
     pending.erase(it);
     TTQ_CHECK(n->backward) << "backward through '" << n->name
@@ -120,13 +139,18 @@ void backward(const Tensor& root, const Tensor& grad) {
                                                << " gradients for " << n->inputs.size() << " inputs";
     for (size_t i = 0; i < gins.size(); ++i) {
       const auto& meta = n->inputs[i];
-      if (!meta || !gins[i].defined()) continue;
+      if (!meta) continue;
+      if (!gins[i].defined()) {
+        if (!meta->grad_fn && meta->grad_ready) leaf_input_done(meta.get());
+        continue;
+      }
       if (meta->grad_fn) {
         auto& slot = pending[meta->grad_fn.get()];
         slot.resize(meta->grad_fn->num_outputs);
         slot[meta->output_nr] = accumulate(slot[meta->output_nr], gins[i]);
       } else if (meta->requires_grad) {
         meta->grad = accumulate(meta->grad, gins[i]);
+        if (meta->grad_ready) leaf_input_done(meta.get());
       }
     }
   }

@@ -39,6 +39,9 @@ struct AutogradMeta {
   Tensor grad;                    // accumulated gradient (leaves)
   std::shared_ptr<Node> grad_fn;  // null for leaves
   size_t output_nr = 0;
+  // Leaves only: called by backward() once this leaf's gradient of the pass is
+  // final (every node of the pass that could add to it has run), with `grad`.
+  std::function<void(const Tensor& grad)> grad_ready;
 };
 
 // Gradient mode (thread-local): ops record only when it is on; NoGradGuard turns it
@@ -62,6 +65,13 @@ bool any_requires_grad(const std::vector<Tensor>& inputs);
 // `backward` returns one tensor per input (undefined where no gradient flows).
 void record(const char* name, const std::vector<const Tensor*>& inputs, const std::vector<Tensor*>& outputs,
             BackwardFn backward);
+
+// Sets (or clears, with an empty function) the hook backward() calls once the
+// gradient of the leaf `leaf` is final within a pass: the data-parallel
+// reducer's cue to start reducing it while the rest of backward runs. A leaf
+// that gets no gradient in a pass is not called. requires leaf.requires_grad()
+// and leaf a leaf.
+void set_grad_ready_hook(Tensor& leaf, std::function<void(const Tensor& grad)> hook);
 
 // Runs reverse mode from `root` with seed gradient `grad` (same shape as root).
 void backward(const Tensor& root, const Tensor& grad);

@@ -1046,6 +1046,65 @@ TEST(Loader, DropLastAndGrayData) {
   EXPECT_EQ(run_epoch(l3, 0).front().images.shape(), (Shape{5, 3, 56, 56}));
 }
 
+// Data parallelism: the shards of every batch, in rank order, are the batch
+// (samples, labels and augmented pixels), and a last batch smaller than
+// min_batch is left out on every shard alike.
+TEST(Loader, ShardsOfEveryBatchTileIt) {
+  TempDir dir;
+  std::vector<uint8_t> px(23 * 28 * 28), lab(23);
+  for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>(i * 37 + i / 700);
+  for (size_t i = 0; i < lab.size(); ++i) lab[i] = static_cast<uint8_t>(i % 10);
+  write_idx(dir / "img", {23, 28, 28}, px, false);
+  write_idx(dir / "lab", {23}, lab, false);
+  auto ds = std::make_shared<IdxDataset>(dir / "img", dir / "lab", fashion_mnist_classes());
+  for (int shards : {2, 3}) {
+    SCOPED_TRACE("shards " + std::to_string(shards));
+    LoaderOptions o;
+    o.batch_size = 10;  // 23 = 10 + 10 + 3
+    o.seed = 5;
+    Loader whole(ds, Preprocess::gray(), o);
+    const auto all = run_epoch(whole, 1);
+    ASSERT_EQ(all.size(), 3u);
+    std::vector<std::vector<Batch>> parts;
+    for (int r = 0; r < shards; ++r) {
+      LoaderOptions so = o;
+      so.shard_rank = r;
+      so.shard_count = shards;
+      so.min_batch = shards;
+      Loader l(ds, Preprocess::gray(), so);
+      EXPECT_EQ(l.batches_per_epoch(), 3);  // the last batch (3) has a sample for each of 2 or 3 shards
+      parts.push_back(run_epoch(l, 1));
+      ASSERT_EQ(parts.back().size(), 3u);
+    }
+    for (size_t k = 0; k < all.size(); ++k) {
+      std::vector<int64_t> samples, labels;
+      std::vector<float> pixels;
+      for (int r = 0; r < shards; ++r) {
+        const Batch& b = parts[static_cast<size_t>(r)][k];
+        EXPECT_EQ(b.index, static_cast<int64_t>(k));
+        // Sizes differ by at most one, the first shards larger.
+        const int64_t n = all[k].size(), expect = n / shards + (r < n % shards ? 1 : 0);
+        EXPECT_EQ(b.size(), expect) << "batch " << k << " rank " << r;
+        samples.insert(samples.end(), b.samples.begin(), b.samples.end());
+        for (int64_t v : b.labels.to_vector<int64_t>()) labels.push_back(v);
+        for (float v : b.images.to_vector<float>()) pixels.push_back(v);
+      }
+      EXPECT_EQ(samples, all[k].samples) << "batch " << k;
+      EXPECT_EQ(labels, all[k].labels.to_vector<int64_t>()) << "batch " << k;
+      EXPECT_EQ(pixels, all[k].images.to_vector<float>()) << "batch " << k;
+    }
+  }
+  // 4 shards: the last batch of 3 cannot give each a sample and is left out.
+  LoaderOptions o;
+  o.batch_size = 10;
+  o.shard_count = 4;
+  o.shard_rank = 3;
+  o.min_batch = 4;
+  Loader l(ds, Preprocess::gray(), o);
+  EXPECT_EQ(l.batches_per_epoch(), 2);
+  EXPECT_EQ(run_epoch(l, 0).size(), 2u);
+}
+
 TEST(Loader, BadFilesAreSkippedCountedAndReportedOnce) {
   TinyTree t;
   testing::internal::CaptureStderr();

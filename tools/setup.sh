@@ -12,6 +12,7 @@ packages=(build-essential cmake ninja-build pkg-config
           clang-format                      # the formatting check of the test command
           libonnx-dev libprotobuf-dev       # ONNX import / export (models/onnx.cpp)
           python3-torch python3-torchvision # the torchvision ONNX fixtures of the tests (tests/onnx/)
+          libopenmpi-dev openmpi-bin        # data-parallel training across processes (mpirun)
           dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do

@@ -6,9 +6,11 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "engine/dist/comm.h"
 #include "engine/process.h"
 #include "models/model.h"
 #include "tools/flags.h"
+#include "train/distributed.h"
 #include "train/options.h"
 #include "train/run_folder.h"
 #include "train/trainer.h"
@@ -26,7 +28,9 @@ int main(int argc, char** argv) {
       "Numeric flags left out take the seed project's defaults for the model and phase.\n"
       "A folder that holds a run is continued with --resume (flags left out take the run's\n"
       "values; those that shape the data order or the model must match them) or replaced\n"
-      "with --overwrite. One ttq_train at a time per folder (RUN_DIR/.lock)."};
+      "with --overwrite. One ttq_train at a time per folder (RUN_DIR/.lock).\n"
+      "Data parallel: mpirun -np N ttq_train ... (or srun) trains on N ranks, each on its shard of\n"
+      "every global batch of N x --batch; rank 0 writes RUN_DIR (README.md, \"Data-parallel training\")."};
   namespace L = ttq::train::limits;
   ttq::train::TrainOptions o;
   bool quiet = false;
@@ -45,7 +49,8 @@ int main(int argc, char** argv) {
   f.text("--out", o.out, "Run folder (created)")->required();
   f.text("--device", o.device, "cpu, cuda or cuda:N", "cuda when available, else cpu");
   f.integer("--epochs", o.epochs, L::kEpochs, "Epochs", "fp 30, ttq 20");
-  f.integer("--batch", o.batch, L::kBatch, "Batch size", "fp 128, ttq 512");
+  f.integer("--batch", o.batch, L::kBatch, "Batch size (per rank under mpirun: the global batch is N x this)",
+            "fp 128, ttq 512");
   f.real("--lr", o.lr, L::kLr, "Learning rate", "fp 0.1 / SqueezeNet 0.04; ttq 1e-3 / SqueezeNet 1e-4");
   f.real("--weight-decay", o.weight_decay, L::kWeightDecay,
          "L2 decay (fp: conv and classifier weights; ttq: the classifier weight)",
@@ -116,18 +121,28 @@ int main(int argc, char** argv) {
   app.add_flag("--no-tensorboard", no_tensorboard,
                "No TensorBoard event file in RUN_DIR (written by default: per-step loss and lr, per-epoch "
                "metrics, per-layer TTQ zero fraction, Wp, Wn and weight histograms)");
+  app.add_flag("--sync-bn", o.sync_bn,
+               "Under mpirun: batch norm with the statistics of the global batch (every rank's shard) "
+               "instead of each rank's own; no effect in one process");
   if (int rc = ttq::tools::parse(app, f, argc, argv, "ttq_train"); rc >= 0) return rc;
   o.progress = !quiet;
   o.tensorboard = !no_tensorboard;
-  return ttq::tools::run("ttq_train", [&] {
+  const int rc = ttq::tools::run("ttq_train", [&] {
     if (!config_file.empty()) {
       TTQ_INPUT_CHECK(!o.resume) << "--config and --resume: a resumed run takes its own config.json";
       o = ttq::train::options_from_config(o, config_file,
                                           [&](const std::string& flag) { return app.count(flag) > 0; });
+      // Under mpirun the file's (global) batch is kept: --batch is per rank.
+      if (app.count("--batch") == 0) o.batch = ttq::train::per_rank_batch(o.batch, "--config " + config_file);
     }
     ttq::train::install_signal_handlers();
-    ttq::train::RunResult r = ttq::train::run_training(o, std::cerr);
-    if (r.exit_code == 0) {
+    ttq::train::RunResult r;
+    try {
+      r = ttq::train::run_training(o, std::cerr);
+    } catch (const ttq::train::PeerError& e) {  // rank 0 reports it
+      return e.code;
+    }
+    if (r.exit_code == 0 && ttq::dist::world().rank() == 0) {
       std::cout << "done: " << r.epochs_completed << " epochs, best val top1 " << 100.0 * r.best_val_top1
                 << "% (epoch " << r.test.best_epoch << "), last val top1 " << 100.0 * r.last.val_top1 << "%";
       if (r.last.ttq) std::cout << ", zeros " << 100.0 * r.last.zero_fraction << "%";
@@ -141,4 +156,6 @@ int main(int argc, char** argv) {
     }
     return r.exit_code;
   });
+  // Under mpirun: an error on this rank ends every rank now (no rank waits for it).
+  return ttq::train::end_rank(rc);
 }

@@ -41,9 +41,13 @@ std::string number_text(double v) {
 
 }  // namespace
 
-RunFolder::RunFolder(const TrainOptions& o)
-    : m_dir(o.out), m_flag_text(o.out), m_resume(o.resume), m_overwrite(o.overwrite) {
+RunFolder::RunFolder(const TrainOptions& o, bool writer)
+    : m_dir(o.out), m_flag_text(o.out), m_resume(o.resume), m_overwrite(o.overwrite), m_writer(writer) {
   TTQ_INPUT_CHECK(!o.out.empty()) << "--out: a run folder is required";
+  if (!writer) {  // another rank of a data-parallel job: reads the run's config.json, never checks or writes
+    if (o.resume) read_config();
+    return;
+  }
   std::error_code ec;
   const fs::file_status st = fs::status(m_dir, ec);
   const bool exists = fs::exists(st);
@@ -58,15 +62,7 @@ RunFolder::RunFolder(const TrainOptions& o)
   if (o.resume) {
     TTQ_INPUT_CHECK(exists) << "--resume: " << o.out << " does not exist (nothing to resume)";
     lock();
-    TTQ_INPUT_CHECK(fs::exists(last_path())) << "--resume: " << last_path() << " does not exist";
-    TTQ_INPUT_CHECK(fs::exists(config_path())) << "--resume: " << config_path() << " does not exist";
-    std::ifstream f(config_path());
-    try {
-      m_config = nlohmann::json::parse(f);
-    } catch (const nlohmann::json::exception&) {
-      TTQ_INPUT_ERROR() << config_path() << ": not valid JSON (the run's options cannot be checked)";
-    }
-    TTQ_INPUT_CHECK(m_config.is_object()) << config_path() << ": not a JSON object";
+    read_config();
   } else if (exists && holds_run()) {
     std::string which;
     for (const char* name : kRunFiles)
@@ -75,6 +71,18 @@ RunFolder::RunFolder(const TrainOptions& o)
                                  << "): continue it with --resume or replace it with --overwrite";
     lock();
   }
+}
+
+void RunFolder::read_config() {
+  TTQ_INPUT_CHECK(fs::exists(last_path())) << "--resume: " << last_path() << " does not exist";
+  TTQ_INPUT_CHECK(fs::exists(config_path())) << "--resume: " << config_path() << " does not exist";
+  std::ifstream f(config_path());
+  try {
+    m_config = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception&) {
+    TTQ_INPUT_ERROR() << config_path() << ": not valid JSON (the run's options cannot be checked)";
+  }
+  TTQ_INPUT_CHECK(m_config.is_object()) << config_path() << ": not a JSON object";
 }
 
 RunFolder::~RunFolder() {
@@ -111,6 +119,7 @@ void RunFolder::lock() {
 }
 
 void RunFolder::open_for_writing() {
+  if (!m_writer) return;
   std::error_code ec;
   if (!fs::exists(m_dir, ec)) {
     fs::create_directories(m_dir, ec);
@@ -139,9 +148,12 @@ void RunFolder::open_for_writing() {
   }
 }
 
-void RunFolder::write_config(const std::string& text) { io::write_file_atomic(config_path(), text); }
+void RunFolder::write_config(const std::string& text) {
+  if (m_writer) io::write_file_atomic(config_path(), text);
+}
 
 void RunFolder::start_metrics(int64_t completed_epochs) {
+  if (!m_writer) return;
   std::string keep;
   if (m_resume) {
     std::ifstream in(metrics_path());
@@ -151,7 +163,9 @@ void RunFolder::start_metrics(int64_t completed_epochs) {
   io::write_file_atomic(metrics_path(), keep);
 }
 
-void RunFolder::append_metrics(const std::string& line) { io::append_line(metrics_path(), line); }
+void RunFolder::append_metrics(const std::string& line) {
+  if (m_writer) io::append_line(metrics_path(), line);
+}
 
 namespace {
 

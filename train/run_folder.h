@@ -25,7 +25,9 @@ class RunFolder {
   // With --resume or --overwrite the existing folder is locked now (so that a
   // running trainer is reported before any work), and --resume reads config.json
   // and requires last.safetensors. Creates nothing else. Throws ttq::InputError.
-  explicit RunFolder(const TrainOptions& options);
+  // `writer` false (the ranks of a data-parallel job but rank 0): no checks, no
+  // lock, and every write below does nothing; --resume still reads config.json.
+  explicit RunFolder(const TrainOptions& options, bool writer = true);
   ~RunFolder();
   RunFolder(const RunFolder&) = delete;
   RunFolder& operator=(const RunFolder&) = delete;
@@ -56,10 +58,11 @@ class RunFolder {
  private:
   void lock();
   bool holds_run() const;
+  void read_config();
 
   std::filesystem::path m_dir;
   std::string m_flag_text;  // --out as given, for messages
-  bool m_resume = false, m_overwrite = false;
+  bool m_resume = false, m_overwrite = false, m_writer = true;
   int m_lock_fd = -1;
   nlohmann::json m_config;
 };

@@ -22,6 +22,7 @@
 #include "models/graph_io.h"
 #include "models/model_file.h"
 #include "train/checkpoint.h"
+#include "train/distributed.h"
 #include "train/evaluate.h"
 #include "train/progress.h"
 #include "train/run_folder.h"
@@ -115,8 +116,10 @@ struct Run {
   io::Metadata extra;                       // stored in every checkpoint: classes, data, preprocessing, split
   std::unique_ptr<tb::EventWriter> events;  // null with --no-tensorboard
   double last_epoch_seconds = -1, last_val_seconds = -1;  // of the last whole epoch, for the run's ETA
+  Distributed dist;  // the ranks of a data-parallel job (a world of one: no-ops)
 
   void save(const std::string& path) {
+    if (!dist.writer()) return;
     save_checkpoint(path, *model, ttq_phase ? &ttq : nullptr, *opt, *sched, st, extra);
   }
   void record_rng() {
@@ -196,6 +199,8 @@ void build_model(Run& r, const CheckpointContent* resume) {
   mc.input_size = r.pre.crop;
   mc.num_classes = r.train_set->num_classes();
   mc.dropout = o.dropout;
+  // Synchronised BN runs through batch_norm2d: the naive graph, no fused dense bottleneck.
+  if (o.sync_bn && r.dist.active()) mc.memory_efficient = false;
   nn::manual_seed(o.seed);
   r.model = models::create(r.arch, mc, nn::global_generator());
   if (resume) {
@@ -278,7 +283,22 @@ std::string run_config_text(const Run& r) {
   for (const auto& [k, v] : pj.items()) cj[k] = v;
   cj["mean_std_from"] = r.stats_from;
   cj["input_detected"] = r.detected;
+  cj["ranks"] = r.dist.size();  // data parallel: "batch" is the global batch, "ranks" x the per-rank one
+  cj["sync_bn"] = o.sync_bn;
   return cj.dump(2) + "\n";
+}
+
+// Data parallel: every rank trains the same run (flags but --device) on the
+// same data from the same weights; a difference is one line from rank 0.
+void check_ranks_agree(Run& r) {
+  if (!r.dist.active()) return;
+  nlohmann::json cj = nlohmann::json::parse(run_config_text(r));
+  cj.erase("device");
+  r.dist.check_same("the flags", cj.dump(1));
+  nlohmann::json ej(r.extra);
+  r.dist.check_same("the data",
+                    ej.dump(1) + "\n" + fingerprint(*r.train_set) + "\n" + fingerprint(*r.val_set));
+  r.dist.check_same("the initial weights (--init)", fingerprint(*r.model));
 }
 
 // The running sums of one epoch (those of its batches before a mid-epoch resume included).
@@ -321,23 +341,27 @@ std::optional<int64_t> train_epoch(Run& r, data::Loader& loader, int64_t epoch, 
     Tensor x = b->images.to(r.device), y = b->labels.to(r.device);
     Tensor logits = (*r.model)(x);
     Tensor loss = ops::cross_entropy(logits, y);
-    const double lv = loss.item();
+    // The global batch's numbers (every rank's shard; this batch alone in a world of one).
+    const StepAgreement ag =
+        r.dist.agree_step(b->index, b->size(), loss.item(),
+                          static_cast<double>(ops::topk_correct(logits, y, 1)), stop_signal() != 0);
+    const double lv = ag.loss;
     if (!std::isfinite(lv)) {
       progress.finish_line();
       TTQ_INPUT_ERROR() << "training diverged: loss is " << lv << " at epoch " << epoch + 1 << ", batch "
                         << b->index + 1 << " (lower --lr; " << r.last_path << " holds the last good state)";
     }
     r.opt->zero_grad();
-    loss.backward();
+    r.dist.backward(loss, ag);  // with several ranks: the gradients summed over them
     r.opt->step();
     r.st.global_step++;
     if (r.events) {
       r.events->scalar("train/loss", r.st.global_step, lv);
       r.events->scalar("train/lr", r.st.global_step, r.opt->lr(0));
     }
-    const double n = static_cast<double>(b->size());
+    const double n = ag.count;
     s.loss_sum += lv * n;
-    s.correct += static_cast<double>(ops::topk_correct(logits, y, 1));
+    s.correct += ag.correct;
     s.count += n;
     const int64_t done = b->index + 1;
     const double el = seconds_since(s.t0);
@@ -357,8 +381,11 @@ std::optional<int64_t> train_epoch(Run& r, data::Loader& loader, int64_t epoch, 
     progress.update("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(r.o.epochs), done, nb, ips,
                     (nb - done) * per_batch, tail.str(),
                     run_eta_seconds((nb - done) * per_batch, val_s, r.o.epochs - epoch - 1, epoch_s));
-    if (r.o.stop_after_steps > 0 && r.st.global_step == r.o.stop_after_steps) request_stop(SIGINT);
-    if (stop_signal() != 0 && done < nb) return done;
+    const bool aid = r.o.stop_after_steps > 0 && r.st.global_step == r.o.stop_after_steps;
+    if (aid) request_stop(SIGINT);
+    // Ranks stop together: at a signal any of them saw before this step, or at the testing aid.
+    const bool stop = r.dist.active() ? ag.stop || aid : stop_signal() != 0;
+    if (stop && done < nb) return done;
   }
   return std::nullopt;
 }
@@ -461,6 +488,7 @@ EpochMetrics end_epoch(Run& r, const EpochSums& s, data::Loader& train_loader, d
 // when a stop signal ended it early (every epoch is in last.safetensors:
 // --resume with the same --epochs redoes only this test).
 bool final_test(Run& r, TestMetrics& tm, std::ostream& log) {
+  if (!r.dist.writer()) return true;  // rank 0 tests; the others are done
   const RunState& st = r.st;
   tm.from = r.splits.test_from;
   tm.best_val_top1 = st.best_val_top1;
@@ -509,13 +537,17 @@ bool final_test(Run& r, TestMetrics& tm, std::ostream& log) {
 
 }  // namespace
 
-RunResult run_training(const TrainOptions& raw, std::ostream& log) {
+RunResult run_training(const TrainOptions& raw_options, std::ostream& log_all) {
   // ---- run folder: checked (and locked for --resume / --overwrite) before
   // anything is read; nothing in it changes until every input is validated.
   Run r;
+  // Data parallel: --batch is per rank, the run's batch the global one; rank 0 logs and writes.
+  const TrainOptions raw = r.dist.global_options(raw_options);
+  std::ostream& log = r.dist.writer() ? log_all : null_log();
   r.o = resolve_defaults(raw);  // every value given is in range
-  RunFolder folder(r.o);
+  RunFolder folder(r.o, r.dist.writer());
   if (r.o.resume) r.o = resolve_defaults(adopt_run_options(raw, folder.run_config(), folder.config_path()));
+  r.dist.check_batch(r.o);
   const TrainOptions& o = r.o;
   if (!o.device.empty()) Device::parse(o.device);  // the spelling now; availability (and its log line) below
   r.ttq_phase = o.phase == "ttq";
@@ -534,8 +566,10 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   }
 
   open_run_data(r, folder);
-  data::Loader train_loader(r.train_set, r.pre, loader_options(o.batch, o.workers, o.seed, true));
-  data::Loader val_loader(r.val_set, r.pre, loader_options(o.eval_batch, o.workers, o.seed, false));
+  data::Loader train_loader(r.train_set, r.pre,
+                            r.dist.shard(loader_options(o.batch, o.workers, o.seed, true), true));
+  data::Loader val_loader(r.val_set, r.pre,
+                          r.dist.shard(loader_options(o.eval_batch, o.workers, o.seed, false), false));
   const int64_t nb = train_loader.batches_per_epoch();
   if (o.resume) {
     const RunState& rs = resume_ckpt.state;
@@ -551,7 +585,7 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
   // The data's crop must fit the architecture (torchvision's DenseNet needs 29x29).
   r.model->check_input({1, r.pre.channels, r.pre.crop, r.pre.crop}, o.data + " images");
   // Every input is valid: pick the device (a line on the log when it falls back to the CPU).
-  r.device = pick_device(o.device, log);
+  r.device = pick_device(r.dist.device_flag(o.device), log);
   r.model->to(r.device);
   r.model->train();
 
@@ -564,13 +598,16 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     r.st = resume_ckpt.state;
     nn::global_generator().set_state(r.st.rng_seed, r.st.rng_offset);
   }
+  // Data parallel: the same flags, data and weights on every rank, then the gradient reducer.
+  r.extra = checkpoint_metadata(r);
+  check_ranks_agree(r);
+  r.dist.attach(*r.opt, r.device, o.sync_bn, log);
 
   // ---- run folder files: every input is valid, the folder may change now.
   folder.open_for_writing();
-  r.extra = checkpoint_metadata(r);
   folder.write_config(run_config_text(r));
   folder.start_metrics(r.st.epoch);
-  if (o.tensorboard) {
+  if (o.tensorboard && r.dist.writer()) {  // rank 0 alone writes the run folder
     r.events = std::make_unique<tb::EventWriter>(o.out);
     // A resumed run takes over from its checkpoint's step: what an earlier
     // process logged after it is dropped by TensorBoard's reader.
@@ -610,19 +647,26 @@ RunResult run_training(const TrainOptions& raw, std::ostream& log) {
     }
     check_some_loaded(s.count, train_loader, o.data, "training");
     const double train_seconds = s.seconds_before + seconds_since(s.t0);
-    const EvalResult ev = evaluate(*r.model, val_loader, r.device, [] { return stop_signal() != 0; });
+    // Sharded over the ranks, which all finish the pass (a stop waits for its end).
+    const EvalResult ev = r.dist.reduce(evaluate(
+        *r.model, val_loader, r.device,
+        r.dist.active() ? std::function<bool()>() : [] { return stop_signal() != 0; }));
     if (ev.stopped) {
       result.exit_code = stop_in_epoch(r, s, train_loader, epoch, stop_signal(), nb, log);
       result.epochs_completed = r.st.epoch;
       return result;
     }
     end_epoch(r, s, train_loader, val_loader, epoch, ev, train_seconds, result, folder, log);
+    if (r.dist.active())
+      log << "data parallel: " << std::fixed << std::setprecision(2)
+          << 1e3 * r.dist.take_wait_seconds() / std::max<int64_t>(1, nb - s.first)
+          << " ms per step waiting for gradient sums after backward\n";
     if (result.early_stopped) {
       log << "early stop: val top1 has not beaten its running mean of " << o.early_stop_patience
           << " epochs ago by " << o.early_stop_threshold << "\n";
       break;
     }
-    if (int sig = stop_signal(); sig != 0) {
+    if (int sig = r.dist.agreed_stop_signal(); sig != 0) {
       log << "stopped by signal " << sig << " after epoch " << r.st.epoch << "; " << r.last_path
           << " written\n";
       result.exit_code = 128 + sig;

@@ -73,6 +73,9 @@ struct TrainOptions {
   // TensorBoard event file in the run folder (train/tensorboard.h): per-step loss
   // and learning rate, per-epoch metrics, per-layer TTQ statistics and histograms.
   bool tensorboard = true;
+  // Data parallel (several ranks, train/distributed.h): BatchNorm with the global
+  // batch's statistics instead of each rank's own. No effect in one process.
+  bool sync_bn = false;
   // Testing aid: behave as if SIGINT arrived once this many optimiser steps are done (0: never).
   int64_t stop_after_steps = 0;
 };

@@ -4,6 +4,7 @@
 // a gradient is needed. All inputs of one op must be on one device.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "engine/backend.h"
@@ -28,6 +29,23 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 // running buffers in place, eval uses the running stats). weight/bias may be undefined.
 Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
                     Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);
+// Synchronised BatchNorm for data-parallel training (PyTorch's SyncBatchNorm):
+// while a sum is set, batch_norm2d in training normalises with the statistics of
+// the global batch, the union of every process's batch. `sum` replaces a host
+// vector by its element-wise sum over the processes (an all-reduce; every
+// process calls it in the same order). Per channel, with n_r values on process r:
+//   forward:  n = sum n_r, mean = sum(x) / n, var = sum(x^2) / n - mean^2 (biased;
+//             the running variance takes var * n / (n - 1)), gathered from each
+//             process's own mean and variance;
+//   backward: gx = w * invstd * (gy - sum(gy) / n - xhat * sum(gy * xhat) / n) with
+//             both sums global; gweight, gbias stay the process's own sums (the
+//             gradient reducer adds them up).
+// With a world of one this is batch_norm2d up to rounding. dense_bottleneck is
+// not synchronised: models run their naive graph under sync (models::ModelConfig).
+// Tested against one process's batch_norm2d on the whole batch by tests/dist_worker.cpp.
+using ChannelSum = std::function<void(std::vector<double>&)>;
+void set_batch_norm_sync(ChannelSum sum);  // an empty function: local statistics
+bool batch_norm_sync_enabled();
 Tensor relu(const Tensor& x);
 // The bottleneck of a DenseNet-BC dense layer in training mode, with the memory
 // of conv1(relu(norm1(concat(features)))) reduced to the feature maps and three
