@@ -38,7 +38,8 @@ TrainOptions resolve_defaults(TrainOptions o) {
     // Wp = Wn = 1 scales every ternary layer's output by about 1 / mean|W|; BatchNorm
     // renormalises that, so a network without any (squeezenet1_1) starts from the means.
     bool has_bn = false;
-    const models::Graph graph = models::build_graph(o.model, models::ModelConfig{});
+    // (An .onnx file's graph is read and registered here: its BatchNorms decide too.)
+    const models::Graph graph = models::build_graph(models::resolve_model(o.model), models::ModelConfig{});
     for (const auto& n : graph.nodes()) has_bn = has_bn || n.kind == models::NodeKind::BatchNorm2d;
     o.scales_init = has_bn ? "ones" : "mean";
   }
