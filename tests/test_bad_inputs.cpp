@@ -29,22 +29,8 @@ namespace {
 const std::string kSeed = test::seed_dir();
 const std::string kTools = std::string(TTQ_BINARY_DIR) + "/tools/";
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = testing::TempDir() + "ttq_bad_XXXXXX";
-    TTQ_CHECK(::mkdtemp(tmpl.data()) != nullptr);
-    m_path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  std::string file(const std::string& n) const { return m_path + "/" + n; }
-  const std::string& path() const { return m_path; }
-
- private:
-  std::string m_path;
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("ttq_bad") {}
 };
 
 // Runs a built tool under `timeout`: a tool that blocks on a FIFO or reads

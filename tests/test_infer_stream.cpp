@@ -28,21 +28,8 @@ namespace fs = std::filesystem;
 namespace ttq {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = testing::TempDir() + "ttq_stream_XXXXXX";
-    TTQ_CHECK(::mkdtemp(tmpl.data()) != nullptr) << "mkdtemp failed";
-    m_path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  std::string file(const std::string& name) const { return m_path + "/" + name; }
-
- private:
-  std::string m_path;
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("ttq_stream") {}
 };
 
 data::Image random_image(int w, int h, int c, uint64_t seed) {

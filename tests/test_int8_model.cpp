@@ -38,22 +38,8 @@ using models::Precision;
 
 const std::string kSeed = test::seed_dir();
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = testing::TempDir() + "ttq_int8_XXXXXX";
-    TTQ_CHECK(::mkdtemp(tmpl.data()) != nullptr);
-    m_path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  std::string file(const std::string& n) const { return m_path + "/" + n; }
-  const std::string& path() const { return m_path; }
-
- private:
-  std::string m_path;
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("ttq_int8") {}
 };
 
 // ---- calibration arithmetic ------------------------------------------------------------

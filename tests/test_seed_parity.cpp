@@ -128,19 +128,8 @@ TEST(SeedImport, TorchvisionSpellingLoadsThroughTheNameMapping) {
 
 // ---- the ttq_infer binary ---------------------------------------------------
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = testing::TempDir() + "ttq_infer_XXXXXX";
-    TTQ_CHECK(::mkdtemp(tmpl.data()) != nullptr);
-    m_path = tmpl;
-  }
-  ~TempDir() { std::system(("rm -rf '" + m_path + "'").c_str()); }
-  std::string file(const std::string& n) const { return m_path + "/" + n; }
-  const std::string& path() const { return m_path; }
-
- private:
-  std::string m_path;
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("ttq_infer") {}
 };
 
 const std::string kInfer = std::string(TTQ_BINARY_DIR) + "/tools/ttq_infer";

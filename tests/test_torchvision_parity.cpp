@@ -62,21 +62,8 @@ TEST(TorchvisionParity, ResNet34) { expect_parity("resnet34"); }
 TEST(TorchvisionParity, DenseNet121) { expect_parity("tv_densenet121"); }
 TEST(TorchvisionParity, SqueezeNet11) { expect_parity("squeezenet1_1"); }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = testing::TempDir() + "ttq_tv_XXXXXX";
-    TTQ_CHECK(::mkdtemp(tmpl.data()) != nullptr);
-    m_path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  std::string file(const std::string& n) const { return m_path + "/" + n; }
-
- private:
-  std::string m_path;
+struct TempDir : test::TempDir {
+  TempDir() : test::TempDir("ttq_tv") {}
 };
 
 // A folder data set (train / val) of 64x64 RGB noise, two classes.

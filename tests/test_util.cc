@@ -103,6 +103,17 @@ std::string slurp(const std::string& path) {
 }
 }  // namespace
 
+TempDir::TempDir(const std::string& prefix) {
+  std::string tmpl = testing::TempDir() + prefix + "_XXXXXX";
+  TTQ_CHECK(::mkdtemp(tmpl.data()) != nullptr) << "mkdtemp " << tmpl << " failed";
+  m_path = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(m_path, ec);
+}
+
 ToolRun run_tool(const std::string& command_line, const std::string& dir) {
   const std::string out = dir + "/stdout.txt", err = dir + "/stderr.txt";
   const int status = std::system((command_line + " > '" + out + "' 2> '" + err + "'").c_str());

@@ -56,6 +56,21 @@ struct ToolRun {
   std::string out, err;
 };
 ToolRun run_tool(const std::string& command_line, const std::string& dir);
+
+// A fresh folder under gtest's temporary directory, named `prefix` plus a unique
+// suffix, removed with everything in it when the object goes.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "ttq");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return m_path + "/" + name; }
+  const std::string& path() const { return m_path; }
+
+ private:
+  std::string m_path;
+};
 int count_lines(const std::string& s);
 
 // The message of the ttq::InputError `f` throws, "no error", or "not an InputError: ..."
