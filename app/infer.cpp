@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "data/dataset.h"
+#include "data/pipeline.h"
 #include "engine/autograd.h"
 #include "engine/io/write_file.h"
 #include "engine/ops/ops.h"
@@ -101,15 +102,6 @@ Tensor run_tensor_inference(const TensorInferOptions& o, std::ostream& log) {
 
 namespace {
 
-// An integer field of the preprocess metadata inside [lo, hi].
-int preprocess_int(const nlohmann::json& j, const char* key, int lo, int hi, const std::string& path) {
-  const nlohmann::json& v = j.at(key);
-  TTQ_INPUT_CHECK(v.is_number_integer() && v.get<int64_t>() >= lo && v.get<int64_t>() <= hi)
-      << path << ": preprocess metadata: " << key << " is " << v.dump() << ", expected an integer in [" << lo
-      << ", " << hi << "]";
-  return static_cast<int>(v.get<int64_t>());
-}
-
 // The validation transform a model file asks for: the "preprocess" metadata
 // ttq_train writes, else the default for the model's input. Either way it must
 // make sense for images (1 or 3 channels, the model's) and for the model (a crop
@@ -124,31 +116,9 @@ data::Preprocess preprocess_from(const io::Metadata& meta, const ModelConfig& co
   data::Preprocess p =
       data::Preprocess::for_input(static_cast<int>(config.in_channels), static_cast<int>(config.input_size));
   if (it == meta.end()) return p;
-  try {
-    auto j = nlohmann::json::parse(it->second);
-    const int max_size = static_cast<int>(models::kMaxInputSize);
-    p.channels = preprocess_int(j, "channels", 1, 3, path);
-    p.image_size = preprocess_int(j, "image_size", 1, max_size, path);
-    p.crop = preprocess_int(j, "crop", 1, p.image_size, path);
-    auto mean = j.at("mean").get<std::vector<float>>();
-    auto stdev = j.at("std").get<std::vector<float>>();
-    TTQ_INPUT_CHECK(p.channels == config.in_channels) << path << ": preprocess metadata says " << p.channels
-                                                      << " channels, the model takes " << config.in_channels;
-    TTQ_INPUT_CHECK(static_cast<int>(mean.size()) == p.channels &&
-                    static_cast<int>(stdev.size()) == p.channels)
-        << path << ": preprocess metadata: mean and std need " << p.channels << " values each";
-    for (int c = 0; c < p.channels; ++c) {
-      TTQ_INPUT_CHECK(std::isfinite(mean[c]))
-          << path << ": preprocess metadata: mean[" << c << "] is not finite";
-      TTQ_INPUT_CHECK(std::isfinite(stdev[c]) && stdev[c] > 0)
-          << path << ": preprocess metadata: std[" << c << "] is " << stdev[c]
-          << ", expected a positive number";
-      p.mean[c] = mean[c];
-      p.std[c] = stdev[c];
-    }
-  } catch (const nlohmann::json::exception& e) {
-    TTQ_INPUT_ERROR() << path << ": bad preprocess metadata: " << e.what();
-  }
+  p = data::parse_preprocess_json(it->second, path);  // ranges checked, older files read as then
+  TTQ_INPUT_CHECK(p.channels == config.in_channels) << path << ": preprocess metadata says " << p.channels
+                                                    << " channels, the model takes " << config.in_channels;
   return p;
 }
 

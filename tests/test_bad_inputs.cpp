@@ -214,7 +214,9 @@ TEST_F(BadInputs, PreprocessMetadataThatMakesNoSenseIsAnInputError) {
       {R"({"channels":1,"image_size":28,"crop":28,"mean":[0.5],"std":[-1e39]})", "std[0]"},
       {R"({"channels":1,"image_size":28,"crop":29,"mean":[0.5],"std":[0.25]})", "crop is 29"},
       {R"({"channels":1,"image_size":1000000000,"crop":28,"mean":[0.5],"std":[0.25]})", "image_size"},
-      {R"({"channels":2,"image_size":28,"crop":28,"mean":[0.5,0.5],"std":[0.25,0.25]})", "2 channels"},
+      {R"({"channels":2,"image_size":28,"crop":28,"mean":[0.5,0.5],"std":[0.25,0.25]})", "channels is 2"},
+      {R"({"channels":3,"image_size":28,"crop":28,"mean":[0.5,0.5,0.5],"std":[0.25,0.25,0.25]})",
+       "3 channels"},
       {R"({"channels":1,"image_size":28.5,"crop":28,"mean":[0.5],"std":[0.25]})", "image_size is 28.5"},
       {R"({"channels":1,"image_size":28,"crop":28,"mean":[0.5,0.1],"std":[0.25]})", "mean and std"},
   };
