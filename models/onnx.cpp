@@ -666,9 +666,10 @@ class Importer {
       if (has_input(n, 1)) lo = scalar(1, "min");
       if (has_input(n, 2)) hi = scalar(2, "max");
     }
-    if (lo != 0 || !(hi > 0 && hi < 1e6))
+    // The graph's range for a Clip's max (models/graph_io.cpp reads it back the same way).
+    if (lo != 0 || !(hi >= 1e-6 && hi <= 1e6))
       fail(op_str(n, i) + ": Clip to [" + std::to_string(lo) + ", " + std::to_string(hi) +
-           "] is not supported (min 0 and a finite max, as ReLU6)");
+           "] is not supported (min 0 and a max in [1e-6, 1e6], as ReLU6)");
     set(n, m_graph.clip(x.node, hi), x.shape);
   }
 

@@ -298,6 +298,12 @@ TEST(Onnx, BadModelsAreOneLineErrors) {
     b.g->mutable_node(6)->set_input(1, "");
     expect_error(b.bytes(), "(Clip): Clip to [-inf");
   }
+  {  // a Clip max the graph description could not hold (a denormal)
+    Builder b = every_op_model(&cw, &fw);
+    ASSERT_EQ(b.g->node(5).op_type(), "Constant");
+    b.g->mutable_node(5)->mutable_attribute(0)->mutable_t()->set_float_data(0, 1e-39f);
+    expect_error(b.bytes(), "a max in [1e-6, 1e6]");
+  }
   {
     Builder b = every_op_model(&cw, &fw);
     b.g->mutable_node(10)->set_input(1, "a0");
