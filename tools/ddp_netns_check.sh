@@ -55,21 +55,7 @@ EOF
 chmod +x "$work/agent"
 
 # A tiny MNIST-shaped data set: a bright square at a class-specific place, plus noise.
-python3 - "$work/data" <<'EOF'
-import os, random, struct, sys
-d = sys.argv[1]
-os.makedirs(d)
-rng = random.Random(7)
-for prefix, n in (("train", 160), ("t10k", 32)):
-    labels = [rng.randrange(10) for _ in range(n)]
-    px = bytearray()
-    for k in labels:
-        r0, c0 = 2 + (k // 5) * 12, 2 + (k % 5) * 5
-        px += bytes(min(255, rng.randrange(60) + (180 if r0 <= r < r0 + 6 and c0 <= c < c0 + 6 else 0))
-                    for r in range(28) for c in range(28))
-    open(f"{d}/{prefix}-images-idx3-ubyte", "wb").write(struct.pack(">IIII", 0x803, n, 28, 28) + px)
-    open(f"{d}/{prefix}-labels-idx1-ubyte", "wb").write(struct.pack(">II", 0x801, n) + bytes(labels))
-EOF
+python3 tools/tiny_mnist.py "$work/data" 7 160 32
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
 args=(--model small_densenet --data "mnist:$work/data" --device cpu --epochs 1 --batch 8 --sync-bn
